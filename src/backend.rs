@@ -1,0 +1,212 @@
+//! The `Backend` trait: one method per op, implemented by [`crate::Cpu`] (the reference), the
+//! wgpu backend (WGSL kernels) and the CUDA backend (NVRTC kernels).
+
+use crate::ops::*;
+use crate::{DType, HostData, Result};
+
+/// What every backend buffer knows about itself.
+pub trait DeviceBuffer {
+    /// Element type.
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// Whether the buffer holds no element.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A place where kernels run.
+///
+/// Every op method takes its validated problem struct, then its input buffers, then its output
+/// buffers, in the order of [`Op::buffers`]. Each method first re-validates the problem and
+/// checks every buffer's length and element type ([`crate::ops::check`]), returning
+/// [`crate::Error::Buffer`] on a mismatch, so a wrong buffer can never be read or written out of
+/// bounds. Outputs are written in full.
+///
+/// Methods may return before the device has finished; [`Backend::download`] and
+/// [`Backend::synchronize`] wait.
+///
+/// ```
+/// use kvsparse::{ops::TopK, Backend, Cpu, DType, HostData};
+/// fn best_two<B: Backend>(b: &B, scores: &[f32]) -> kvsparse::Result<HostData> {
+///     let op = TopK::new(1, scores.len(), 2)?;
+///     let s = b.upload(&HostData::F32(scores.to_vec()))?;
+///     let mut idx = b.alloc(DType::I32, op.out_k())?;
+///     b.topk(&op, &s, &mut idx)?;
+///     b.download(&idx)
+/// }
+/// assert_eq!(best_two(&Cpu::new(), &[3.0, 1.0, 4.0])?, HostData::I32(vec![2, 0]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub trait Backend {
+    /// Device memory of one element type.
+    type Buffer: DeviceBuffer;
+
+    /// Short lowercase name: `cpu`, `wgpu`, `cuda`.
+    fn name(&self) -> &'static str;
+    /// The device, as its driver names it (e.g. `NVIDIA H100 80GB HBM3`).
+    fn device_name(&self) -> String;
+    /// Whether the backend can store and compute with `dtype`.
+    fn supports(&self, dtype: DType) -> bool;
+
+    /// Copies host data to a new device buffer.
+    fn upload(&self, data: &HostData) -> Result<Self::Buffer>;
+    /// Copies a device buffer back (waits for the work that writes it).
+    fn download(&self, buf: &Self::Buffer) -> Result<HostData>;
+    /// A new buffer of `len` elements, filled with [`HostData::poison`].
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buffer> {
+        self.upload(&HostData::poison(dtype, len))
+    }
+    /// Waits until every submitted op has finished.
+    fn synchronize(&self) -> Result<()>;
+
+    /// See [`PcgHash`].
+    fn pcg_hash(&self, op: &PcgHash, v: &Self::Buffer, hash: &mut Self::Buffer) -> Result<()>;
+    /// See [`RandomKey`].
+    fn random_key(&self, op: &RandomKey, rows: &Self::Buffer, idx: &Self::Buffer, keys: &mut Self::Buffer)
+        -> Result<()>;
+    /// See [`RandomSelect`].
+    fn random_select(
+        &self,
+        op: &RandomSelect,
+        rows: &Self::Buffer,
+        cand: &Self::Buffer,
+        keys: &mut Self::Buffer,
+        selected: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`TopK`].
+    fn topk(&self, op: &TopK, scores: &Self::Buffer, indices: &mut Self::Buffer) -> Result<()>;
+
+    /// See [`DecayScan`].
+    fn decay_scan(
+        &self,
+        op: &DecayScan,
+        x: &Self::Buffer,
+        g: &Self::Buffer,
+        h0: &Self::Buffer,
+        y: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`DecayStep`].
+    fn decay_step(
+        &self,
+        op: &DecayStep,
+        x: &Self::Buffer,
+        g: &Self::Buffer,
+        h: &Self::Buffer,
+        h_new: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`Rope`].
+    fn rope(&self, op: &Rope, x: &Self::Buffer, pos: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
+    /// See [`RatplusKv`].
+    fn ratplus_kv(
+        &self,
+        op: &RatplusKv,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        g: &Self::Buffer,
+        k_tilde: &mut Self::Buffer,
+        v_tilde: &mut Self::Buffer,
+        k_rope: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`RatplusStep`].
+    fn ratplus_step(
+        &self,
+        op: &RatplusStep,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        g: &Self::Buffer,
+        hk: &Self::Buffer,
+        hv: &Self::Buffer,
+        hk_new: &mut Self::Buffer,
+        hv_new: &mut Self::Buffer,
+        k_rope: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// See [`BlockMinmax`].
+    fn block_minmax(
+        &self,
+        op: &BlockMinmax,
+        k: &Self::Buffer,
+        kmin: &mut Self::Buffer,
+        kmax: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`BlockMean`].
+    fn block_mean(&self, op: &BlockMean, k: &Self::Buffer, kmean: &mut Self::Buffer) -> Result<()>;
+    /// See [`QuestScores`].
+    fn quest_scores(
+        &self,
+        op: &QuestScores,
+        q: &Self::Buffer,
+        kmin: &Self::Buffer,
+        kmax: &Self::Buffer,
+        scores: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// See [`QuestDecode`]. `ranking` is `scores` (f32) or `keys` (u32), per the selector.
+    fn quest_decode(
+        &self,
+        op: &QuestDecode,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        selected: &mut Self::Buffer,
+        out: &mut Self::Buffer,
+        lse: &mut Self::Buffer,
+        ranking: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`MobaPrefill`]. `ranking` is `gate` (f32) or `keys` (u32), per the selector.
+    fn moba_prefill(
+        &self,
+        op: &MobaPrefill,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        out: &mut Self::Buffer,
+        lse: &mut Self::Buffer,
+        selected: &mut Self::Buffer,
+        ranking: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`SnapKvCompress`]. `ranking` must be `Some` exactly when `T > capacity`.
+    fn snapkv_compress(
+        &self,
+        op: &SnapKvCompress,
+        q_obs: &Self::Buffer,
+        k: &Self::Buffer,
+        kept: &mut Self::Buffer,
+        ranking: Option<&mut Self::Buffer>,
+    ) -> Result<()>;
+
+    /// See [`AttentionDense`].
+    fn attention_dense(
+        &self,
+        op: &AttentionDense,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        out: &mut Self::Buffer,
+        lse: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`AttentionSparse`].
+    fn attention_sparse(
+        &self,
+        op: &AttentionSparse,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        idx: &Self::Buffer,
+        out: &mut Self::Buffer,
+        lse: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// See [`HitRate`].
+    fn hit_rate(
+        &self,
+        op: &HitRate,
+        sel: &Self::Buffer,
+        gold: &Self::Buffer,
+        head_hit: &mut Self::Buffer,
+        rate: &mut Self::Buffer,
+    ) -> Result<()>;
+}

@@ -1,0 +1,41 @@
+//! # kvsparse
+//!
+//! Cross-vendor GPU kernels for query-aware sparse attention (Quest, MoBA, SnapKV, and a seeded
+//! random selector) over RAT+'s exponentially decaying memory
+//! `k~_t = g_t * k~_{t-1} + (1 - g_t) * k_t` (Wei & Gulcehre, 2026).
+//!
+//! One semantics, three implementations: the CPU backend ([`Cpu`], the float64 reference and
+//! oracle), WGSL kernels through wgpu (Vulkan, Metal, DX12, WebGPU) and CUDA kernels compiled at
+//! run time by NVRTC. Every op is a validated problem struct in [`ops`] and one method of
+//! [`Backend`].
+//!
+//! ```
+//! use kvsparse::{ops::{AttentionDense, Op}, Backend, Cpu, DType, HostData};
+//! let cpu = Cpu::new();
+//! let op = AttentionDense::new(2, 1, 1, 3, 4, false, 0.5, DType::F32)?;
+//! let [q, k, v] = [2 * 4, 3 * 4, 3 * 4].map(|n| cpu.upload(&HostData::F32(vec![0.25; n])).unwrap());
+//! let (mut out, mut lse) = (cpu.alloc(DType::F32, 8)?, cpu.alloc(DType::F32, 2)?);
+//! cpu.attention_dense(&op, &q, &k, &v, &mut out, &mut lse)?;
+//! assert_eq!(cpu.download(&out)?, HostData::F32(vec![0.25; 8]));
+//! println!("{} FLOPs", op.cost().flops);
+//! # Ok::<(), kvsparse::Error>(())
+//! ```
+//!
+//! ## NaN and infinity policy
+//! Kernels do not scan their inputs: a NaN or infinity in `q`, `k`, `v` or a gate propagates
+//! into the outputs that depend on it, exactly as in the float64 reference. Selection scores are
+//! the exception where it matters: the CPU backend rejects NaN scores in [`ops::TopK`] with an
+//! error, and `-inf` scores rank last everywhere.
+
+mod backend;
+mod cpu;
+mod dtype;
+mod error;
+pub mod golden;
+pub mod ops;
+pub mod params;
+
+pub use backend::{Backend, DeviceBuffer};
+pub use cpu::{Cpu, CpuBuffer};
+pub use dtype::{DType, HostData};
+pub use error::{Error, Result};

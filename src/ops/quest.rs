@@ -1,0 +1,171 @@
+//! Quest decode: block scoring, forced top-k block selection, attention over the selected
+//! blocks (SPEC §2).
+
+use super::{fits, float_dtype, gqa, nonzero, scale, BufferSpec, Cost, Op, SelectConfig, Selector};
+use crate::params::SelectParams;
+use crate::{DType, Error, Result};
+
+/// Checks a block selection config shared by Quest and MoBA.
+pub(crate) fn validate_selection(op: &'static str, cfg: &SelectConfig) -> Result<()> {
+    nonzero(op, "block_size", cfg.block_size)?;
+    nonzero(op, "n_blocks", cfg.n_blocks)?;
+    if cfg.n_local > u32::MAX as usize / 2 {
+        return Err(Error::invalid(op, "n_local", format!("at most {}, got {}", u32::MAX / 2, cfg.n_local)));
+    }
+    Ok(())
+}
+
+/// Number of distinct forced blocks when block `current` is the query's block:
+/// `{0 if force_first} ∪ {current - n_local + 1 ..= current}` clipped at 0.
+pub(crate) fn forced_count(cfg: &SelectConfig, current: usize) -> usize {
+    let local = cfg.n_local.min(current + 1);
+    let first_extra = cfg.force_first && current + 1 > local;
+    local + first_extra as usize
+}
+
+/// The name and element type of the ranking output: `scores` (f32) or `keys` (u32).
+pub(crate) fn ranking(selector: Selector, score_name: &'static str) -> (&'static str, DType) {
+    match selector {
+        Selector::Score => (score_name, DType::F32),
+        Selector::Random { .. } => ("keys", DType::U32),
+    }
+}
+
+pub(crate) fn select_params(cfg: &SelectConfig, rows: usize, nb: usize, seq: usize, width: usize, mode: u32) -> SelectParams {
+    let (selector, seed) = match cfg.selector {
+        Selector::Score => (0, 0),
+        Selector::Random { seed } => (1, seed),
+    };
+    SelectParams {
+        rows: rows as u32,
+        nb: nb as u32,
+        seq: seq as u32,
+        block_size: cfg.block_size as u32,
+        n_blocks: cfg.n_blocks.min(u32::MAX as usize) as u32,
+        force_first: cfg.force_first as u32,
+        n_local: cfg.n_local as u32,
+        width: width as u32,
+        mode,
+        selector,
+        seed,
+        _pad0: 0,
+    }
+}
+
+/// Quest decode of the query of token `T-1` (`q[Hq, D]`) over `k`, `v` `[Hkv, T, D]`, which
+/// already hold token `T-1`.
+///
+/// Blocks of `block_size` tokens are scored per query head with the min/max bound of its kv
+/// head's keys (or a random key, `row = h`); the forced set `{0 if force_first} ∪ {NB-n_local..NB-1}`
+/// plus the best `n_blocks - |forced|` others are kept, `n_sel = min(NB, max(n_blocks, |forced|))`
+/// blocks in all, and attention runs over every token of those blocks.
+///
+/// Outputs, in order: `selected[Hq, n_sel]` (i32, ascending block ids), `out[Hq, D]` (storage
+/// dtype), `lse[Hq]` (f32), and the ranking `[Hq, NB]`: `scores` (f32) for the score
+/// selector or `keys` (u32) for the random one.
+///
+/// ```
+/// use kvsparse::{ops::{QuestDecode, SelectConfig, Selector}, Backend, Cpu, DType, HostData};
+/// let cpu = Cpu::new();
+/// let cfg = SelectConfig { block_size: 2, n_blocks: 1, force_first: false, n_local: 1, selector: Selector::Score };
+/// let op = QuestDecode::new(1, 1, 4, 1, cfg, 1.0, DType::F32)?;
+/// let q = cpu.upload(&HostData::F32(vec![1.0]))?;
+/// let k = cpu.upload(&HostData::F32(vec![9.0, 9.0, 0.0, 0.0]))?;
+/// let v = cpu.upload(&HostData::F32(vec![5.0, 5.0, 1.0, 3.0]))?;
+/// let bufs = op.alloc_outputs(&cpu)?;
+/// let [mut sel, mut out, mut lse, mut scores] = bufs;
+/// cpu.quest_decode(&op, &q, &k, &v, &mut sel, &mut out, &mut lse, &mut scores)?;
+/// assert_eq!(cpu.download(&sel)?, HostData::I32(vec![1])); // only the local block
+/// assert_eq!(cpu.download(&out)?, HostData::F32(vec![2.0]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuestDecode {
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub seq: usize,
+    pub dim: usize,
+    pub select: SelectConfig,
+    pub scale: f32,
+    pub dtype: DType,
+}
+
+impl QuestDecode {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        q_heads: usize,
+        kv_heads: usize,
+        seq: usize,
+        dim: usize,
+        select: SelectConfig,
+        scale: f32,
+        dtype: DType,
+    ) -> Result<Self> {
+        let op = QuestDecode { q_heads, kv_heads, seq, dim, select, scale, dtype };
+        op.validate()?;
+        Ok(op)
+    }
+    /// Number of blocks `ceil(T / block_size)`.
+    pub fn nb(&self) -> usize {
+        self.seq.div_ceil(self.select.block_size)
+    }
+    /// Blocks selected per head: `min(NB, max(n_blocks, |forced|))`.
+    pub fn n_sel(&self) -> usize {
+        let nb = self.nb();
+        nb.min(self.select.n_blocks.max(forced_count(&self.select, nb - 1)))
+    }
+    /// Parameters of the selection kernel (one row per query head).
+    pub fn select_params(&self) -> SelectParams {
+        select_params(&self.select, self.q_heads, self.nb(), 1, self.n_sel(), 0)
+    }
+    /// Allocates the four outputs (poisoned) in argument order.
+    pub fn alloc_outputs<B: crate::Backend>(&self, b: &B) -> Result<[B::Buffer; 4]> {
+        let s = self.buffers();
+        Ok([b.alloc(s[3].dtype, s[3].len)?, b.alloc(s[4].dtype, s[4].len)?, b.alloc(s[5].dtype, s[5].len)?, b.alloc(s[6].dtype, s[6].len)?])
+    }
+}
+
+impl Op for QuestDecode {
+    const NAME: &'static str = "quest_decode";
+    fn validate(&self) -> Result<()> {
+        gqa(Self::NAME, self.q_heads, self.kv_heads)?;
+        nonzero(Self::NAME, "seq", self.seq)?;
+        nonzero(Self::NAME, "dim", self.dim)?;
+        validate_selection(Self::NAME, &self.select)?;
+        scale(Self::NAME, self.scale)?;
+        float_dtype(Self::NAME, self.dtype)?;
+        fits(Self::NAME, "kv_heads * seq * dim", &[self.kv_heads, self.seq, self.dim])?;
+        fits(Self::NAME, "q_heads * nb", &[self.q_heads, self.nb()]).map(drop)
+    }
+    fn buffers(&self) -> Vec<BufferSpec> {
+        let kv = self.kv_heads * self.seq * self.dim;
+        let (rank_name, rank_dtype) = ranking(self.select.selector, "scores");
+        vec![
+            BufferSpec::input("q", self.dtype, self.q_heads * self.dim),
+            BufferSpec::input("k", self.dtype, kv),
+            BufferSpec::input("v", self.dtype, kv),
+            BufferSpec::output("selected", DType::I32, self.q_heads * self.n_sel()),
+            BufferSpec::output("out", self.dtype, self.q_heads * self.dim),
+            BufferSpec::output("lse", DType::F32, self.q_heads),
+            BufferSpec::output(rank_name, rank_dtype, self.q_heads * self.nb()),
+        ]
+    }
+    /// The decode step given the block statistics (kept up to date by the cache): stats read,
+    /// plus the selected tokens' K and V.
+    fn cost(&self) -> Cost {
+        let es = self.dtype.size() as u64;
+        let stats = (2 * self.kv_heads * self.nb() * self.dim) as u64;
+        let tokens = (self.n_sel() * self.select.block_size).min(self.seq) as u64;
+        let kv_read = 2 * tokens * (self.q_heads * self.dim) as u64;
+        Cost {
+            flops: 4 * (self.q_heads * self.nb() * self.dim) as u64 + 4 * tokens * (self.q_heads * self.dim) as u64,
+            bytes: (stats + kv_read + 2 * (self.q_heads * self.dim) as u64) * es,
+        }
+    }
+    fn label(&self) -> String {
+        format!(
+            "hq{}_hkv{}_t{}_d{}_bs{}_nb{}_{}",
+            self.q_heads, self.kv_heads, self.seq, self.dim, self.select.block_size, self.select.n_blocks, self.dtype
+        )
+    }
+}

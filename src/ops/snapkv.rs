@@ -1,0 +1,156 @@
+//! SnapKV compression after prefill (SPEC §4).
+
+use super::{fits, float_dtype, gqa, nonzero, scale, BufferSpec, Cost, GqaMode, Op, Pooling, Selector};
+use crate::params::SnapKvParams;
+use crate::{DType, Error, Result};
+
+/// SnapKV's knobs (paper preset: window 64, kernel 5, avg pooling, group mean).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SnapKvSettings {
+    /// Tokens kept in total, the window included; must exceed `window`.
+    pub capacity: usize,
+    /// Observation window: the last `window` prompt queries.
+    pub window: usize,
+    /// Odd 1-D pooling kernel.
+    pub kernel: usize,
+    pub pooling: Pooling,
+    pub gqa: GqaMode,
+    pub selector: Selector,
+    pub scale: f32,
+}
+
+/// SnapKV: score the prefix tokens `j < T - w` by the summed softmax attention of the window
+/// queries `q_obs[Hq, min(w, T), D]` (positions `T-w..T-1`, causal, softmax over the full row),
+/// pool along `j`, combine a GQA group (mean, or per query head), and keep the top
+/// `capacity - w` prefix tokens plus the whole window. When `T <= capacity` nothing is evicted.
+///
+/// Outputs, in order: `kept[Hs, min(T, capacity)]` (i32, ascending) and, only when
+/// `T > capacity`, the ranking `[Hs, T - w]`: `scores` (f32) or `keys` (u32);
+/// `Hs = Hkv` for [`GqaMode::Mean`], `Hq` for [`GqaMode::PerHead`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapKvCompress {
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub seq: usize,
+    pub dim: usize,
+    pub settings: SnapKvSettings,
+    pub dtype: DType,
+}
+
+impl SnapKvCompress {
+    pub fn new(
+        q_heads: usize,
+        kv_heads: usize,
+        seq: usize,
+        dim: usize,
+        settings: SnapKvSettings,
+        dtype: DType,
+    ) -> Result<Self> {
+        let op = SnapKvCompress { q_heads, kv_heads, seq, dim, settings, dtype };
+        op.validate()?;
+        Ok(op)
+    }
+    /// Output heads `Hs`.
+    pub fn out_heads(&self) -> usize {
+        match self.settings.gqa {
+            GqaMode::Mean => self.kv_heads,
+            GqaMode::PerHead => self.q_heads,
+        }
+    }
+    /// Whether anything is evicted (`T > capacity`).
+    pub fn compresses(&self) -> bool {
+        self.seq > self.settings.capacity
+    }
+    /// Tokens kept per output head, `min(T, capacity)`.
+    pub fn kept_len(&self) -> usize {
+        self.seq.min(self.settings.capacity)
+    }
+    /// Window queries present, `min(w, T)`.
+    pub fn obs_len(&self) -> usize {
+        self.settings.window.min(self.seq)
+    }
+    pub fn params(&self) -> SnapKvParams {
+        let s = &self.settings;
+        let (selector, seed) = match s.selector {
+            Selector::Score => (0, 0),
+            Selector::Random { seed } => (1, seed),
+        };
+        SnapKvParams {
+            q_heads: self.q_heads as u32,
+            kv_heads: self.kv_heads as u32,
+            seq: self.seq as u32,
+            dim: self.dim as u32,
+            window: s.window as u32,
+            capacity: s.capacity as u32,
+            kernel: s.kernel as u32,
+            pooling: matches!(s.pooling, Pooling::Max) as u32,
+            gqa: matches!(s.gqa, GqaMode::PerHead) as u32,
+            out_heads: self.out_heads() as u32,
+            n_prefix: self.seq.saturating_sub(s.window) as u32,
+            n_keep: s.capacity.saturating_sub(s.window) as u32,
+            selector,
+            seed,
+            scale: s.scale,
+            _pad0: 0,
+        }
+    }
+}
+
+impl Op for SnapKvCompress {
+    const NAME: &'static str = "snapkv_compress";
+    fn validate(&self) -> Result<()> {
+        let s = &self.settings;
+        gqa(Self::NAME, self.q_heads, self.kv_heads)?;
+        nonzero(Self::NAME, "seq", self.seq)?;
+        nonzero(Self::NAME, "dim", self.dim)?;
+        nonzero(Self::NAME, "window", s.window)?;
+        scale(Self::NAME, s.scale)?;
+        float_dtype(Self::NAME, self.dtype)?;
+        if s.capacity <= s.window {
+            return Err(Error::invalid(
+                Self::NAME,
+                "capacity",
+                format!("more than window = {} (it counts the window), got {}", s.window, s.capacity),
+            ));
+        }
+        if s.kernel == 0 || s.kernel % 2 == 0 {
+            return Err(Error::invalid(Self::NAME, "kernel", format!("an odd pooling kernel size, got {}", s.kernel)));
+        }
+        fits(Self::NAME, "q_heads * seq * dim", &[self.q_heads, self.seq, self.dim])?;
+        fits(Self::NAME, "kv_heads * seq * dim", &[self.kv_heads, self.seq, self.dim]).map(drop)
+    }
+    fn buffers(&self) -> Vec<BufferSpec> {
+        let hs = self.out_heads();
+        let mut v = vec![
+            BufferSpec::input("q_obs", self.dtype, self.q_heads * self.obs_len() * self.dim),
+            BufferSpec::input("k", self.dtype, self.kv_heads * self.seq * self.dim),
+            BufferSpec::output("kept", DType::I32, hs * self.kept_len()),
+        ];
+        if self.compresses() {
+            let (name, dtype) = match self.settings.selector {
+                Selector::Score => ("scores", DType::F32),
+                Selector::Random { .. } => ("keys", DType::U32),
+            };
+            v.push(BufferSpec::output(name, dtype, hs * (self.seq - self.settings.window)));
+        }
+        v
+    }
+    /// Window scoring reads `K` once per pass (two passes: row log-sum-exp, column sums).
+    fn cost(&self) -> Cost {
+        let es = self.dtype.size() as u64;
+        let w = self.obs_len() as u64;
+        let k = (self.kv_heads * self.seq * self.dim) as u64;
+        let pairs = w * self.seq as u64 * self.q_heads as u64;
+        Cost {
+            flops: if self.compresses() { 2 * 2 * pairs * self.dim as u64 } else { 0 },
+            bytes: (k + w * (self.q_heads * self.dim) as u64) * es + 4 * (self.out_heads() * self.kept_len()) as u64,
+        }
+    }
+    fn label(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "hq{}_hkv{}_t{}_d{}_w{}_cap{}_{}",
+            self.q_heads, self.kv_heads, self.seq, self.dim, s.window, s.capacity, self.dtype
+        )
+    }
+}

@@ -1,0 +1,219 @@
+//! Launch parameters shared by Rust, WGSL and CUDA.
+//!
+//! Every struct here is emitted three times from one definition by [`gpu_params!`]: the Rust
+//! `#[repr(C)]` type, its WGSL declaration (`Self::WGSL`, prepended to the shaders that bind it as
+//! a uniform) and its CUDA declaration (`Self::cuda_decl()`, prepended to the kernels that take it
+//! by value). Fields are 4-byte scalars only and every struct is padded to 16 bytes, so the C,
+//! WGSL-uniform and WGSL-storage layouts are the same bytes (checked against naga in tests).
+//! One struct per kernel family (one `shaders/*.wgsl` / `cuda/*.cu` file); each op of the family
+//! fills the fields it uses and leaves the rest zero.
+
+macro_rules! wgsl_ty {
+    (u32) => {
+        "u32"
+    };
+    (i32) => {
+        "i32"
+    };
+    (f32) => {
+        "f32"
+    };
+}
+macro_rules! cuda_ty {
+    (u32) => {
+        "unsigned int"
+    };
+    (i32) => {
+        "int"
+    };
+    (f32) => {
+        "float"
+    };
+}
+
+macro_rules! gpu_params {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident : $ty:tt),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+
+        impl $name {
+            /// WGSL declaration, prepended to every shader that binds this struct.
+            pub const WGSL: &'static str = concat!("struct ", stringify!($name), " {\n",
+                $("    ", stringify!($field), ": ", wgsl_ty!($ty), ",\n",)* "}\n");
+            /// CUDA declaration (see [`Self::cuda_decl`]).
+            pub const CUDA: &'static str = concat!("struct ", stringify!($name), " {\n",
+                $("    ", cuda_ty!($ty), " ", stringify!($field), ";\n",)* "};\n");
+            /// `(field, byte offset)` pairs, checked against naga's layout in the tests.
+            pub const FIELDS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), core::mem::offset_of!($name, $field))),*];
+            /// CUDA declaration plus a `static_assert` that pins the size.
+            pub fn cuda_decl() -> String {
+                format!("{}static_assert(sizeof({}) == {}, \"params layout drift\");\n",
+                        Self::CUDA, stringify!($name), core::mem::size_of::<Self>())
+            }
+        }
+        const _: () = assert!(core::mem::size_of::<$name>() % 16 == 0, "pad params to 16 bytes");
+        #[cfg(feature = "cuda")]
+        // SAFETY: #[repr(C)], only 4-byte scalar fields, no implicit padding; same layout as `Self::CUDA`.
+        unsafe impl cudarc::driver::DeviceRepr for $name {}
+    };
+}
+
+gpu_params! {
+    /// `random` family: `pcg_hash`, `random_key`, `random_select`.
+    pub struct RandomParams {
+        /// Elements per row (candidates).
+        pub n: u32,
+        pub rows: u32,
+        /// Selected per row (`random_select`).
+        pub k: u32,
+        pub seed: u32,
+    }
+}
+
+gpu_params! {
+    /// `topk` family.
+    pub struct TopkParams {
+        pub rows: u32,
+        pub n: u32,
+        pub k: u32,
+        /// `min(k, n)`: the output row width.
+        pub out_k: u32,
+    }
+}
+
+gpu_params! {
+    /// `decay` family: `decay_scan`, `decay_step`, `rope`, `ratplus_kv`, `ratplus_step`.
+    /// Tensors are `[outer, seq, inner]` (`[H, T, D]` for RAT+ and RoPE, `[1, T, C]` for a plain scan).
+    pub struct DecayParams {
+        pub outer: u32,
+        pub seq: u32,
+        pub inner: u32,
+        /// Position of token 0 (RoPE, RAT+); `ratplus_step` uses it as the step's position.
+        pub pos0: u32,
+        /// RoPE base (10000 for RAT+).
+        pub base: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+gpu_params! {
+    /// `blocks` family: `block_minmax`, `block_mean`, `quest_scores`, `moba_gate`.
+    pub struct BlockParams {
+        pub q_heads: u32,
+        pub kv_heads: u32,
+        /// Tokens (`T`); for `moba_gate` also the number of query tokens.
+        pub seq: u32,
+        pub dim: u32,
+        pub block_size: u32,
+        /// `ceil(seq / block_size)`.
+        pub nb: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+gpu_params! {
+    /// `select` family: forced top-k block selection of Quest (one row per query head) and MoBA
+    /// (one row per query head and token).
+    pub struct SelectParams {
+        pub rows: u32,
+        pub nb: u32,
+        /// Query tokens per head (1 for Quest decode); row `r` is head `r / seq`, token `r % seq`.
+        pub seq: u32,
+        pub block_size: u32,
+        /// Budget in blocks, forced ones included.
+        pub n_blocks: u32,
+        /// 1 = block 0 is always kept.
+        pub force_first: u32,
+        pub n_local: u32,
+        /// Output row width (`n_sel` for Quest, `W` for MoBA).
+        pub width: u32,
+        /// 0 = Quest (current block = last block, candidates = all blocks);
+        /// 1 = MoBA (current block = the token's block, candidates = past blocks).
+        pub mode: u32,
+        /// 0 = by score, 1 = by `random_key(seed, row, block)`.
+        pub selector: u32,
+        pub seed: u32,
+        pub _pad0: u32,
+    }
+}
+
+gpu_params! {
+    /// `attention` family: dense, index-set (decode) and block-sparse (MoBA prefill) attention.
+    pub struct AttentionParams {
+        pub q_heads: u32,
+        pub kv_heads: u32,
+        pub q_len: u32,
+        pub kv_len: u32,
+        pub dim: u32,
+        /// 1 = causal, bottom-right aligned.
+        pub causal: u32,
+        /// Softmax scale (1/sqrt(D) by default).
+        pub scale: f32,
+        /// Rows of the index list: `q_heads` (per query head) or `kv_heads` (shared by a group).
+        pub idx_heads: u32,
+        /// Entries per index row (sparse decode) or selected blocks per token (block-sparse).
+        pub n_idx: u32,
+        /// Tokens per block (block-sparse; 1 when the indices are tokens).
+        pub block_size: u32,
+        /// Splits of the key range merged by log-sum-exp (flash-decoding); 1 = no split.
+        pub splits: u32,
+        pub _pad0: u32,
+    }
+}
+
+gpu_params! {
+    /// `snapkv` family: window scoring, pooling, group combination and the kept set.
+    pub struct SnapKvParams {
+        pub q_heads: u32,
+        pub kv_heads: u32,
+        pub seq: u32,
+        pub dim: u32,
+        pub window: u32,
+        pub capacity: u32,
+        /// Odd pooling kernel size.
+        pub kernel: u32,
+        /// 0 = avg (zero padding counted), 1 = max.
+        pub pooling: u32,
+        /// 0 = mean over the group (one set per kv head), 1 = per query head.
+        pub gqa: u32,
+        /// Output heads: `kv_heads` (mean) or `q_heads` (per head).
+        pub out_heads: u32,
+        /// Prefix tokens competing: `seq - window`.
+        pub n_prefix: u32,
+        /// Prefix tokens kept: `capacity - window`.
+        pub n_keep: u32,
+        /// 0 = by score, 1 = by `random_key(seed, out_head, token)`.
+        pub selector: u32,
+        pub seed: u32,
+        pub scale: f32,
+        pub _pad0: u32,
+    }
+}
+
+gpu_params! {
+    /// `hit_rate` family.
+    pub struct HitRateParams {
+        pub steps: u32,
+        pub heads: u32,
+        pub n: u32,
+        pub block_size: u32,
+    }
+}
+
+/// Every params struct as `(name, WGSL declaration, FIELDS, size)`, for the layout tests.
+pub const ALL: &[(&str, &str, &[(&str, usize)], usize)] = &[
+    ("RandomParams", RandomParams::WGSL, RandomParams::FIELDS, size_of::<RandomParams>()),
+    ("TopkParams", TopkParams::WGSL, TopkParams::FIELDS, size_of::<TopkParams>()),
+    ("DecayParams", DecayParams::WGSL, DecayParams::FIELDS, size_of::<DecayParams>()),
+    ("BlockParams", BlockParams::WGSL, BlockParams::FIELDS, size_of::<BlockParams>()),
+    ("SelectParams", SelectParams::WGSL, SelectParams::FIELDS, size_of::<SelectParams>()),
+    ("AttentionParams", AttentionParams::WGSL, AttentionParams::FIELDS, size_of::<AttentionParams>()),
+    ("SnapKvParams", SnapKvParams::WGSL, SnapKvParams::FIELDS, size_of::<SnapKvParams>()),
+    ("HitRateParams", HitRateParams::WGSL, HitRateParams::FIELDS, size_of::<HitRateParams>()),
+];
