@@ -65,8 +65,13 @@ pub trait Backend {
     /// See [`PcgHash`].
     fn pcg_hash(&self, op: &PcgHash, v: &Self::Buffer, hash: &mut Self::Buffer) -> Result<()>;
     /// See [`RandomKey`].
-    fn random_key(&self, op: &RandomKey, rows: &Self::Buffer, idx: &Self::Buffer, keys: &mut Self::Buffer)
-        -> Result<()>;
+    fn random_key(
+        &self,
+        op: &RandomKey,
+        rows: &Self::Buffer,
+        idx: &Self::Buffer,
+        keys: &mut Self::Buffer,
+    ) -> Result<()>;
     /// See [`RandomSelect`].
     fn random_select(
         &self,

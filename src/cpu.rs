@@ -92,7 +92,10 @@ impl Backend for Cpu {
         "cpu"
     }
     fn device_name(&self) -> String {
-        format!("host CPU ({} threads available), float64 reference", std::thread::available_parallelism().map_or(1, |n| n.get()))
+        format!(
+            "host CPU ({} threads available), float64 reference",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
     }
     fn supports(&self, _dtype: DType) -> bool {
         true
@@ -146,7 +149,14 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn decay_scan(&self, op: &DecayScan, x: &CpuBuffer, g: &CpuBuffer, h0: &CpuBuffer, y: &mut CpuBuffer) -> Result<()> {
+    fn decay_scan(
+        &self,
+        op: &DecayScan,
+        x: &CpuBuffer,
+        g: &CpuBuffer,
+        h0: &CpuBuffer,
+        y: &mut CpuBuffer,
+    ) -> Result<()> {
         ops::check(op, &[x, g, h0, y])?;
         let (x, g, h0) = (f32s(x), f32s(g), f32s(h0));
         let lane = op.seq * op.inner;
@@ -159,7 +169,14 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn decay_step(&self, op: &DecayStep, x: &CpuBuffer, g: &CpuBuffer, h: &CpuBuffer, h_new: &mut CpuBuffer) -> Result<()> {
+    fn decay_step(
+        &self,
+        op: &DecayStep,
+        x: &CpuBuffer,
+        g: &CpuBuffer,
+        h: &CpuBuffer,
+        h_new: &mut CpuBuffer,
+    ) -> Result<()> {
         ops::check(op, &[x, g, h, h_new])?;
         put_f32(h_new, &reference::decay_step(&f32s(x), &f32s(g), &f32s(h)));
         Ok(())
@@ -379,6 +396,7 @@ impl Backend for Cpu {
             &f32s(k),
             &f32s(v),
             i32s(idx),
+            op.idx_heads,
             op.q_heads,
             op.kv_heads,
             op.dim,

@@ -13,40 +13,20 @@ fn vecf(n: usize) -> impl Strategy<Value = Vec<f32>> {
 fn close(a: &[f32], b: &[f32], tol: f32) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.len(), b.len());
     for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        prop_assert!(
-            (x - y).abs() <= tol * (1.0 + y.abs()),
-            "index {}: {} vs {}",
-            i,
-            x,
-            y
-        );
+        prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "index {}: {} vs {}", i, x, y);
     }
     Ok(())
 }
 
 /// Attention problem: `(hq, hkv, dim, t, q[hq, tq, dim], k, v[hkv, t, dim])`.
-fn attn_case(
-    tq_is_t: bool,
-) -> impl Strategy<Value = (usize, usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>)> {
-    (
-        1usize..=2,
-        1usize..=2,
-        prop::sample::select(vec![2usize, 4, 8]),
-        1usize..=40,
-    )
-        .prop_flat_map(move |(hkv, g, d, t)| {
+fn attn_case(tq_is_t: bool) -> impl Strategy<Value = (usize, usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>)> {
+    (1usize..=2, 1usize..=2, prop::sample::select(vec![2usize, 4, 8]), 1usize..=40).prop_flat_map(
+        move |(hkv, g, d, t)| {
             let hq = hkv * g;
             let tq = if tq_is_t { t } else { 1 };
-            (
-                Just(hq),
-                Just(hkv),
-                Just(d),
-                Just(t),
-                vecf(hq * tq * d),
-                vecf(hkv * t * d),
-                vecf(hkv * t * d),
-            )
-        })
+            (Just(hq), Just(hkv), Just(d), Just(t), vecf(hq * tq * d), vecf(hkv * t * d), vecf(hkv * t * d))
+        },
+    )
 }
 
 fn scale(d: usize) -> f64 {
@@ -154,7 +134,7 @@ proptest! {
                     .collect();
                 let kv = h / g;
                 let span = kv * t * d..(kv + 1) * t * d;
-                let one = r::attention_sparse_with_heads(
+                let one = r::attention_sparse(
                     &q[(h * t + tt) * d..(h * t + tt + 1) * d], &k[span.clone()], &v[span], &idx, 1, 1, 1, d, scale(d));
                 close(&got.out[(h * t + tt) * d..(h * t + tt + 1) * d], &one.out, 1e-6)?;
                 prop_assert!(got.lse[h * t + tt] == one.lse[0] || (got.lse[h * t + tt] - one.lse[0]).abs() <= 1e-6);
@@ -176,7 +156,7 @@ proptest! {
                 order.into_iter().chain(std::iter::repeat_n(-1, pad))
             })
             .collect();
-        let got = r::attention_sparse_with_heads(&q, &k, &v, &idx, hi, hq, hkv, d, scale(d));
+        let got = r::attention_sparse(&q, &k, &v, &idx, hi, hq, hkv, d, scale(d));
         let want = r::attention_dense(&q, &k, &v, hq, hkv, d, false, scale(d));
         close(&got.out, &want.out, 1e-5)?;
         close(&got.lse, &want.lse, 1e-5)?;

@@ -50,7 +50,10 @@ impl Op for HitRate {
         ]
     }
     fn cost(&self) -> Cost {
-        Cost { flops: (self.steps * self.heads) as u64, bytes: 4 * (self.steps * (self.heads + 1) + self.heads + 1) as u64 }
+        Cost {
+            flops: (self.steps * self.heads) as u64,
+            bytes: 4 * (self.steps * (self.heads + 1) + self.heads + 1) as u64,
+        }
     }
     fn label(&self) -> String {
         format!("s{}_h{}_n{}_bs{}", self.steps, self.heads, self.n, self.block_size)

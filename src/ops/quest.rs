@@ -31,7 +31,14 @@ pub(crate) fn ranking(selector: Selector, score_name: &'static str) -> (&'static
     }
 }
 
-pub(crate) fn select_params(cfg: &SelectConfig, rows: usize, nb: usize, seq: usize, width: usize, mode: u32) -> SelectParams {
+pub(crate) fn select_params(
+    cfg: &SelectConfig,
+    rows: usize,
+    nb: usize,
+    seq: usize,
+    width: usize,
+    mode: u32,
+) -> SelectParams {
     let (selector, seed) = match cfg.selector {
         Selector::Score => (0, 0),
         Selector::Random { seed } => (1, seed),
@@ -121,7 +128,12 @@ impl QuestDecode {
     /// Allocates the four outputs (poisoned) in argument order.
     pub fn alloc_outputs<B: crate::Backend>(&self, b: &B) -> Result<[B::Buffer; 4]> {
         let s = self.buffers();
-        Ok([b.alloc(s[3].dtype, s[3].len)?, b.alloc(s[4].dtype, s[4].len)?, b.alloc(s[5].dtype, s[5].len)?, b.alloc(s[6].dtype, s[6].len)?])
+        Ok([
+            b.alloc(s[3].dtype, s[3].len)?,
+            b.alloc(s[4].dtype, s[4].len)?,
+            b.alloc(s[5].dtype, s[5].len)?,
+            b.alloc(s[6].dtype, s[6].len)?,
+        ])
     }
 }
 
