@@ -1,1 +1,165 @@
-fn main() {}
+//! The `kvsparse` command line: `info`, `verify`, `report`.
+
+use kvsparse::golden::Case;
+use kvsparse::{Backend, Cpu, Error};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+kvsparse: sparse attention over decaying memory, on every GPU
+
+usage:
+  kvsparse info                                   backends and devices found
+  kvsparse verify --golden DIR [--backend NAME]   run golden cases; NAME = cpu, wgpu, cuda or all (default)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("info") => info(),
+        Some("verify") => verify(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("kvsparse: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--name value` pairs; unknown flags are an error.
+fn flags(args: &[String], known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let name =
+            a.strip_prefix("--").filter(|n| known.contains(n)).ok_or_else(|| format!("unknown argument `{a}`"))?;
+        let value = it.next().ok_or_else(|| format!("`--{name}` needs a value"))?;
+        out.push((name.to_string(), value.clone()));
+    }
+    Ok(out)
+}
+
+/// A backend that could not be opened, with the reason.
+fn unavailable(name: &str, e: Error) -> String {
+    format!("{name}: {e}")
+}
+
+fn info() -> Result<ExitCode, String> {
+    let cpu = Cpu::new();
+    println!("cpu: {}", cpu.device_name());
+    #[cfg(feature = "wgpu")]
+    match kvsparse::Wgpu::new() {
+        Ok(w) => w.info_lines().iter().for_each(|l| println!("wgpu: {l}")),
+        Err(e) => println!("{}", unavailable("wgpu", e)),
+    }
+    #[cfg(not(feature = "wgpu"))]
+    println!("wgpu: not compiled in (build with --features wgpu)");
+    #[cfg(feature = "cuda")]
+    match kvsparse::Cuda::new() {
+        Ok(c) => c.info_lines().iter().for_each(|l| println!("cuda: {l}")),
+        Err(e) => println!("{}", unavailable("cuda", e)),
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda: not compiled in (build with --features cuda)");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+fn run_cases<B: Backend>(b: &B, cases: &[Case], tally: &mut Tally) {
+    for case in cases {
+        let file = case.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        match case.run(b) {
+            Ok(o) if o.passed() => {
+                tally.passed += 1;
+                println!("{file:<52} {:<16} {:<7} {:>10.3e}  pass", case.op_name, b.name(), o.max_abs_err);
+            }
+            Ok(o) => {
+                tally.failed += 1;
+                println!(
+                    "{file:<52} {:<16} {:<7} {:>10.3e}  FAIL  {}",
+                    case.op_name,
+                    b.name(),
+                    o.max_abs_err,
+                    o.failures.join("; ")
+                );
+            }
+            Err(e) => {
+                tally.failed += 1;
+                println!("{file:<52} {:<16} {:<7} {:>10}  FAIL  {e}", case.op_name, b.name(), "-");
+            }
+        }
+    }
+}
+
+fn verify(args: &[String]) -> Result<ExitCode, String> {
+    let mut dir = None;
+    let mut backend = "all".to_string();
+    for (name, value) in flags(args, &["golden", "backend"])? {
+        match name.as_str() {
+            "golden" => dir = Some(PathBuf::from(value)),
+            _ => backend = value,
+        }
+    }
+    let dir = dir.ok_or("verify needs --golden DIR")?;
+    if !["cpu", "wgpu", "cuda", "all"].contains(&backend.as_str()) {
+        return Err(format!("unknown backend `{backend}`: expected cpu, wgpu, cuda or all"));
+    }
+    let files = kvsparse::golden::case_files(&dir).map_err(|e| e.to_string())?;
+    let mut cases = Vec::new();
+    let mut malformed = Vec::new();
+    for f in &files {
+        match Case::load(f).and_then(|c| c.op().map(|_| c)) {
+            Ok(c) => cases.push(c),
+            Err(e) => malformed.push(e.to_string()),
+        }
+    }
+    let wants = |name: &str| backend == "all" || backend == name;
+    let mut tally = Tally::default();
+    let mut missing = Vec::new();
+    println!("{:<52} {:<16} {:<7} {:>10}  result", "file", "op", "backend", "max error");
+    if wants("cpu") {
+        run_cases(&Cpu::new(), &cases, &mut tally);
+    }
+    if wants("wgpu") {
+        #[cfg(feature = "wgpu")]
+        match kvsparse::Wgpu::new() {
+            Ok(w) => run_cases(&w, &cases, &mut tally),
+            Err(e) => missing.push(unavailable("wgpu", e)),
+        }
+        #[cfg(not(feature = "wgpu"))]
+        missing.push("wgpu: not compiled in (build with --features wgpu)".to_string());
+    }
+    if wants("cuda") {
+        #[cfg(feature = "cuda")]
+        match kvsparse::Cuda::new() {
+            Ok(c) => run_cases(&c, &cases, &mut tally),
+            Err(e) => missing.push(unavailable("cuda", e)),
+        }
+        #[cfg(not(feature = "cuda"))]
+        missing.push("cuda: not compiled in (build with --features cuda)".to_string());
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    for m in &missing {
+        eprintln!("kvsparse: skipped {m}");
+    }
+    for m in &malformed {
+        eprintln!("kvsparse: unusable golden file {m}");
+    }
+    // A backend asked for by name that cannot run, or a malformed file, is unusable input.
+    if !malformed.is_empty() || (backend != "all" && !missing.is_empty()) {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -5,6 +5,7 @@
 //! Layouts are row-major; attention tensors are `[heads, seq, dim]`; GQA by contiguous groups
 //! (query head `h` reads kv head `h / (q_heads / kv_heads)`).
 
+mod any;
 mod attention;
 mod blocks;
 mod decay;
@@ -15,6 +16,7 @@ mod random;
 mod snapkv;
 mod topk;
 
+pub use any::AnyOp;
 pub use attention::{AttentionDense, AttentionSparse};
 pub use blocks::{BlockMean, BlockMinmax, BlockShape, QuestScores};
 pub use decay::{DecayScan, DecayStep, RatplusKv, RatplusStep, Rope};
