@@ -47,6 +47,7 @@ fn flags(args: &[String], known: &[&str]) -> Result<Vec<(String, String)>, Strin
 }
 
 /// A backend that could not be opened, with the reason.
+#[allow(dead_code)] // used only when a GPU backend is compiled in
 fn unavailable(name: &str, e: Error) -> String {
     format!("{name}: {e}")
 }
