@@ -61,6 +61,36 @@ pub trait Backend {
     }
     /// Waits until every submitted op has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Copies `src` into `dst` on the device (same dtype and length). The default goes through
+    /// the host; GPU backends override it with a device-to-device copy.
+    fn copy_buffer(&self, src: &Self::Buffer, dst: &mut Self::Buffer) -> Result<()> {
+        if src.dtype() != dst.dtype() || src.len() != dst.len() {
+            return Err(crate::Error::Buffer {
+                op: "copy_buffer",
+                name: "dst",
+                expected: src.len(),
+                expected_dtype: src.dtype(),
+                got: dst.len(),
+                got_dtype: dst.dtype(),
+            });
+        }
+        *dst = self.upload(&self.download(src)?)?;
+        Ok(())
+    }
+    /// Device time of the work `f` submits, waiting for it to finish. GPU backends measure with
+    /// the device's own timers (CUDA events, wgpu timestamp queries) and say so in
+    /// [`Backend::timer_kind`]; the default is the host clock around `f` and a synchronize.
+    fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        self.synchronize()?;
+        let t0 = std::time::Instant::now();
+        f()?;
+        self.synchronize()?;
+        Ok(t0.elapsed())
+    }
+    /// How [`Backend::time`] measures: `host-clock`, `cuda-events` or `wgpu-timestamps`.
+    fn timer_kind(&self) -> &'static str {
+        "host-clock"
+    }
 
     /// See [`PcgHash`].
     fn pcg_hash(&self, op: &PcgHash, v: &Self::Buffer, hash: &mut Self::Buffer) -> Result<()>;
@@ -149,13 +179,16 @@ pub trait Backend {
         scores: &mut Self::Buffer,
     ) -> Result<()>;
 
-    /// See [`QuestDecode`]. `ranking` is `scores` (f32) or `keys` (u32), per the selector.
+    /// See [`QuestDecode`]. `stats` are the cached block statistics `(kmin, kmax)` of `k`
+    /// (`[Hkv, NB, D]`, storage dtype, as [`Backend::block_minmax`] writes them); `None` computes
+    /// them from `k` first. `ranking` is `scores` (f32) or `keys` (u32), per the selector.
     fn quest_decode(
         &self,
         op: &QuestDecode,
         q: &Self::Buffer,
         k: &Self::Buffer,
         v: &Self::Buffer,
+        stats: Option<(&Self::Buffer, &Self::Buffer)>,
         selected: &mut Self::Buffer,
         out: &mut Self::Buffer,
         lse: &mut Self::Buffer,

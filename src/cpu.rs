@@ -272,16 +272,22 @@ impl Backend for Cpu {
         q: &CpuBuffer,
         k: &CpuBuffer,
         v: &CpuBuffer,
+        stats: Option<(&CpuBuffer, &CpuBuffer)>,
         selected: &mut CpuBuffer,
         out: &mut CpuBuffer,
         lse: &mut CpuBuffer,
         ranking: &mut CpuBuffer,
     ) -> Result<()> {
-        ops::check(op, &[q, k, v, selected, out, lse, ranking])?;
+        match stats {
+            Some((lo, hi)) => ops::check(op, &[q, k, v, lo, hi, selected, out, lse, ranking])?,
+            None => ops::check(op, &[q, k, v, selected, out, lse, ranking])?,
+        }
+        let stats = stats.map(|(lo, hi)| (f32s(lo), f32s(hi)));
         let r = reference::quest_decode(
             &f32s(q),
             &f32s(k),
             &f32s(v),
+            stats.as_ref().map(|(lo, hi)| (&lo[..], &hi[..])),
             op.q_heads,
             op.kv_heads,
             op.dim,

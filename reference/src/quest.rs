@@ -78,11 +78,14 @@ pub fn quest_select(scores: &[f32], q_heads: usize, nb: usize, cfg: &SelectConfi
 /// [`quest_select`] per query head, on the f64 scores (or on `keys[h, b] = random_key(seed, h, b)`
 /// for the random selector); then softmax attention (f64, `scale`) of `q[h]` over every token of
 /// the selected blocks (all `<= T-1`, no mask). `T = 1`: one block, attention over token 0.
+/// `stats = Some((kmin, kmax))` (`[Hkv, NB, D]`) uses those statistics instead of computing them
+/// from `k` (a decoder's cache keeps them; they must equal [`crate::block_minmax`] of `k`).
 #[allow(clippy::too_many_arguments)]
 pub fn quest_decode(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    stats: Option<(&[f32], &[f32])>,
     q_heads: usize,
     kv_heads: usize,
     dim: usize,
@@ -95,8 +98,16 @@ pub fn quest_decode(
     let bs = cfg.block_size;
     let t_len = seq_len(k.len(), kv_heads, dim);
     let nb = num_blocks(t_len, bs);
-    let (kmin, kmax) = block_minmax(k, kv_heads, dim, bs);
-    let scores = quest_scores_f64(q, &kmin, &kmax, q_heads, kv_heads, dim);
+    let computed;
+    let (kmin, kmax) = match stats {
+        Some(given) => given,
+        None => {
+            computed = block_minmax(k, kv_heads, dim, bs);
+            (&computed.0[..], &computed.1[..])
+        }
+    };
+    assert_eq!(kmin.len(), kv_heads * nb * dim, "quest_decode: stats must be [Hkv, NB, D]");
+    let scores = quest_scores_f64(q, kmin, kmax, q_heads, kv_heads, dim);
     let keys = match cfg.selector {
         Selector::Score => Vec::new(),
         Selector::Random { seed } => quest_keys(seed, q_heads, nb),

@@ -89,7 +89,7 @@ proptest! {
         let nb = r::num_blocks(t, bs);
         let selector = if random { r::Selector::Random { seed: 7 } } else { r::Selector::Score };
         let cfg = r::SelectConfig { block_size: bs, n_blocks: nb, force_first: ff, n_local, selector };
-        let got = r::quest_decode(&q, &k, &v, hq, hkv, d, &cfg, scale(d));
+        let got = r::quest_decode(&q, &k, &v, None, hq, hkv, d, &cfg, scale(d));
         let want = r::attention_dense(&q, &k, &v, hq, hkv, d, false, scale(d));
         prop_assert_eq!(got.n_sel, nb);
         let all: Vec<i32> = (0..hq).flat_map(|_| 0..nb as i32).collect();

@@ -130,7 +130,14 @@ impl AnyOp {
             AnyOp::BlockMinmax(op) => call!(block_minmax, op, [k], [lo, hi]),
             AnyOp::BlockMean(op) => call!(block_mean, op, [k], [m]),
             AnyOp::QuestScores(op) => call!(quest_scores, op, [q, lo, hi], [s]),
-            AnyOp::QuestDecode(op) => call!(quest_decode, op, [q, k, v], [sel, out, lse, rank]),
+            AnyOp::QuestDecode(op) => {
+                let [sel, out, lse, rank] = outputs else { return Err(arity()) };
+                match inputs {
+                    [q, k, v] => b.quest_decode(op, q, k, v, None, sel, out, lse, rank),
+                    [q, k, v, lo, hi] => b.quest_decode(op, q, k, v, Some((lo, hi)), sel, out, lse, rank),
+                    _ => Err(arity()),
+                }
+            }
             AnyOp::MobaPrefill(op) => call!(moba_prefill, op, [q, k, v], [out, lse, sel, rank]),
             AnyOp::SnapKvCompress(op) => match outputs {
                 [kept] => {

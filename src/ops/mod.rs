@@ -23,7 +23,7 @@ pub use decay::{DecayScan, DecayStep, RatplusKv, RatplusStep, Rope};
 pub use hit_rate::HitRate;
 pub use kvsparse_reference::{GqaMode, Pooling, SelectConfig, Selector};
 pub use moba::MobaPrefill;
-pub use quest::QuestDecode;
+pub use quest::{QuestDecode, QuestStats};
 pub use random::{PcgHash, RandomKey, RandomSelect};
 pub use snapkv::{SnapKvCompress, SnapKvSettings};
 pub use topk::TopK;

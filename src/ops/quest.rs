@@ -67,6 +67,11 @@ pub(crate) fn select_params(
 /// plus the best `n_blocks - |forced|` others are kept, `n_sel = min(NB, max(n_blocks, |forced|))`
 /// blocks in all, and attention runs over every token of those blocks.
 ///
+/// The block statistics (`kmin`, `kmax`, `[Hkv, NB, D]`) are either computed from `k` on each
+/// call ([`QuestStats::Compute`], what a one-off call needs) or passed in as inputs after `v`
+/// ([`QuestStats::Cached`], what a decoder whose cache keeps them up to date passes; then only
+/// the statistics and the selected blocks are read).
+///
 /// Outputs, in order: `selected[Hq, n_sel]` (i32, ascending block ids), `out[Hq, D]` (storage
 /// dtype), `lse[Hq]` (f32), and the ranking `[Hq, NB]`: `scores` (f32) for the score
 /// selector or `keys` (u32) for the random one.
@@ -81,11 +86,21 @@ pub(crate) fn select_params(
 /// let v = cpu.upload(&HostData::F32(vec![5.0, 5.0, 1.0, 3.0]))?;
 /// let bufs = op.alloc_outputs(&cpu)?;
 /// let [mut sel, mut out, mut lse, mut scores] = bufs;
-/// cpu.quest_decode(&op, &q, &k, &v, &mut sel, &mut out, &mut lse, &mut scores)?;
+/// cpu.quest_decode(&op, &q, &k, &v, None, &mut sel, &mut out, &mut lse, &mut scores)?;
 /// assert_eq!(cpu.download(&sel)?, HostData::I32(vec![1])); // only the local block
 /// assert_eq!(cpu.download(&out)?, HostData::F32(vec![2.0]));
 /// # Ok::<(), kvsparse::Error>(())
 /// ```
+/// Where Quest's block statistics come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuestStats {
+    /// Computed from `k` inside the call.
+    #[default]
+    Compute,
+    /// Passed in (`kmin`, `kmax` inputs after `v`).
+    Cached,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuestDecode {
     pub q_heads: usize,
@@ -95,6 +110,7 @@ pub struct QuestDecode {
     pub select: SelectConfig,
     pub scale: f32,
     pub dtype: DType,
+    pub stats: QuestStats,
 }
 
 impl QuestDecode {
@@ -108,7 +124,7 @@ impl QuestDecode {
         scale: f32,
         dtype: DType,
     ) -> Result<Self> {
-        let op = QuestDecode { q_heads, kv_heads, seq, dim, select, scale, dtype };
+        let op = QuestDecode { q_heads, kv_heads, seq, dim, select, scale, dtype, stats: QuestStats::Compute };
         op.validate()?;
         Ok(op)
     }
@@ -152,21 +168,31 @@ impl Op for QuestDecode {
     fn buffers(&self) -> Vec<BufferSpec> {
         let kv = self.kv_heads * self.seq * self.dim;
         let (rank_name, rank_dtype) = ranking(self.select.selector, "scores");
-        vec![
+        let stats = self.kv_heads * self.nb() * self.dim;
+        let mut v = vec![
             BufferSpec::input("q", self.dtype, self.q_heads * self.dim),
             BufferSpec::input("k", self.dtype, kv),
             BufferSpec::input("v", self.dtype, kv),
+        ];
+        if self.stats == QuestStats::Cached {
+            v.push(BufferSpec::input("kmin", self.dtype, stats));
+            v.push(BufferSpec::input("kmax", self.dtype, stats));
+        }
+        v.extend([
             BufferSpec::output("selected", DType::I32, self.q_heads * self.n_sel()),
             BufferSpec::output("out", self.dtype, self.q_heads * self.dim),
             BufferSpec::output("lse", DType::F32, self.q_heads),
             BufferSpec::output(rank_name, rank_dtype, self.q_heads * self.nb()),
-        ]
+        ]);
+        v
     }
-    /// The decode step given the block statistics (kept up to date by the cache): stats read,
-    /// plus the selected tokens' K and V.
+    /// Statistics read (or computed from all of `k`), plus the selected tokens' K and V.
     fn cost(&self) -> Cost {
         let es = self.dtype.size() as u64;
-        let stats = (2 * self.kv_heads * self.nb() * self.dim) as u64;
+        let stats = match self.stats {
+            QuestStats::Cached => (2 * self.kv_heads * self.nb() * self.dim) as u64,
+            QuestStats::Compute => (self.kv_heads * self.seq * self.dim) as u64,
+        };
         let tokens = (self.n_sel() * self.select.block_size).min(self.seq) as u64;
         let kv_read = 2 * tokens * (self.q_heads * self.dim) as u64;
         Cost {

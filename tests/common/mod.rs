@@ -208,12 +208,22 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
             };
             let scale = default_scale(d);
             let (q_len, kv) = (if quest { hq * d } else { hq * t * d }, hkv * t * d);
+            let mut inputs = vec![f(r.grid(q_len)), f(r.grid(kv)), f(r.normal(kv, 1.0))];
             let op = if quest {
-                AnyOp::QuestDecode(QuestDecode::new(hq, hkv, t, d, select, scale, dtype).unwrap())
+                let op = QuestDecode::new(hq, hkv, t, d, select, scale, dtype).unwrap();
+                if r.bool(0.3) {
+                    // A decoder passes the statistics its cache keeps.
+                    let k = inputs[1].to_f32().unwrap();
+                    let (lo, hi) = kvsparse_reference::block_minmax(&k, hkv, d, bs);
+                    inputs.extend([f(lo), f(hi)]);
+                    AnyOp::QuestDecode(op.with_cached_stats())
+                } else {
+                    AnyOp::QuestDecode(op)
+                }
             } else {
                 AnyOp::MobaPrefill(MobaPrefill::new(hq, hkv, t, d, select, scale, dtype).unwrap())
             };
-            Case { op, inputs: vec![f(r.grid(q_len)), f(r.grid(kv)), f(r.normal(kv, 1.0))] }
+            Case { op, inputs }
         }
         "snapkv_compress" => {
             let (hq, hkv) = heads(r);
