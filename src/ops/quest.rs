@@ -141,15 +141,16 @@ impl QuestDecode {
     pub fn select_params(&self) -> SelectParams {
         select_params(&self.select, self.q_heads, self.nb(), 1, self.n_sel(), 0)
     }
+    /// The same problem with the block statistics passed in.
+    pub fn with_cached_stats(mut self) -> Self {
+        self.stats = QuestStats::Cached;
+        self
+    }
     /// Allocates the four outputs (poisoned) in argument order.
     pub fn alloc_outputs<B: crate::Backend>(&self, b: &B) -> Result<[B::Buffer; 4]> {
-        let s = self.buffers();
-        Ok([
-            b.alloc(s[3].dtype, s[3].len)?,
-            b.alloc(s[4].dtype, s[4].len)?,
-            b.alloc(s[5].dtype, s[5].len)?,
-            b.alloc(s[6].dtype, s[6].len)?,
-        ])
+        let outs: Vec<BufferSpec> = self.buffers().into_iter().filter(|s| s.output).collect();
+        let alloc = |i: usize| b.alloc(outs[i].dtype, outs[i].len);
+        Ok([alloc(0)?, alloc(1)?, alloc(2)?, alloc(3)?])
     }
 }
 
