@@ -34,6 +34,7 @@ mod error;
 pub mod golden;
 pub mod ops;
 pub mod params;
+pub mod report;
 
 pub use backend::{Backend, DeviceBuffer};
 pub use cpu::{Cpu, CpuBuffer};

@@ -11,6 +11,11 @@ kvsparse: sparse attention over decaying memory, on every GPU
 usage:
   kvsparse info                                   backends and devices found
   kvsparse verify --golden DIR [--backend NAME]   run golden cases; NAME = cpu, wgpu, cuda or all (default)
+  kvsparse report [--preset P] [--backend NAME] [--out DIR] [--repeats N]
+                                                  time every method at every budget; P = quick, paper or
+                                                  long (default: paper on a GPU, quick on the CPU); NAME =
+                                                  best (default), cpu, wgpu or cuda; writes DIR/report-*.json
+                                                  and .svg (DIR defaults to report-out)
 ";
 
 fn main() -> ExitCode {
@@ -18,6 +23,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("info") => info(),
         Some("verify") => verify(&args[1..]),
+        Some("report") => report(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -163,4 +169,85 @@ fn verify(args: &[String]) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(2));
     }
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Runs the report on one backend, prints its table and writes JSON and SVG into `out`.
+fn report_on<B: Backend>(b: &B, preset: &kvsparse::report::Preset, out: &std::path::Path) -> Result<(), String> {
+    eprintln!("report: preset {} on {} ({})", preset.name, b.name(), b.device_name());
+    let r = kvsparse::report::run(b, preset, true).map_err(|e| format!("report on {}: {e}", b.name()))?;
+    print!("{}", r.table());
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for (ext, text) in [("json", r.json()), ("svg", r.svg())] {
+        let path = out.join(format!("report-{}-{}.{ext}", preset.name, b.name()));
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn report(args: &[String]) -> Result<ExitCode, String> {
+    use kvsparse::report::Preset;
+    let (mut preset, mut backend, mut out, mut repeats) = (None, "best".to_string(), PathBuf::from("report-out"), None);
+    for (name, value) in flags(args, &["preset", "backend", "out", "repeats"])? {
+        match name.as_str() {
+            "preset" => {
+                preset = Some(Preset::by_name(&value).ok_or(format!("unknown preset `{value}`: quick, paper or long"))?)
+            }
+            "backend" => backend = value,
+            "out" => out = PathBuf::from(value),
+            _ => repeats = Some(value.parse::<usize>().map_err(|_| format!("--repeats {value}: not a count"))?),
+        }
+    }
+    if !["best", "cpu", "wgpu", "cuda"].contains(&backend.as_str()) {
+        return Err(format!("unknown backend `{backend}`: expected best, cpu, wgpu or cuda"));
+    }
+    let pick = |gpu: bool| {
+        let mut p = preset.clone().unwrap_or_else(|| if gpu { Preset::paper() } else { Preset::quick() });
+        if let Some(n) = repeats {
+            p.repeats = n;
+        }
+        p
+    };
+    // The best device: CUDA, else a hardware wgpu adapter; without a GPU, the CPU reference and
+    // (if present) a software wgpu adapter such as lavapipe, on the quick preset.
+    #[cfg(feature = "cuda")]
+    if backend == "best" || backend == "cuda" {
+        match kvsparse::Cuda::new() {
+            Ok(c) => {
+                report_on(&c, &pick(true), &out)?;
+                if backend == "cuda" {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                backend = "wgpu".into();
+            }
+            Err(e) if backend == "cuda" => return Err(unavailable("cuda", e)),
+            Err(_) => {}
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if backend == "cuda" {
+        return Err("cuda: not compiled in (build with --features cuda)".into());
+    }
+    #[allow(unused_mut)] // only a hardware wgpu adapter sets it
+    let mut ran_gpu = false;
+    #[cfg(feature = "wgpu")]
+    if backend == "best" || backend == "wgpu" {
+        match kvsparse::Wgpu::new() {
+            Ok(w) => {
+                let hardware = w.adapter_info().device_type != wgpu::DeviceType::Cpu;
+                report_on(&w, &pick(hardware), &out)?;
+                ran_gpu = hardware;
+            }
+            Err(e) if backend == "wgpu" => return Err(unavailable("wgpu", e)),
+            Err(_) => {}
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    if backend == "wgpu" {
+        return Err("wgpu: not compiled in (build with --features wgpu)".into());
+    }
+    if backend == "cpu" || (backend == "best" && !ran_gpu) {
+        report_on(&Cpu::new(), &pick(false), &out)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

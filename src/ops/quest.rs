@@ -187,18 +187,26 @@ impl Op for QuestDecode {
         ]);
         v
     }
-    /// Statistics read (or computed from all of `k`), plus the selected tokens' K and V.
+    /// Statistics read (or all of `k` when they are computed), the query, and the K and V of
+    /// the selected blocks. Each query head selects its own blocks, so a kv head reads the
+    /// union of its group's selections: counted as `min(NB, G * n_sel)` blocks (the heads of a
+    /// group choosing disjoint blocks), which for MHA is exactly `n_sel`.
     fn cost(&self) -> Cost {
         let es = self.dtype.size() as u64;
+        let (d, bs) = (self.dim as u64, self.select.block_size as u64);
+        let group = self.q_heads / self.kv_heads;
         let stats = match self.stats {
-            QuestStats::Cached => (2 * self.kv_heads * self.nb() * self.dim) as u64,
-            QuestStats::Compute => (self.kv_heads * self.seq * self.dim) as u64,
+            QuestStats::Cached => 2 * (self.kv_heads * self.nb()) as u64 * d,
+            QuestStats::Compute => (self.kv_heads * self.seq) as u64 * d,
         };
-        let tokens = (self.n_sel() * self.select.block_size).min(self.seq) as u64;
-        let kv_read = 2 * tokens * (self.q_heads * self.dim) as u64;
+        let blocks_read = self.nb().min(group * self.n_sel()) as u64;
+        let tokens_read = (blocks_read * bs).min(self.seq as u64);
+        let kv_read = 2 * self.kv_heads as u64 * tokens_read * d;
+        let tokens_attended = (self.n_sel() as u64 * bs).min(self.seq as u64);
         Cost {
-            flops: 4 * (self.q_heads * self.nb() * self.dim) as u64 + 4 * tokens * (self.q_heads * self.dim) as u64,
-            bytes: (stats + kv_read + 2 * (self.q_heads * self.dim) as u64) * es,
+            flops: 4 * (self.q_heads * self.nb()) as u64 * d + 4 * self.q_heads as u64 * tokens_attended * d,
+            bytes: (stats + kv_read + 2 * self.q_heads as u64 * d) * es
+                + 4 * (self.q_heads * (self.nb() + self.n_sel() + 1)) as u64,
         }
     }
     fn label(&self) -> String {

@@ -1,0 +1,620 @@
+//! `kvsparse report`: every method at every budget on one backend, against dense attention and
+//! against the hardware limit.
+//!
+//! For each context length the report measures the device's copy bandwidth (the bytes ceiling),
+//! then times (median of repeats, device timers where the backend has them):
+//! * decode: dense attention (the baseline), Quest over cached block statistics, the random
+//!   selector with Quest's budget, and decode over SnapKV's kept tokens; each on the plain
+//!   attention backbone and on RAT+ (decaying memory: the decode step's `ratplus_step` included);
+//! * prefill: dense causal attention, MoBA at each budget (RAT+: the `ratplus_kv` scan included),
+//!   and SnapKV's compression.
+//!
+//! Every row carries the op's FLOPs and minimal bytes ([`crate::ops::Op::cost`]), the achieved
+//! rate, the share of the ceiling that rate is, the speedup over dense, and the FLOP and byte
+//! savings the budget promises.
+
+use crate::ops::*;
+use crate::{Backend, DType, HostData, Result};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// A report configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub dim: usize,
+    pub dtype: DType,
+    pub contexts: Vec<usize>,
+    /// Prefill rows only for contexts up to this length (dense causal prefill is quadratic).
+    pub prefill_max: usize,
+    pub block_size: usize,
+    /// Budgets as fractions `1/n` of the context.
+    pub budget_denominators: Vec<usize>,
+    pub snapkv_window: usize,
+    pub repeats: usize,
+    /// Bytes of the copy used to measure bandwidth.
+    pub copy_bytes: usize,
+}
+
+impl Preset {
+    /// The paper's setting: 4K context, block 64 with 16/8/4 blocks, SnapKV window 64 keeping
+    /// 1024/512/256 tokens; a Llama-3-8B-like layer (32 query heads, 8 KV heads, D 128, bf16).
+    pub fn paper() -> Self {
+        Preset {
+            name: "paper",
+            q_heads: 32,
+            kv_heads: 8,
+            dim: 128,
+            dtype: DType::BF16,
+            contexts: vec![4096],
+            prefill_max: 4096,
+            block_size: 64,
+            budget_denominators: vec![4, 8, 16],
+            snapkv_window: 64,
+            repeats: 50,
+            copy_bytes: 1 << 30,
+        }
+    }
+    /// Long contexts: 32K and 128K, same layer as [`Preset::paper`].
+    pub fn long() -> Self {
+        Preset { name: "long", contexts: vec![32768, 131072], prefill_max: 32768, repeats: 30, ..Preset::paper() }
+    }
+    /// A small run that finishes in seconds on the CPU reference and on software Vulkan.
+    pub fn quick() -> Self {
+        Preset {
+            name: "quick",
+            q_heads: 4,
+            kv_heads: 2,
+            dim: 64,
+            dtype: DType::F32,
+            contexts: vec![1024],
+            prefill_max: 1024,
+            block_size: 64,
+            budget_denominators: vec![4, 8, 16],
+            snapkv_window: 64,
+            repeats: 3,
+            copy_bytes: 16 << 20,
+        }
+    }
+    /// Looks a preset up by name.
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "paper" => Some(Self::paper()),
+            "long" => Some(Self::long()),
+            "quick" => Some(Self::quick()),
+            _ => None,
+        }
+    }
+    /// Rows the report will time (for the progress bar).
+    pub fn row_count(&self) -> usize {
+        let b = self.budget_denominators.len();
+        self.contexts
+            .iter()
+            .map(|&t| 1 + 2 * (1 + 3 * b) + if t <= self.prefill_max { 2 * (1 + b) + b } else { 0 })
+            .sum()
+    }
+}
+
+/// Whether a row is bound by bytes (decode, scans, scoring) or by FLOPs (prefill).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Bytes,
+    Flops,
+}
+
+/// One measured row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub phase: &'static str,
+    pub method: &'static str,
+    /// `attention` (plain K/V) or `ratplus` (decaying memory).
+    pub backbone: &'static str,
+    pub context: usize,
+    /// `dense`, `1/4`, ...
+    pub budget: String,
+    pub median: Duration,
+    pub min: Duration,
+    pub flops: u64,
+    pub bytes: u64,
+    pub bound: Bound,
+    /// Speedup over the dense row of the same phase, backbone and context.
+    pub speedup: f64,
+    /// Best possible speedup from the cost model (dense bytes or FLOPs over this row's).
+    pub ideal_speedup: f64,
+    /// Achieved rate over the ceiling (copy bandwidth for bytes-bound rows; for FLOP-bound rows,
+    /// the dense row's FLOP rate, so 1.0 = as efficient per FLOP as dense).
+    pub of_ceiling: f64,
+}
+
+impl Row {
+    /// GB/s of compulsory traffic.
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.median.as_secs_f64() / 1e9
+    }
+    /// TFLOP/s.
+    pub fn tflops(&self) -> f64 {
+        self.flops as f64 / self.median.as_secs_f64() / 1e12
+    }
+}
+
+/// A finished report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub preset: Preset,
+    pub backend: &'static str,
+    pub device: String,
+    pub timer: &'static str,
+    /// Measured device copy bandwidth, bytes read + written per second.
+    pub copy_bandwidth: f64,
+    pub rows: Vec<Row>,
+}
+
+/// Deterministic test data (never zeros): a 32-bit LCG mapped to [-1, 1).
+fn data(n: usize, seed: u32, dtype: DType) -> HostData {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    HostData::from_f32(dtype, &v)
+}
+
+/// Gates in (0, 1), as RAT+'s sigmoid produces.
+fn gates(n: usize, seed: u32) -> HostData {
+    match data(n, seed, DType::F32) {
+        HostData::F32(v) => HostData::F32(v.into_iter().map(|x| 0.5 + 0.45 * x).collect()),
+        other => other,
+    }
+}
+
+/// Median and minimum of `repeats` timings of `f` after one warm-up run.
+fn measure<B: Backend>(b: &B, repeats: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<(Duration, Duration)> {
+    b.time(f)?;
+    let mut times: Vec<Duration> = (0..repeats.max(1)).map(|_| b.time(f)).collect::<Result<_>>()?;
+    times.sort();
+    Ok((times[times.len() / 2], times[0]))
+}
+
+struct Progress {
+    done: usize,
+    total: usize,
+    enabled: bool,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        if self.enabled {
+            let width = 30;
+            let filled = width * self.done / self.total.max(1);
+            eprint!(
+                "\r[{}{}] {:>3}/{} {:<40}",
+                "#".repeat(filled),
+                " ".repeat(width - filled.min(width)),
+                self.done,
+                self.total,
+                what
+            );
+            if self.done >= self.total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// Runs the report on `b`. `progress` draws a progress bar on stderr.
+///
+/// ```
+/// use kvsparse::{report::{run, Preset}, Cpu};
+/// let mut preset = Preset::quick();
+/// preset.contexts = vec![128];
+/// preset.prefill_max = 128;
+/// preset.repeats = 1;
+/// let report = run(&Cpu::new(), &preset, false)?;
+/// assert!(report.rows.iter().any(|r| r.method == "quest"));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
+pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report> {
+    let p = preset;
+    let mut prog = Progress { done: 0, total: p.row_count(), enabled: progress };
+    let (hq, hkv, d, dt) = (p.q_heads, p.kv_heads, p.dim, p.dtype);
+    let scale = default_scale(d);
+
+    // Copy bandwidth: one buffer copied into another; bytes = read + write.
+    let words = p.copy_bytes / 4;
+    let src = b.upload(&data(words, 1, DType::F32))?;
+    let mut dst = b.alloc(DType::F32, words)?;
+    let (copy_t, _) = measure(b, p.repeats.min(20), &mut || b.copy_buffer(&src, &mut dst))?;
+    drop((src, dst));
+    let copy_bandwidth = 2.0 * (words * 4) as f64 / copy_t.as_secs_f64();
+    prog.step("copy bandwidth");
+
+    let mut rows = Vec::new();
+    for &t in &p.contexts {
+        let nb = t.div_ceil(p.block_size);
+        let kv_len = hkv * t * d;
+        let q = b.upload(&data(hq * d, 2, dt))?;
+        let k = b.upload(&data(kv_len, 3, dt))?;
+        let v = b.upload(&data(kv_len, 4, dt))?;
+        let g_step = b.upload(&gates(hkv * d, 5))?;
+        let (k1, v1) = (b.upload(&data(hkv * d, 6, dt))?, b.upload(&data(hkv * d, 7, dt))?);
+        let (hk, hv) = (b.upload(&data(hkv * d, 8, DType::F32))?, b.upload(&data(hkv * d, 9, DType::F32))?);
+        let step = RatplusStep::new(hkv, d, 10000.0, t as u32 - 1, dt)?;
+        let mut step_out = [b.alloc(DType::F32, hkv * d)?, b.alloc(DType::F32, hkv * d)?, b.alloc(dt, hkv * d)?];
+        let mut ratplus_step = || -> Result<()> {
+            let [hkn, hvn, kr] = &mut step_out;
+            b.ratplus_step(&step, &k1, &v1, &g_step, &hk, &hv, hkn, hvn, kr)
+        };
+
+        // ---- decode ----
+        let dense = AttentionDense::new(hq, hkv, 1, t, d, false, scale, dt)?;
+        let (mut out, mut lse) = (b.alloc(dt, hq * d)?, b.alloc(DType::F32, hq)?);
+        let shape = BlockShape { heads: hkv, seq: t, dim: d, block_size: p.block_size, dtype: dt };
+        let (mut kmin, mut kmax) = (b.alloc(dt, hkv * nb * d)?, b.alloc(dt, hkv * nb * d)?);
+        b.block_minmax(&BlockMinmax::new(shape)?, &k, &mut kmin, &mut kmax)?;
+
+        let mut decode_rows: Vec<(&'static str, String, Cost, [(Duration, Duration); 2])> = Vec::new();
+        let mut time_both =
+            |f: &mut dyn FnMut() -> Result<()>, prog: &mut Progress, what: &str| -> Result<[(Duration, Duration); 2]> {
+                let plain = measure(b, p.repeats, f)?;
+                prog.step(what);
+                let rat = measure(b, p.repeats, &mut || {
+                    ratplus_step()?;
+                    f()
+                })?;
+                prog.step(what);
+                Ok([plain, rat])
+            };
+        let dense_t =
+            time_both(&mut || b.attention_dense(&dense, &q, &k, &v, &mut out, &mut lse), &mut prog, "dense decode")?;
+        decode_rows.push(("dense", "dense".into(), dense.cost(), dense_t));
+
+        for &den in &p.budget_denominators {
+            let n_blocks = (nb / den).max(1);
+            for (method, selector) in [("quest", Selector::Score), ("random", Selector::Random { seed: 42 })] {
+                let cfg = SelectConfig { block_size: p.block_size, n_blocks, force_first: true, n_local: 1, selector };
+                let op = QuestDecode::new(hq, hkv, t, d, cfg, scale, dt)?.with_cached_stats();
+                let [mut sel, mut o, mut l, mut rank] = op.alloc_outputs(b)?;
+                let times = time_both(
+                    &mut || b.quest_decode(&op, &q, &k, &v, Some((&kmin, &kmax)), &mut sel, &mut o, &mut l, &mut rank),
+                    &mut prog,
+                    &format!("{method} decode 1/{den}"),
+                )?;
+                decode_rows.push((method, format!("1/{den}"), op.cost(), times));
+            }
+            // SnapKV: decode over the kept tokens (one set per kv head), `capacity = T / den`.
+            let capacity = (t / den).max(p.snapkv_window + 1).min(t);
+            let idx = b.upload(&HostData::I32(
+                (0..hkv).flat_map(|_| (0..capacity as i32).map(|j| j * den as i32 % t as i32)).collect(),
+            ))?;
+            let op = AttentionSparse::new(hq, hkv, t, d, hkv, capacity, scale, dt)?;
+            let times = time_both(
+                &mut || b.attention_sparse(&op, &q, &k, &v, &idx, &mut out, &mut lse),
+                &mut prog,
+                &format!("snapkv decode 1/{den}"),
+            )?;
+            decode_rows.push(("snapkv", format!("1/{den}"), op.cost(), times));
+        }
+        for (method, budget, cost, times) in decode_rows {
+            for (bi, backbone) in ["attention", "ratplus"].into_iter().enumerate() {
+                let step_cost = if bi == 1 { step.cost() } else { Cost::default() };
+                let c = cost + step_cost;
+                let dense_c = dense.cost() + step_cost;
+                let (median, min) = times[bi];
+                let base = dense_t[bi].0.as_secs_f64();
+                rows.push(Row {
+                    phase: "decode",
+                    method,
+                    backbone,
+                    context: t,
+                    budget: budget.clone(),
+                    median,
+                    min,
+                    flops: c.flops,
+                    bytes: c.bytes,
+                    bound: Bound::Bytes,
+                    speedup: base / median.as_secs_f64(),
+                    ideal_speedup: dense_c.bytes as f64 / c.bytes as f64,
+                    of_ceiling: c.bytes as f64 / median.as_secs_f64() / copy_bandwidth,
+                });
+            }
+        }
+
+        // ---- prefill ----
+        if t <= p.prefill_max {
+            let qp = b.upload(&data(hq * t * d, 10, dt))?;
+            let g = b.upload(&gates(kv_len, 11))?;
+            let scan = RatplusKv::new(hkv, t, d, 10000.0, dt)?;
+            let mut scan_out = [b.alloc(dt, kv_len)?, b.alloc(dt, kv_len)?, b.alloc(dt, kv_len)?];
+            let mut ratplus_kv = || -> Result<()> {
+                let [kt, vt, kr] = &mut scan_out;
+                b.ratplus_kv(&scan, &k, &v, &g, kt, vt, kr)
+            };
+            let dense_p = AttentionDense::new(hq, hkv, t, t, d, true, scale, dt)?;
+            let (mut out_p, mut lse_p) = (b.alloc(dt, hq * t * d)?, b.alloc(DType::F32, hq * t)?);
+            let mut prefill_rows: Vec<(&'static str, String, Cost, [(Duration, Duration); 2])> = Vec::new();
+            let mut time_prefill = |f: &mut dyn FnMut() -> Result<()>,
+                                    prog: &mut Progress,
+                                    what: &str|
+             -> Result<[(Duration, Duration); 2]> {
+                let plain = measure(b, p.repeats, f)?;
+                prog.step(what);
+                let rat = measure(b, p.repeats, &mut || {
+                    ratplus_kv()?;
+                    f()
+                })?;
+                prog.step(what);
+                Ok([plain, rat])
+            };
+            let dense_pt = time_prefill(
+                &mut || b.attention_dense(&dense_p, &qp, &k, &v, &mut out_p, &mut lse_p),
+                &mut prog,
+                "dense prefill",
+            )?;
+            prefill_rows.push(("dense", "dense".into(), dense_p.cost(), dense_pt));
+            for &den in &p.budget_denominators {
+                let cfg = SelectConfig {
+                    block_size: p.block_size,
+                    n_blocks: (nb / den).max(2),
+                    force_first: true,
+                    n_local: 1,
+                    selector: Selector::Score,
+                };
+                let op = MobaPrefill::new(hq, hkv, t, d, cfg, scale, dt)?;
+                let specs: Vec<BufferSpec> = op.buffers().into_iter().filter(|s| s.output).collect();
+                let mut outs: Vec<B::Buffer> = specs.iter().map(|s| b.alloc(s.dtype, s.len)).collect::<Result<_>>()?;
+                let times = time_prefill(
+                    &mut || {
+                        let [o, l, s, r] = &mut outs[..] else { unreachable!("four MoBA outputs") };
+                        b.moba_prefill(&op, &qp, &k, &v, o, l, s, r)
+                    },
+                    &mut prog,
+                    &format!("moba prefill 1/{den}"),
+                )?;
+                prefill_rows.push(("moba", format!("1/{den}"), op.cost(), times));
+            }
+            for (method, budget, cost, times) in prefill_rows {
+                for (bi, backbone) in ["attention", "ratplus"].into_iter().enumerate() {
+                    let scan_cost = if bi == 1 { scan.cost() } else { Cost::default() };
+                    let c = cost + scan_cost;
+                    let dense_c = dense_p.cost() + scan_cost;
+                    let (median, min) = times[bi];
+                    let base = dense_pt[bi].0.as_secs_f64();
+                    let dense_rate = dense_c.flops as f64 / base;
+                    rows.push(Row {
+                        phase: "prefill",
+                        method,
+                        backbone,
+                        context: t,
+                        budget: budget.clone(),
+                        median,
+                        min,
+                        flops: c.flops,
+                        bytes: c.bytes,
+                        bound: Bound::Flops,
+                        speedup: base / median.as_secs_f64(),
+                        ideal_speedup: dense_c.flops as f64 / c.flops as f64,
+                        of_ceiling: c.flops as f64 / median.as_secs_f64() / dense_rate,
+                    });
+                }
+            }
+            // SnapKV compression, once per prompt, after prefill.
+            for &den in &p.budget_denominators {
+                let w = p.snapkv_window.min(t - 1);
+                let settings = SnapKvSettings {
+                    capacity: (t / den).max(w + 1),
+                    window: w,
+                    kernel: 5,
+                    pooling: Pooling::Avg,
+                    gqa: GqaMode::Mean,
+                    selector: Selector::Score,
+                    scale,
+                };
+                let op = SnapKvCompress::new(hq, hkv, t, d, settings, dt)?;
+                let q_obs = b.upload(&data(hq * op.obs_len() * d, 12, dt))?;
+                let specs: Vec<BufferSpec> = op.buffers().into_iter().filter(|s| s.output).collect();
+                let mut outs: Vec<B::Buffer> = specs.iter().map(|s| b.alloc(s.dtype, s.len)).collect::<Result<_>>()?;
+                let (median, min) = measure(b, p.repeats, &mut || match &mut outs[..] {
+                    [kept, rank] => b.snapkv_compress(&op, &q_obs, &k, kept, Some(rank)),
+                    [kept] => b.snapkv_compress(&op, &q_obs, &k, kept, None),
+                    _ => unreachable!("one or two SnapKV outputs"),
+                })?;
+                prog.step(&format!("snapkv compress 1/{den}"));
+                let c = op.cost();
+                let base = dense_pt[0].0.as_secs_f64();
+                rows.push(Row {
+                    phase: "compress",
+                    method: "snapkv",
+                    backbone: "attention",
+                    context: t,
+                    budget: format!("1/{den}"),
+                    median,
+                    min,
+                    flops: c.flops,
+                    bytes: c.bytes,
+                    bound: Bound::Bytes,
+                    speedup: base / median.as_secs_f64(),
+                    ideal_speedup: dense_p.cost().flops as f64 / c.flops.max(1) as f64,
+                    of_ceiling: c.bytes as f64 / median.as_secs_f64() / copy_bandwidth,
+                });
+            }
+        }
+    }
+    Ok(Report {
+        preset: preset.clone(),
+        backend: b.name(),
+        device: b.device_name(),
+        timer: b.timer_kind(),
+        copy_bandwidth,
+        rows,
+    })
+}
+
+fn fmt_time(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+impl Report {
+    /// The table printed on the terminal.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let p = &self.preset;
+        let _ = writeln!(
+            s,
+            "kvsparse report, preset {}: {} on {} (timer: {}); Hq {}, Hkv {}, D {}, {}, block {}",
+            p.name, self.backend, self.device, self.timer, p.q_heads, p.kv_heads, p.dim, p.dtype, p.block_size
+        );
+        let _ = writeln!(s, "copy bandwidth: {:.1} GB/s (read + write)", self.copy_bandwidth / 1e9);
+        let _ = writeln!(
+            s,
+            "{:<8} {:<7} {:<9} {:>7} {:>6} {:>11} {:>12} {:>8} {:>8} {:>7}",
+            "phase", "method", "backbone", "context", "budget", "time", "rate", "% ceil", "speedup", "ideal"
+        );
+        for r in &self.rows {
+            let rate = match r.bound {
+                Bound::Bytes => format!("{:.1} GB/s", r.gbps()),
+                Bound::Flops => format!("{:.2} TF/s", r.tflops()),
+            };
+            let _ = writeln!(
+                s,
+                "{:<8} {:<7} {:<9} {:>7} {:>6} {:>11} {:>12} {:>7.1}% {:>7.2}x {:>6.2}x",
+                r.phase,
+                r.method,
+                r.backbone,
+                r.context,
+                r.budget,
+                fmt_time(r.median),
+                rate,
+                100.0 * r.of_ceiling,
+                r.speedup,
+                r.ideal_speedup
+            );
+        }
+        s.push_str("% ceil: bytes-bound rows against the measured copy bandwidth; prefill rows against dense prefill's FLOP rate.\n");
+        s.push_str("ideal: dense bytes (decode) or FLOPs (prefill) over the row's, i.e. the speedup a perfect kernel would get.\n");
+        s
+    }
+
+    /// The report as JSON (no dependency: the schema is flat).
+    pub fn json(&self) -> String {
+        let p = &self.preset;
+        let esc = |x: &str| x.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut s = String::from("{\n");
+        let _ = writeln!(
+            s,
+            "  \"preset\": \"{}\", \"backend\": \"{}\", \"device\": \"{}\", \"timer\": \"{}\",",
+            p.name,
+            self.backend,
+            esc(&self.device),
+            self.timer
+        );
+        let _ = writeln!(
+            s,
+            "  \"q_heads\": {}, \"kv_heads\": {}, \"dim\": {}, \"dtype\": \"{}\", \"block_size\": {}, \"repeats\": {},",
+            p.q_heads, p.kv_heads, p.dim, p.dtype, p.block_size, p.repeats
+        );
+        let _ = writeln!(s, "  \"copy_bandwidth_bytes_per_s\": {:.6e},", self.copy_bandwidth);
+        s.push_str("  \"rows\": [\n");
+        for (i, r) in self.rows.iter().enumerate() {
+            let _ = write!(
+                s,
+                "    {{\"phase\": \"{}\", \"method\": \"{}\", \"backbone\": \"{}\", \"context\": {}, \"budget\": \"{}\", \
+                 \"median_s\": {:.6e}, \"min_s\": {:.6e}, \"flops\": {}, \"bytes\": {}, \"bound\": \"{}\", \
+                 \"speedup\": {:.4}, \"ideal_speedup\": {:.4}, \"of_ceiling\": {:.4}}}",
+                r.phase,
+                r.method,
+                r.backbone,
+                r.context,
+                r.budget,
+                r.median.as_secs_f64(),
+                r.min.as_secs_f64(),
+                r.flops,
+                r.bytes,
+                if r.bound == Bound::Bytes { "bytes" } else { "flops" },
+                r.speedup,
+                r.ideal_speedup,
+                r.of_ceiling
+            );
+            s.push_str(if i + 1 < self.rows.len() { ",\n" } else { "\n" });
+        }
+        s.push_str("  ]\n}\n");
+        s
+    }
+
+    /// An SVG chart: decode speedup over dense against the budget, one line per method and
+    /// backbone, with the ideal (cost-model) speedup drawn dashed.
+    pub fn svg(&self) -> String {
+        let (w, h, m) = (720.0, 420.0, 60.0);
+        let decode: Vec<&Row> = self.rows.iter().filter(|r| r.phase == "decode" && r.method != "dense").collect();
+        let budgets: Vec<String> = {
+            let mut b: Vec<String> = decode.iter().map(|r| r.budget.clone()).collect();
+            b.dedup();
+            b.sort_by_key(|x| x.trim_start_matches("1/").parse::<usize>().unwrap_or(0));
+            b.dedup();
+            b
+        };
+        let ymax = decode.iter().map(|r| r.speedup.max(r.ideal_speedup)).fold(1.0f64, f64::max).ceil();
+        let x = |i: usize| m + (w - 2.0 * m) * i as f64 / (budgets.len().max(2) - 1) as f64;
+        let y = |v: f64| h - m - (h - 2.0 * m) * v / ymax;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{m}\" y=\"24\" font-size=\"15\">kvsparse decode speedup over dense ({} on {}, preset {})</text>\n",
+            self.backend,
+            self.device.replace('&', "&amp;").replace('<', "&lt;"),
+            self.preset.name
+        );
+        let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - m, w - m, h - m);
+        let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>", h - m);
+        for i in 0..=ymax as usize {
+            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{i}x</text>", m - 6.0, y(i as f64) + 4.0);
+        }
+        for (i, b) in budgets.iter().enumerate() {
+            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{b}</text>", x(i), h - m + 18.0);
+        }
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">KV budget</text>", w / 2.0, h - 16.0);
+        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+        let mut series: Vec<(String, Vec<(usize, f64, f64)>)> = Vec::new();
+        for r in &decode {
+            let key = format!("{} {} T={}", r.method, r.backbone, r.context);
+            let bi = budgets.iter().position(|b| *b == r.budget).unwrap_or(0);
+            match series.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, pts)) => pts.push((bi, r.speedup, r.ideal_speedup)),
+                None => series.push((key, vec![(bi, r.speedup, r.ideal_speedup)])),
+            }
+        }
+        for (si, (key, pts)) in series.iter().enumerate() {
+            let c = colors[si % colors.len()];
+            let line = |sel: fn(&(usize, f64, f64)) -> f64| {
+                pts.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(sel(p)))).collect::<Vec<_>>().join(" ")
+            };
+            let _ =
+                writeln!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", line(|p| p.1));
+            let _ = writeln!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-dasharray=\"4 3\" points=\"{}\"/>",
+                line(|p| p.2)
+            );
+            let _ =
+                writeln!(s, "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{key}</text>", w - m - 170.0, m + 14.0 * si as f64);
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{m}\" y=\"{}\" fill=\"gray\">solid: measured; dashed: ceiling from the cost model (dense bytes / method bytes)</text>",
+            m - 8.0
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}
