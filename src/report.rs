@@ -36,6 +36,8 @@ pub struct Preset {
     pub repeats: usize,
     /// Bytes of the copy used to measure bandwidth.
     pub copy_bytes: usize,
+    /// Top-k kernel rows `(rows, n, k)` (peers: torch.topk).
+    pub topk_shapes: Vec<(usize, usize, usize)>,
 }
 
 impl Preset {
@@ -55,6 +57,7 @@ impl Preset {
             snapkv_window: 64,
             repeats: 50,
             copy_bytes: 1 << 30,
+            topk_shapes: vec![(8, 2048, 128), (32, 2048, 128), (1, 131072, 2048), (8, 131072, 8192)],
         }
     }
     /// Long contexts: 32K and 128K, same layer as [`Preset::paper`].
@@ -76,6 +79,7 @@ impl Preset {
             snapkv_window: 64,
             repeats: 3,
             copy_bytes: 16 << 20,
+            topk_shapes: vec![(8, 2048, 128)],
         }
     }
     /// Looks a preset up by name.
@@ -92,8 +96,10 @@ impl Preset {
         let b = self.budget_denominators.len();
         self.contexts
             .iter()
-            .map(|&t| 1 + 2 * (1 + 3 * b) + if t <= self.prefill_max { 2 * (1 + b) + b } else { 0 })
-            .sum()
+            .map(|&t| 2 + 2 * (1 + 3 * b) + if t <= self.prefill_max { 2 * (1 + b) + b } else { 0 })
+            .sum::<usize>()
+            + 1
+            + self.topk_shapes.len()
     }
 }
 
@@ -234,6 +240,46 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
     prog.step("copy bandwidth");
 
     let mut rows = Vec::new();
+    let kernel_row =
+        |method: &'static str, context: usize, budget: String, cost: Cost, (median, min): (Duration, Duration)| Row {
+            phase: "kernel",
+            method,
+            backbone: "-",
+            context,
+            budget,
+            median,
+            min,
+            flops: cost.flops,
+            bytes: cost.bytes,
+            bound: Bound::Bytes,
+            speedup: 1.0,
+            ideal_speedup: 1.0,
+            of_ceiling: cost.bytes as f64 / median.as_secs_f64() / copy_bandwidth,
+        };
+    for &(r, n, k) in &p.topk_shapes {
+        let op = TopK::new(r, n, k)?;
+        let scores = b.upload(&data(r * n, 13, DType::F32))?;
+        let mut idx = b.alloc(DType::I32, r * op.out_k())?;
+        let times = measure(b, p.repeats, &mut || b.topk(&op, &scores, &mut idx))?;
+        prog.step(&format!("topk {r}x{n} k{k}"));
+        rows.push(kernel_row("topk", n, format!("{r}x{n}/k{k}"), op.cost(), times));
+    }
+    // The decay scan alone, f32, over all channels of a layer's keys (C = Hq * D).
+    let scan_t = p.contexts.iter().copied().find(|&t| t <= p.prefill_max).unwrap_or(p.contexts[0]);
+    {
+        let c = p.q_heads * p.dim;
+        let op = DecayScan::new(1, scan_t, c, DType::F32)?;
+        let (x, g, h0) = (
+            b.upload(&data(scan_t * c, 14, DType::F32))?,
+            b.upload(&gates(scan_t * c, 15))?,
+            b.upload(&data(c, 16, DType::F32))?,
+        );
+        let mut y = b.alloc(DType::F32, scan_t * c)?;
+        let times = measure(b, p.repeats, &mut || b.decay_scan(&op, &x, &g, &h0, &mut y))?;
+        prog.step("decay scan");
+        rows.push(kernel_row("decay_scan", scan_t, format!("C{c}"), op.cost(), times));
+    }
+    let mut kernel_rows = Vec::new();
     for &t in &p.contexts {
         let nb = t.div_ceil(p.block_size);
         let kv_len = hkv * t * d;
@@ -256,6 +302,12 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
         let shape = BlockShape { heads: hkv, seq: t, dim: d, block_size: p.block_size, dtype: dt };
         let (mut kmin, mut kmax) = (b.alloc(dt, hkv * nb * d)?, b.alloc(dt, hkv * nb * d)?);
         b.block_minmax(&BlockMinmax::new(shape)?, &k, &mut kmin, &mut kmax)?;
+
+        let scores_op = QuestScores::new(hq, hkv, nb, d, dt)?;
+        let mut scores = b.alloc(DType::F32, hq * nb)?;
+        let times = measure(b, p.repeats, &mut || b.quest_scores(&scores_op, &q, &kmin, &kmax, &mut scores))?;
+        prog.step("quest scores");
+        kernel_rows.push(("quest_scores", t, format!("nb{nb}"), scores_op.cost(), times));
 
         let mut decode_rows: Vec<(&'static str, String, Cost, [(Duration, Duration); 2])> = Vec::new();
         let mut time_both =
@@ -444,6 +496,9 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
             }
         }
     }
+    for (method, t, budget, cost, times) in kernel_rows {
+        rows.push(kernel_row(method, t, budget, cost, times));
+    }
     Ok(Report {
         preset: preset.clone(),
         backend: b.name(),
@@ -478,7 +533,7 @@ impl Report {
         let _ = writeln!(s, "copy bandwidth: {:.1} GB/s (read + write)", self.copy_bandwidth / 1e9);
         let _ = writeln!(
             s,
-            "{:<8} {:<7} {:<9} {:>7} {:>6} {:>11} {:>12} {:>8} {:>8} {:>7}",
+            "{:<8} {:<12} {:<9} {:>7} {:>13} {:>11} {:>12} {:>8} {:>8} {:>7}",
             "phase", "method", "backbone", "context", "budget", "time", "rate", "% ceil", "speedup", "ideal"
         );
         for r in &self.rows {
@@ -488,7 +543,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "{:<8} {:<7} {:<9} {:>7} {:>6} {:>11} {:>12} {:>7.1}% {:>7.2}x {:>6.2}x",
+                "{:<8} {:<12} {:<9} {:>7} {:>13} {:>11} {:>12} {:>7.1}% {:>7.2}x {:>6.2}x",
                 r.phase,
                 r.method,
                 r.backbone,
