@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Everything that belongs together on the GPU machine, in one call (see ../shared/device/README.md):
+#   here:   ../shared/device/prepare.sh --features cuda
+#   there:  source .devbin/on-device.sh; bash benches/device-run.sh [quick|long|paper] [steps]
+# steps (default all): verify, tests, sanitize, report, peers. Results land in $OUT (or ./device-out).
+set -uo pipefail
+preset=${1:-long}
+steps=${2:-verify,tests,sanitize,report,peers}
+out=${OUT:-device-out}
+mkdir -p "$out"
+has() { [[ ",$steps," == *",$1,"* ]]; }
+log() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+log "info"
+.devbin/kvsparse info 2>&1 | tee "$out/info.txt"
+
+if has verify; then
+  log "verify golden cases on every backend"
+  .devbin/kvsparse verify --golden tests/golden 2>&1 | tee "$out/verify.txt" | grep -v ' pass$'
+fi
+
+if has tests; then
+  log "equivalence suite (wgpu and cuda required)"
+  KVSPARSE_REQUIRE=wgpu,cuda .devbin/test-equivalence 2>&1 | tee "$out/tests.txt" | grep -vE '\.\.\. ok$'
+fi
+
+if has sanitize; then
+  log "compute-sanitizer over the CUDA trials"
+  for tool in memcheck racecheck synccheck; do
+    KVSPARSE_CASES=4 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      .devbin/test-equivalence cuda:: 2>&1 | tail -n 25 | tee "$out/sanitizer-$tool.txt"
+  done
+fi
+
+if has report; then
+  for b in cuda wgpu; do
+    log "report --preset $preset --backend $b"
+    .devbin/kvsparse report --preset "$preset" --backend "$b" --out "$out" 2>"$out/report-$b.err" | tee "$out/report-$b.txt"
+    tail -n 3 "$out/report-$b.err"
+  done
+fi
+
+if has peers; then
+  log "peers (PyTorch SDPA, torch.topk, fla-core chunk_hgrn)"
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  fi
+  PYTHONUNBUFFERED=1 python3 benches/peers/peers.py "$out/peers.json"
+  python3 benches/peers/merge.py "$out/peers.json" "$out"/report-"$preset"-*.json | tee "$out/merged.md"
+fi
