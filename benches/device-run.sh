@@ -2,12 +2,15 @@
 # Everything that belongs together on the GPU machine, in one call (see ../shared/device/README.md):
 #   here:   ../shared/device/prepare.sh --features cuda
 #   there:  source .devbin/on-device.sh; bash benches/device-run.sh [quick|long|paper] [steps]
-# steps (default all): verify, tests, sanitize, report, peers. Results land in $OUT (or ./device-out).
+# steps (default all): verify, tests, sanitize, report, peers. Results land in device-out/ and, packed
+# as one file (the device tool returns at most 8 files), in $OUT/results.tar.gz.
 set -uo pipefail
 preset=${1:-long}
 steps=${2:-verify,tests,sanitize,report,peers}
-out=${OUT:-device-out}
-mkdir -p "$out"
+out=device-out
+rm -rf "$out" && mkdir -p "$out"
+pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/results.tar.gz" "$out"; }
+trap pack EXIT
 has() { [[ ",$steps," == *",$1,"* ]]; }
 log() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
