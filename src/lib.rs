@@ -32,6 +32,7 @@ mod cpu;
 mod dtype;
 mod error;
 pub mod golden;
+pub mod methods;
 pub mod ops;
 pub mod params;
 pub mod report;
