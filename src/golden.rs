@@ -53,12 +53,19 @@ impl Case {
     /// # Ok::<(), kvsparse::Error>(())
     /// ```
     pub fn load(path: &Path) -> Result<Case> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::File { path: path.display().to_string(), reason: format!("cannot read: {e}") })?;
+        Case::from_bytes(path, &bytes)
+    }
+
+    /// Parses a golden case from the bytes of a file (`path` only names it in errors). The
+    /// header is checked against the byte length before anything is allocated from it.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Case> {
         let err = |reason: String| Error::File { path: path.display().to_string(), reason };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
         let meta = header.metadata().clone().ok_or_else(|| err("no __metadata__ map".into()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
