@@ -20,7 +20,13 @@ fn main() -> kvsparse::Result<()> {
         rows.push((format!("dense decode T{t}"), dense.cost()));
         for den in [4, 8, 16] {
             let nb = t / 64;
-            let cfg = SelectConfig { block_size: 64, n_blocks: nb / den, force_first: true, n_local: 1, selector: Selector::Score };
+            let cfg = SelectConfig {
+                block_size: 64,
+                n_blocks: nb / den,
+                force_first: true,
+                n_local: 1,
+                selector: Selector::Score,
+            };
             let q = QuestDecode::new(hq, hkv, t, d, cfg, scale, bf16)?.with_cached_stats();
             rows.push((format!("quest decode T{t} b1/{den} (per-q-head selection)"), q.cost()));
             let mha = QuestDecode::new(hkv, hkv, t, d, cfg, scale, bf16)?.with_cached_stats();
@@ -40,8 +46,17 @@ fn main() -> kvsparse::Result<()> {
         let dense = AttentionDense::new(hq, hkv, t, t, d, true, scale, bf16)?;
         rows.push((format!("dense causal prefill T{t}"), dense.cost()));
         for den in [8, 16] {
-            let cfg = SelectConfig { block_size: 64, n_blocks: t / 64 / den, force_first: true, n_local: 1, selector: Selector::Score };
-            rows.push((format!("moba prefill T{t} b1/{den}"), MobaPrefill::new(hq, hkv, t, d, cfg, scale, bf16)?.cost()));
+            let cfg = SelectConfig {
+                block_size: 64,
+                n_blocks: t / 64 / den,
+                force_first: true,
+                n_local: 1,
+                selector: Selector::Score,
+            };
+            rows.push((
+                format!("moba prefill T{t} b1/{den}"),
+                MobaPrefill::new(hq, hkv, t, d, cfg, scale, bf16)?.cost(),
+            ));
         }
         let s = SnapKvSettings {
             capacity: t / 8,

@@ -336,7 +336,7 @@ impl Backend for Cpu {
         q_obs: &CpuBuffer,
         k: &CpuBuffer,
         kept: &mut CpuBuffer,
-        mut ranking: Option<&mut CpuBuffer>,
+        ranking: Option<&mut CpuBuffer>,
     ) -> Result<()> {
         match ranking.as_deref() {
             Some(r) => ops::check(op, &[q_obs, k, kept, r])?,
@@ -354,7 +354,7 @@ impl Backend for Cpu {
         };
         let r = reference::snapkv_compress(&f32s(q_obs), &f32s(k), op.q_heads, op.kv_heads, op.dim, &cfg);
         put_i32(kept, r.kept);
-        if let Some(rank) = ranking.as_deref_mut() {
+        if let Some(rank) = ranking {
             put_ranking(rank, &r.scores, r.keys);
         }
         Ok(())

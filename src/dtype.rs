@@ -110,7 +110,7 @@ impl HostData {
     /// Rebuilds elements of `dtype` from little-endian bytes; `None` if the length is not a
     /// multiple of the element size.
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<HostData> {
-        if bytes.len() % dtype.size() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size()) {
             return None;
         }
         let words4 = || bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);

@@ -29,6 +29,8 @@
 
 mod backend;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda_backend;
 mod dtype;
 mod error;
 pub mod golden;
@@ -36,8 +38,14 @@ pub mod methods;
 pub mod ops;
 pub mod params;
 pub mod report;
+#[cfg(feature = "wgpu")]
+mod wgpu_backend;
 
 pub use backend::{Backend, DeviceBuffer};
 pub use cpu::{Cpu, CpuBuffer};
+#[cfg(feature = "cuda")]
+pub use cuda_backend::{compile_all_ptx, Cuda, CudaBuffer};
 pub use dtype::{DType, HostData};
 pub use error::{Error, Result};
+#[cfg(feature = "wgpu")]
+pub use wgpu_backend::{Wgpu, WgpuBuffer};

@@ -206,8 +206,12 @@ gpu_params! {
     }
 }
 
-/// Every params struct as `(name, WGSL declaration, FIELDS, size)`, for the layout tests.
-pub const ALL: &[(&str, &str, &[(&str, usize)], usize)] = &[
+/// One params struct described for the layout tests: name, WGSL declaration, `(field, offset)`
+/// pairs and size in bytes.
+pub type Layout = (&'static str, &'static str, &'static [(&'static str, usize)], usize);
+
+/// Every params struct, for the layout tests.
+pub const ALL: &[Layout] = &[
     ("RandomParams", RandomParams::WGSL, RandomParams::FIELDS, size_of::<RandomParams>()),
     ("TopkParams", TopkParams::WGSL, TopkParams::FIELDS, size_of::<TopkParams>()),
     ("DecayParams", DecayParams::WGSL, DecayParams::FIELDS, size_of::<DecayParams>()),

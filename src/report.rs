@@ -157,6 +157,10 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
+/// Rows measured on both backbones before they become [`Row`]s: method, budget, cost, and
+/// `(median, min)` on the attention and the RAT+ backbone.
+type Timed = (&'static str, String, Cost, [(Duration, Duration); 2]);
+
 /// Deterministic test data (never zeros): a 32-bit LCG mapped to [-1, 1).
 fn data(n: usize, seed: u32, dtype: DType) -> HostData {
     let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
@@ -309,7 +313,7 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
         prog.step("quest scores");
         kernel_rows.push(("quest_scores", t, format!("nb{nb}"), scores_op.cost(), times));
 
-        let mut decode_rows: Vec<(&'static str, String, Cost, [(Duration, Duration); 2])> = Vec::new();
+        let mut decode_rows: Vec<Timed> = Vec::new();
         let mut time_both =
             |f: &mut dyn FnMut() -> Result<()>, prog: &mut Progress, what: &str| -> Result<[(Duration, Duration); 2]> {
                 let plain = measure(b, p.repeats, f)?;
@@ -388,7 +392,7 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
             };
             let dense_p = AttentionDense::new(hq, hkv, t, t, d, true, scale, dt)?;
             let (mut out_p, mut lse_p) = (b.alloc(dt, hq * t * d)?, b.alloc(DType::F32, hq * t)?);
-            let mut prefill_rows: Vec<(&'static str, String, Cost, [(Duration, Duration); 2])> = Vec::new();
+            let mut prefill_rows: Vec<Timed> = Vec::new();
             let mut time_prefill = |f: &mut dyn FnMut() -> Result<()>,
                                     prog: &mut Progress,
                                     what: &str|
@@ -640,7 +644,8 @@ impl Report {
         }
         let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">KV budget</text>", w / 2.0, h - 16.0);
         let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
-        let mut series: Vec<(String, Vec<(usize, f64, f64)>)> = Vec::new();
+        type Series = (String, Vec<(usize, f64, f64)>); // label, (budget index, measured, ideal)
+        let mut series: Vec<Series> = Vec::new();
         for r in &decode {
             let key = format!("{} {} T={}", r.method, r.backbone, r.context);
             let bi = budgets.iter().position(|b| *b == r.budget).unwrap_or(0);

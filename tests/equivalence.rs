@@ -33,7 +33,8 @@ fn backend_trials<B: Backend + Sync + 'static>(
 ) -> Vec<Trial> {
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let files = case_files(&golden_dir).expect("tests/golden holds the golden cases");
-    let mut checks: Vec<(String, Box<dyn FnOnce(&'static B) -> Result<(), Failed> + Send>)> = Vec::new();
+    type Check<B> = Box<dyn FnOnce(&'static B) -> Result<(), Failed> + Send>;
+    let mut checks: Vec<(String, Check<B>)> = Vec::new();
     for f in files {
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
         checks.push((

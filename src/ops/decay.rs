@@ -118,7 +118,7 @@ impl Op for DecayStep {
 }
 
 fn check_rope(op: &'static str, dim: usize, base: f32) -> Result<()> {
-    if dim % 2 != 0 {
+    if !dim.is_multiple_of(2) {
         return Err(Error::invalid(op, "dim", format!("an even head dim for rotate-half RoPE, got {dim}")));
     }
     if !(base.is_finite() && base > 1.0) {

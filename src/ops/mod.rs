@@ -123,7 +123,7 @@ pub(crate) fn float_dtype(op: &'static str, dtype: DType) -> Result<()> {
 pub(crate) fn gqa(op: &'static str, q_heads: usize, kv_heads: usize) -> Result<()> {
     nonzero(op, "q_heads", q_heads)?;
     nonzero(op, "kv_heads", kv_heads)?;
-    if q_heads % kv_heads != 0 {
+    if !q_heads.is_multiple_of(kv_heads) {
         return Err(Error::invalid(op, "q_heads", format!("a multiple of kv_heads = {kv_heads}, got {q_heads}")));
     }
     Ok(())

@@ -113,7 +113,7 @@ impl Op for SnapKvCompress {
                 format!("more than window = {} (it counts the window), got {}", s.window, s.capacity),
             ));
         }
-        if s.kernel == 0 || s.kernel % 2 == 0 {
+        if s.kernel == 0 || s.kernel.is_multiple_of(2) {
             return Err(Error::invalid(Self::NAME, "kernel", format!("an odd pooling kernel size, got {}", s.kernel)));
         }
         fits(Self::NAME, "q_heads * seq * dim", &[self.q_heads, self.seq, self.dim])?;

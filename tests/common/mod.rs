@@ -373,7 +373,9 @@ pub fn compare(op: &AnyOp, got: &[HostData], expected: &[HostData]) -> Vec<Strin
                     .filter(|&i| {
                         let (a, b) = (gv[i] as f64, ev[i] as f64);
                         if b.is_finite() {
-                            !((a - b).abs() <= atol + rtol * b.abs())
+                            // Written so that a NaN `a` is never within tolerance.
+                            let within = (a - b).abs() <= atol + rtol * b.abs();
+                            !within
                         } else {
                             !(a == b || (a.is_nan() && b.is_nan()))
                         }

@@ -1,0 +1,183 @@
+// decay.wgsl: RAT+ exponentially decaying memory (SPEC §1). Prepended: DecayParams, spec
+// prelude (storage dtype of the x/k/v/y tensors; gates and recurrence states are f32), common.wgsl.
+// Tensors are [outer, seq, inner] = [H, T, D] row-major; a "lane" is one (outer, inner) pair.
+//
+// decay_scan:   one invocation per lane, sequential over T, f32 state.
+//               Bindings: 1 x[o,T,C], 2 g f32[o,T,C], 3 h0 f32[o,C], 4 y[o,T,C].
+// decay_step:   one invocation per lane.  Bindings: 1 x[C], 2 g f32[C], 3 h f32[C], 4 h_new f32[C].
+// rope:         one invocation per (h, t, i < D/2) rotation pair.
+//               Bindings: 1 x[H,T,D], 2 pos i32[T], 3 y[H,T,D].
+// ratplus_kv:   one invocation per (h, i < D/2): scans the k and v lanes i and i + D/2 together,
+//               so RoPE of k~ is fused into the write.
+//               Bindings: 1 k, 2 v, 3 g f32, 4 k_tilde, 5 v_tilde, 6 k_rope (all [H,T,D]).
+// ratplus_step: one invocation per (h, i < D/2). Bindings: 1 k, 2 v, 3 g f32, 4 hk f32, 5 hv f32,
+//               6 hk_new f32, 7 hv_new f32, 8 k_rope (all [H,D]).
+//
+// The scan is sequential in T per lane (bandwidth-bound, coalesced across lanes); a chunked
+// parallel scan for few lanes and long T is future work.
+
+override WG_SIZE: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: DecayParams;
+
+@group(0) @binding(1) var<storage, read> ds_x: array<ds_x_t>;
+@group(0) @binding(2) var<storage, read> ds_g: array<f32>;
+@group(0) @binding(3) var<storage, read> ds_h0: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ds_y: array<ds_y_t>;
+
+@group(0) @binding(1) var<storage, read> dst_x: array<dst_x_t>;
+@group(0) @binding(2) var<storage, read> dst_g: array<f32>;
+@group(0) @binding(3) var<storage, read> dst_h: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst_hnew: array<f32>;
+
+@group(0) @binding(1) var<storage, read> rp_x: array<rp_x_t>;
+@group(0) @binding(2) var<storage, read> rp_pos: array<i32>;
+@group(0) @binding(3) var<storage, read_write> rp_y: array<rp_y_t>;
+
+@group(0) @binding(1) var<storage, read> rk_k: array<rk_k_t>;
+@group(0) @binding(2) var<storage, read> rk_v: array<rk_v_t>;
+@group(0) @binding(3) var<storage, read> rk_g: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rk_kt: array<rk_kt_t>;
+@group(0) @binding(5) var<storage, read_write> rk_vt: array<rk_vt_t>;
+@group(0) @binding(6) var<storage, read_write> rk_kr: array<rk_kr_t>;
+
+@group(0) @binding(1) var<storage, read> rstep_k: array<rstep_k_t>;
+@group(0) @binding(2) var<storage, read> rstep_v: array<rstep_v_t>;
+@group(0) @binding(3) var<storage, read> rstep_g: array<f32>;
+@group(0) @binding(4) var<storage, read> rstep_hk: array<f32>;
+@group(0) @binding(5) var<storage, read> rstep_hv: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstep_hkn: array<f32>;
+@group(0) @binding(7) var<storage, read_write> rstep_hvn: array<f32>;
+@group(0) @binding(8) var<storage, read_write> rstep_kr: array<rstep_kr_t>;
+
+fn lane_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return flat_group(wid, nwg) * WG_SIZE + lid;
+}
+
+// (cos, sin) of the rotate-half angle pos * base^(-2i/D), angle in f32 as RAT+'s f32 tables.
+fn rope_cs(pos: i32, i: u32) -> vec2<f32> {
+    let inv_freq = exp2(-(f32(2u * i) / f32(p.inner)) * log2(p.base));
+    let sc = sincos(f32(pos) * inv_freq);
+    return vec2<f32>(sc.y, sc.x);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn decay_scan(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let lane = lane_id(wid, nwg, lid);
+    if (lane >= p.outer * p.inner) {
+        return;
+    }
+    let o = lane / p.inner;
+    let c = lane - o * p.inner;
+    var h = ds_h0[lane];
+    for (var t = 0u; t < p.seq; t++) {
+        let i = (o * p.seq + t) * p.inner + c;
+        let g = ds_g[i];
+        h = g * h + (1.0 - g) * ld_ds_x(i);
+        st_ds_y(i, h);
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn decay_step(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = lane_id(wid, nwg, lid);
+    if (i >= p.inner) {
+        return;
+    }
+    let g = dst_g[i];
+    dst_hnew[i] = g * dst_h[i] + (1.0 - g) * ld_dst_x(i);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn rope(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half = p.inner / 2u;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= p.outer * p.seq * half) {
+        return;
+    }
+    let row = e / half;                  // (h, t)
+    let i = e - row * half;
+    let t = row % p.seq;
+    let cs = rope_cs(rp_pos[t], i);
+    let a = row * p.inner + i;
+    let x0 = ld_rp_x(a);
+    let x1 = ld_rp_x(a + half);
+    st_rp_y(a, x0 * cs.x - x1 * cs.y);
+    st_rp_y(a + half, x1 * cs.x + x0 * cs.y);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn ratplus_kv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half = p.inner / 2u;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= p.outer * half) {
+        return;
+    }
+    let h = e / half;
+    let i = e - h * half;
+    var k0 = 0.0;
+    var k1 = 0.0;
+    var v0 = 0.0;
+    var v1 = 0.0;
+    for (var t = 0u; t < p.seq; t++) {
+        let a = (h * p.seq + t) * p.inner + i;
+        let b = a + half;
+        let ga = rk_g[a];
+        let gb = rk_g[b];
+        k0 = ga * k0 + (1.0 - ga) * ld_rk_k(a);
+        v0 = ga * v0 + (1.0 - ga) * ld_rk_v(a);
+        k1 = gb * k1 + (1.0 - gb) * ld_rk_k(b);
+        v1 = gb * v1 + (1.0 - gb) * ld_rk_v(b);
+        st_rk_kt(a, k0);
+        st_rk_kt(b, k1);
+        st_rk_vt(a, v0);
+        st_rk_vt(b, v1);
+        let cs = rope_cs(i32(p.pos0 + t), i);
+        st_rk_kr(a, k0 * cs.x - k1 * cs.y);
+        st_rk_kr(b, k1 * cs.x + k0 * cs.y);
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn ratplus_step(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half = p.inner / 2u;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= p.outer * half) {
+        return;
+    }
+    let h = e / half;
+    let i = e - h * half;
+    let a = h * p.inner + i;
+    let b = a + half;
+    let ga = rstep_g[a];
+    let gb = rstep_g[b];
+    let k0 = ga * rstep_hk[a] + (1.0 - ga) * ld_rstep_k(a);
+    let k1 = gb * rstep_hk[b] + (1.0 - gb) * ld_rstep_k(b);
+    rstep_hkn[a] = k0;
+    rstep_hkn[b] = k1;
+    rstep_hvn[a] = ga * rstep_hv[a] + (1.0 - ga) * ld_rstep_v(a);
+    rstep_hvn[b] = gb * rstep_hv[b] + (1.0 - gb) * ld_rstep_v(b);
+    let cs = rope_cs(i32(p.pos0), i);
+    st_rstep_kr(a, k0 * cs.x - k1 * cs.y);
+    st_rstep_kr(b, k1 * cs.x + k0 * cs.y);
+}

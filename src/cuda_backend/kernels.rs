@@ -1,0 +1,301 @@
+//! Kernel sources, their specialisations, source assembly and NVRTC compilation.
+//!
+//! Every family (one `cuda/<family>.cu` file) is compiled as one module per [`Spec`]: the
+//! assembled source is `[params struct][prelude][common.cuh][family .cu]`, with `#line`
+//! directives so that NVRTC reports lines of the original files. Nothing is `#include`d and no
+//! toolkit header is needed, so a bare `libnvrtc` compiles every kernel (CI does it without a GPU).
+
+use crate::params::{
+    AttentionParams, BlockParams, DecayParams, HitRateParams, RandomParams, SelectParams, SnapKvParams, TopkParams,
+};
+use crate::{DType, Error, Result};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+const COMMON: &str = include_str!("../../cuda/common.cuh");
+
+/// A kernel family: one `cuda/<name>.cu` file, one params struct, one module per [`Spec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Family {
+    Random,
+    Topk,
+    Decay,
+    Blocks,
+    Select,
+    Attention,
+    SnapKv,
+    HitRate,
+}
+
+impl Family {
+    pub(crate) const ALL: [Family; 8] = [
+        Family::Random,
+        Family::Topk,
+        Family::Decay,
+        Family::Blocks,
+        Family::Select,
+        Family::Attention,
+        Family::SnapKv,
+        Family::HitRate,
+    ];
+
+    /// File stem under `cuda/` (also the WGSL file stem).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Family::Random => "random",
+            Family::Topk => "topk",
+            Family::Decay => "decay",
+            Family::Blocks => "blocks",
+            Family::Select => "select",
+            Family::Attention => "attention",
+            Family::SnapKv => "snapkv",
+            Family::HitRate => "hit_rate",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Family::Random => include_str!("../../cuda/random.cu"),
+            Family::Topk => include_str!("../../cuda/topk.cu"),
+            Family::Decay => include_str!("../../cuda/decay.cu"),
+            Family::Blocks => include_str!("../../cuda/blocks.cu"),
+            Family::Select => include_str!("../../cuda/select.cu"),
+            Family::Attention => include_str!("../../cuda/attention.cu"),
+            Family::SnapKv => include_str!("../../cuda/snapkv.cu"),
+            Family::HitRate => include_str!("../../cuda/hit_rate.cu"),
+        }
+    }
+
+    fn params_decl(self) -> String {
+        match self {
+            Family::Random => RandomParams::cuda_decl(),
+            Family::Topk => TopkParams::cuda_decl(),
+            Family::Decay => DecayParams::cuda_decl(),
+            Family::Blocks => BlockParams::cuda_decl(),
+            Family::Select => SelectParams::cuda_decl(),
+            Family::Attention => AttentionParams::cuda_decl(),
+            Family::SnapKv => SnapKvParams::cuda_decl(),
+            Family::HitRate => HitRateParams::cuda_decl(),
+        }
+    }
+
+    /// The `extern "C"` entry points the host launches (checked against the PTX by
+    /// [`compile_all_ptx`]).
+    pub(crate) fn entries(self) -> &'static [&'static str] {
+        match self {
+            Family::Random => &["pcg_hash", "random_key", "random_select"],
+            Family::Topk => &["topk"],
+            Family::Decay => &["decay_scan", "decay_step", "rope", "ratplus_kv", "ratplus_step"],
+            Family::Blocks => &["block_minmax", "block_mean", "quest_scores", "moba_gate"],
+            Family::Select => &["select_keys", "select_blocks"],
+            Family::Attention => &["attention_dense", "attention_sparse", "attention_blocks", "attention_merge"],
+            Family::SnapKv => {
+                &["snapkv_lse", "snapkv_colsum", "snapkv_pool", "snapkv_keys", "snapkv_select", "snapkv_keep_all"]
+            }
+            Family::HitRate => &["hit_rate"],
+        }
+    }
+
+    /// Whether the family's kernels are specialised on the storage dtype.
+    fn has_dtype(self) -> bool {
+        matches!(self, Family::Decay | Family::Blocks | Family::Attention | Family::SnapKv)
+    }
+
+    /// Whether the family keeps a head vector in registers (specialised on [`Spec::dpl`]).
+    fn has_dpl(self) -> bool {
+        matches!(self, Family::Attention | Family::SnapKv)
+    }
+
+    /// Every specialisation the host can ask for.
+    pub(crate) fn specs(self) -> Vec<Spec> {
+        let dtypes: Vec<Option<DType>> =
+            if self.has_dtype() { FLOAT_DTYPES.iter().map(|&d| Some(d)).collect() } else { vec![None] };
+        let dpls: &[u32] = if self.has_dpl() { &DPL_CHOICES } else { &[0] };
+        dtypes.iter().flat_map(|&dtype| dpls.iter().map(move |&dpl| Spec { dtype, dpl })).collect()
+    }
+}
+
+const FLOAT_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// Head-dim slots per lane that kernels are compiled for: `D <= 32 * dpl`.
+const DPL_CHOICES: [u32; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Largest head dim the register-resident kernels (attention, SnapKV) accept.
+pub(crate) const MAX_HEAD_DIM: usize = 32 * 32;
+
+/// Compile-time knobs of one module. Everything else is a runtime param, so changing a length
+/// never recompiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Spec {
+    /// Storage dtype of the float tensors (`None` for dtype-free families).
+    pub dtype: Option<DType>,
+    /// Head-dim slots per lane (`0` for families that do not keep a head vector).
+    pub dpl: u32,
+}
+
+impl Spec {
+    /// No specialisation (random, topk, select, hit_rate).
+    pub(crate) const NONE: Spec = Spec { dtype: None, dpl: 0 };
+
+    /// Storage dtype only (decay, blocks).
+    pub(crate) fn dtype(dtype: DType) -> Spec {
+        Spec { dtype: Some(dtype), dpl: 0 }
+    }
+
+    /// Storage dtype and head dim (attention, snapkv); `None` if `dim` exceeds [`MAX_HEAD_DIM`].
+    pub(crate) fn head(dtype: DType, dim: usize) -> Option<Spec> {
+        let dpl = dim.div_ceil(32).max(1).next_power_of_two();
+        DPL_CHOICES.contains(&(dpl as u32)).then_some(Spec { dtype: Some(dtype), dpl: dpl as u32 })
+    }
+
+    fn prelude(&self) -> String {
+        let mut s = String::new();
+        match self.dtype {
+            Some(DType::F32) => s.push_str("#define KVS_STORE_F32 1\n"),
+            Some(DType::F16) => s.push_str("#define KVS_STORE_F16 1\n"),
+            Some(DType::BF16) => s.push_str("#define KVS_STORE_BF16 1\n"),
+            _ => {}
+        }
+        if self.dpl > 0 {
+            s.push_str(&format!("#define KVS_DPL {}\n", self.dpl));
+        }
+        s
+    }
+
+    /// Short label, e.g. `bf16,dpl4`.
+    pub(crate) fn label(&self) -> String {
+        match (self.dtype, self.dpl) {
+            (None, _) => "-".to_string(),
+            (Some(d), 0) => d.name().to_string(),
+            (Some(d), n) => format!("{d},dpl{n}"),
+        }
+    }
+}
+
+/// The full NVRTC input of one module.
+pub(crate) fn assemble(family: Family, spec: &Spec) -> String {
+    format!(
+        "// kvsparse: {family} [{label}]\n{params}{prelude}#line 1 \"cuda/common.cuh\"\n{COMMON}\n#line 1 \"cuda/{family}.cu\"\n{body}",
+        family = family.name(),
+        label = spec.label(),
+        params = family.params_decl(),
+        prelude = spec.prelude(),
+        body = family.body(),
+    )
+}
+
+/// NVRTC options: the real arch of the device and line info for profilers. No `--use_fast_math`:
+/// selection and softmax paths need IEEE `expf`/`logf`/division (NVRTC's defaults).
+fn options(family: Family, arch: &str) -> CompileOptions {
+    CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "-lineinfo".to_string(), "--std=c++17".to_string()],
+        name: Some(format!("{}.cu", family.name())),
+        ..Default::default()
+    }
+}
+
+/// Compiles one module to PTX. NVRTC failures become [`Error::Nvrtc`] with the compiler log.
+pub(crate) fn compile(family: Family, spec: &Spec, arch: &str) -> Result<Ptx> {
+    let src = assemble(family, spec);
+    let kernel = format!("{} [{}] for {arch}", family.name(), spec.label());
+    cudarc::nvrtc::compile_ptx_with_opts(&src, options(family, arch)).map_err(|e| nvrtc_error(kernel, e))
+}
+
+fn nvrtc_error(kernel: String, e: CompileError) -> Error {
+    let log = match e {
+        CompileError::CompileError { nvrtc, options, log } => {
+            format!("{}\n(options: {}; NVRTC status {nvrtc:?})", log.to_string_lossy().trim_end(), options.join(" "))
+        }
+        other => format!("{other:?}"),
+    };
+    Error::Nvrtc { kernel, log }
+}
+
+/// Whether `libnvrtc` can be loaded (cudarc's own candidate names; never panics).
+pub(crate) fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen each candidate library name; touches no cudarc state and
+    // calls no function of the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Assembles and NVRTC-compiles every CUDA kernel family for every supported specialisation
+/// (storage dtype f32/f16/bf16, head-dim register tiles for D up to 1024) to PTX for `arch`
+/// (e.g. `"sm_90"`), and checks that every entry point the host launches is in the PTX.
+///
+/// Needs `libnvrtc` only (no driver, no GPU): this is what CI runs. Returns one
+/// `("family[spec]", PTX size in bytes)` pair per module. With the environment variable
+/// `KVSPARSE_DUMP_PTX=DIR` set, every assembled source (`.cu`) and its PTX (`.ptx`) are also
+/// written to `DIR` (for `ptxas -v`, diffing, or reading what NVRTC saw).
+///
+/// # Errors
+/// [`Error::Unavailable`] when `libnvrtc` cannot be loaded (see `tests/cuda_compile.rs` for
+/// where CI gets it); [`Error::Nvrtc`] with the compiler log when a module does not compile or
+/// lacks an entry point.
+///
+/// ```no_run
+/// for (module, bytes) in kvsparse::compile_all_ptx("sm_90")? {
+///     println!("{module}: {bytes} bytes of PTX");
+/// }
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
+pub fn compile_all_ptx(arch: &str) -> Result<Vec<(String, usize)>> {
+    if !nvrtc_present() {
+        return Err(Error::Unavailable { backend: "cuda", reason: "libnvrtc not found (set LD_LIBRARY_PATH)".into() });
+    }
+    let jobs: Vec<(Family, Spec)> =
+        Family::ALL.iter().flat_map(|&f| f.specs().into_iter().map(move |s| (f, s))).collect();
+    // NVRTC is thread-safe per program; spread the modules over the available cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let results: Vec<Result<(String, usize)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let jobs = &jobs;
+                scope.spawn(move || {
+                    jobs.iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|&(family, spec)| compile_checked(family, &spec, arch))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(Error::Nvrtc {
+                        kernel: "compile_all_ptx".into(),
+                        log: "a compile thread panicked".into(),
+                    })]
+                })
+            })
+            .collect()
+    });
+    let mut out = results.into_iter().collect::<Result<Vec<_>>>()?;
+    out.sort();
+    Ok(out)
+}
+
+fn compile_checked(family: Family, spec: &Spec, arch: &str) -> Result<(String, usize)> {
+    let ptx = compile(family, spec, arch)?;
+    let text = ptx.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| ptx.to_src());
+    if let Some(dir) = std::env::var_os("KVSPARSE_DUMP_PTX") {
+        let stem = format!("{}_{}_{}", family.name(), spec.label().replace(',', "_"), arch);
+        let dir = std::path::Path::new(&dir);
+        let write = |ext: &str, text: &str| {
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(dir.join(format!("{stem}.{ext}")), text))
+                .map_err(|e| Error::File { path: dir.display().to_string(), reason: e.to_string() })
+        };
+        write("cu", &assemble(family, spec))?;
+        write("ptx", &text)?;
+    }
+    for entry in family.entries() {
+        if !text.contains(&format!(".entry {entry}(")) {
+            return Err(Error::Nvrtc {
+                kernel: format!("{} [{}] for {arch}", family.name(), spec.label()),
+                log: format!("entry point `{entry}` missing from the PTX"),
+            });
+        }
+    }
+    Ok((format!("{}[{}]", family.name(), spec.label()), text.len()))
+}

@@ -1,0 +1,227 @@
+//! The CUDA backend: kernels in `cuda/*.cu`, compiled at run time by NVRTC for the arch the
+//! device reports, launched through cudarc (dynamic loading: building needs neither the CUDA
+//! toolkit nor a driver).
+//!
+//! Layout: [`kernels`] holds the sources, their specialisations and the NVRTC step; this file the
+//! device handle, buffers and module cache; `ops.rs` one launch sequence per [`crate::Backend`]
+//! method. All work goes to one stream in order, so a multi-kernel op (Quest decode: block
+//! statistics, scores, selection, sparse attention) needs no synchronisation between its kernels.
+
+mod kernels;
+mod ops;
+
+pub use kernels::compile_all_ptx;
+pub(crate) use kernels::{Family, Spec};
+
+use crate::{DType, DeviceBuffer, Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// The CUDA backend: one device, one stream, and a cache of compiled modules keyed by
+/// (kernel family, specialisation); the arch is fixed per device.
+///
+/// [`Cuda::new`] never panics: without `libcuda`, without `libnvrtc` or without a device it
+/// returns [`Error::Unavailable`].
+///
+/// ```no_run
+/// use kvsparse::{ops::TopK, Backend, Cuda, DType, HostData};
+/// let gpu = Cuda::new()?;
+/// println!("{}", gpu.info_lines().join("\n"));
+/// let op = TopK::new(1, 4, 2)?;
+/// let scores = gpu.upload(&HostData::F32(vec![0.5, 2.0, 2.0, -1.0]))?;
+/// let mut idx = gpu.alloc(DType::I32, op.out_k())?;
+/// gpu.topk(&op, &scores, &mut idx)?;
+/// assert_eq!(gpu.download(&idx)?, HostData::I32(vec![1, 2]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    cc: (i32, i32),
+    arch: String,
+    sm_count: u32,
+    modules: RwLock<HashMap<(Family, Spec), Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cuda").field("name", &self.name).field("arch", &self.arch).finish_non_exhaustive()
+    }
+}
+
+/// Device memory holding `len` elements of `dtype` (raw bytes underneath; kernels see typed
+/// pointers). Belongs to the [`Cuda`] that made it.
+pub struct CudaBuffer {
+    slice: CudaSlice<u8>,
+    dtype: DType,
+    len: usize,
+}
+
+impl std::fmt::Debug for CudaBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBuffer").field("dtype", &self.dtype).field("len", &self.len).finish()
+    }
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// `Error::Device` for a failed driver call; `what` names the call.
+pub(crate) fn device_err(what: &str, e: DriverError) -> Error {
+    Error::Device { backend: "cuda", message: format!("{what}: {e}") }
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable { backend: "cuda", reason: reason.into() }
+}
+
+/// Whether the driver library can be loaded (never panics).
+fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen each of cudarc's candidate names for libcuda; touches no
+    // cudarc state and calls no function of the library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl Cuda {
+    /// Opens device 0.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when `libcuda` or `libnvrtc` cannot be loaded or there is no CUDA
+    /// device; [`Error::Device`] when the driver fails while opening it.
+    pub fn new() -> Result<Cuda> {
+        Cuda::with_ordinal(0)
+    }
+
+    /// Opens device `ordinal` (see [`Cuda::new`]).
+    pub fn with_ordinal(ordinal: usize) -> Result<Cuda> {
+        // cudarc's dynamic loader panics when a library is missing: probe before any call.
+        if !driver_present() {
+            return Err(unavailable("libcuda (the NVIDIA driver library) not found"));
+        }
+        if !kernels::nvrtc_present() {
+            return Err(unavailable(
+                "libnvrtc not found (install the CUDA toolkit or the nvidia-cuda-nvrtc-cu12 wheel and put its lib folder on LD_LIBRARY_PATH)",
+            ));
+        }
+        // Belt and braces: a panic inside cudarc (e.g. a symbol missing from an old driver)
+        // must still come out as an error.
+        std::panic::catch_unwind(|| Cuda::open(ordinal))
+            .unwrap_or_else(|_| Err(unavailable("the CUDA driver panicked while opening the device")))
+    }
+
+    fn open(ordinal: usize) -> Result<Cuda> {
+        let count = CudaContext::device_count().map_err(|e| unavailable(format!("cuInit / device count: {e}")))?;
+        if count <= 0 {
+            return Err(unavailable("no CUDA device"));
+        }
+        if ordinal >= count as usize {
+            return Err(unavailable(format!("device {ordinal} requested, {count} present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| device_err("create context", e))?;
+        // The legacy default stream of the context: every op, copy and free is ordered on it.
+        let stream = ctx.default_stream();
+        let name = ctx.name().map_err(|e| device_err("device name", e))?;
+        let cc = ctx.compute_capability().map_err(|e| device_err("compute capability", e))?;
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_err("SM count", e))?
+            .max(1) as u32;
+        Ok(Cuda {
+            ctx,
+            stream,
+            name,
+            cc,
+            arch: format!("sm_{}{}", cc.0, cc.1),
+            sm_count,
+            modules: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The NVRTC target, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Lines for `kvsparse info`: device, compute capability, driver, memory, SMs, NVRTC.
+    pub fn info_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("device: {}", self.name)];
+        lines.push(format!("compute capability: {}.{} (kernels compiled for {})", self.cc.0, self.cc.1, self.arch));
+        let mut driver = 0i32;
+        // SAFETY: libcuda is loaded (probed in `new`) and the pointer is to a live i32.
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+        lines.push(match r {
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS => {
+                format!("driver: CUDA {}.{}", driver / 1000, (driver % 1000) / 10)
+            }
+            e => format!("driver: unknown ({e:?})"),
+        });
+        match self.ctx.mem_get_info() {
+            Ok((free, total)) => lines.push(format!(
+                "memory: {:.1} GiB total, {:.1} GiB free",
+                total as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            )),
+            Err(e) => lines.push(format!("memory: unknown ({e})")),
+        }
+        lines.push(format!("multiprocessors: {}", self.sm_count));
+        let (mut major, mut minor) = (0i32, 0i32);
+        // SAFETY: libnvrtc is loaded (probed in `new`); both pointers are to live i32s.
+        let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+        lines.push(match r {
+            cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS => format!("nvrtc: {major}.{minor}"),
+            e => format!("nvrtc: unknown ({e:?})"),
+        });
+        lines
+    }
+
+    /// The compiled module of `family` for `spec` (compiled and loaded on first use).
+    fn module(&self, family: Family, spec: Spec) -> Result<Arc<CudaModule>> {
+        if let Some(m) = self.modules.read().ok().and_then(|m| m.get(&(family, spec)).cloned()) {
+            return Ok(m);
+        }
+        let ptx = kernels::compile(family, &spec, &self.arch)?;
+        let module = self
+            .ctx
+            .load_module(ptx)
+            .map_err(|e| device_err(&format!("load module {} [{}]", family.name(), spec.label()), e))?;
+        let mut cache = self
+            .modules
+            .write()
+            .map_err(|_| Error::Device { backend: "cuda", message: "module cache lock poisoned".into() })?;
+        // Another thread may have compiled it meanwhile; keep the first.
+        Ok(cache.entry((family, spec)).or_insert(module).clone())
+    }
+
+    /// Entry point `entry` of `family` for `spec`.
+    pub(crate) fn function(&self, family: Family, spec: Spec, entry: &str) -> Result<CudaFunction> {
+        debug_assert!(family.entries().contains(&entry), "{entry} is not listed for {}", family.name());
+        self.module(family, spec)?
+            .load_function(entry)
+            .map_err(|e| device_err(&format!("load function {entry} of {}", family.name()), e))
+    }
+
+    /// Uninitialised device scratch of `bytes` bytes (at least 4).
+    ///
+    /// Every scratch buffer is fully written by the kernel that produces it before any kernel
+    /// reads it (or is never read at all: the split-K part buffers when `splits == 1`).
+    pub(crate) fn scratch(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: the memory is uninitialised device memory; see the contract above: no
+        // kernel reads a scratch element that an earlier kernel on the stream did not write.
+        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.map_err(|e| device_err("alloc scratch", e))
+    }
+
+    pub(crate) fn buffer_from_bytes(&self, dtype: DType, len: usize, bytes: &[u8]) -> Result<CudaBuffer> {
+        // cuMemAlloc rejects 0 bytes: an empty buffer still owns a small allocation.
+        let slice = if bytes.is_empty() { self.stream.alloc_zeros::<u8>(4) } else { self.stream.clone_htod(bytes) }
+            .map_err(|e| device_err("upload", e))?;
+        Ok(CudaBuffer { slice, dtype, len })
+    }
+}

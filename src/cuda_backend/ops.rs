@@ -1,0 +1,708 @@
+//! `Backend for Cuda`: one launch sequence per op, all on the backend's one stream.
+//!
+//! Every method starts with [`ops::check`] (problem valid, every buffer of the right length and
+//! element type), so the SAFETY argument of each launch is the same three facts: the argument
+//! list matches the kernel's signature in `cuda/<family>.cu` (params by value, then inputs, then
+//! outputs, then scratch, in that order and with those element types); every buffer holds the
+//! elements the params describe (checked, or sized here for scratch); and the kernel guards every
+//! index it derives from the launch shape against the params.
+
+use super::{device_err, Cuda, CudaBuffer, Family, Spec};
+use crate::ops::{self, *};
+use crate::params::{AttentionParams, BlockParams, SelectParams};
+use crate::{Backend, DType, Error, HostData, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+/// Threads per block of one-thread-per-element kernels.
+const ELEMENTWISE: u32 = 256;
+/// Warps (query rows) per block of the one-warp-per-row kernels.
+const ROW_WARPS: u32 = 4;
+/// Warps per block of `snapkv_lse` (one block per window query).
+const LSE_WARPS: u32 = 8;
+/// Rows of decode attention below which keys are split across blocks (per SM).
+const ROWS_PER_SM: usize = 8;
+
+/// One thread per element, `n >= 1`.
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(ELEMENTWISE).max(1), 1, 1),
+        block_dim: (ELEMENTWISE, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One warp per row, `ROW_WARPS` rows per block; `grid_y` blocks along y (split-K).
+fn warp_rows(rows: usize, grid_y: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(ROW_WARPS).max(1), grid_y.max(1), 1),
+        block_dim: (32 * ROW_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block per row; threads sized to the row (a multiple of 32, at most 1024).
+fn block_rows(rows: usize, row_len: usize) -> LaunchConfig {
+    let threads = (row_len.div_ceil(32) * 32).clamp(32, 1024) as u32;
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn head_spec(op: &'static str, dtype: DType, dim: usize) -> Result<Spec> {
+    Spec::head(dtype, dim).ok_or_else(|| Error::TooLarge {
+        backend: "cuda",
+        what: format!("{op}: head dim {dim} exceeds {} (register-resident head vectors)", super::kernels::MAX_HEAD_DIM),
+    })
+}
+
+fn grid_y(op: &'static str, n: usize) -> Result<u32> {
+    if n > 65_535 {
+        return Err(Error::TooLarge { backend: "cuda", what: format!("{op}: {n} heads exceed the 65535 grid rows") });
+    }
+    Ok(n as u32)
+}
+
+impl Cuda {
+    /// Key splits (flash-decoding) for `rows` attention rows over at most `keys` keys each:
+    /// enough blocks to fill the device, chunks of at least 128 keys, at most 64 splits. Depends
+    /// on the key capacity the caller passes, not on the live context where avoidable.
+    fn splits(&self, rows: usize, keys: usize) -> u32 {
+        let target = ROWS_PER_SM * self.sm_count as usize;
+        if rows >= target || keys <= 256 {
+            return 1;
+        }
+        target.div_ceil(rows).min(keys.div_ceil(128)).clamp(1, 64) as u32
+    }
+
+    /// Launches the sparse (index-set) decode attention with split-K and merge.
+    /// `p` must have `q_len = 1`, `idx_heads`, `n_idx`, `block_size` set; `splits` is chosen here.
+    #[allow(clippy::too_many_arguments)]
+    fn sparse_attention(
+        &self,
+        spec: Spec,
+        mut p: AttentionParams,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        idx: &CudaSlice<u8>,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+    ) -> Result<()> {
+        let rows = p.q_heads as usize;
+        let keys = p.n_idx as usize * p.block_size.max(1) as usize;
+        p.splits = self.splits(rows, keys);
+        let parts = if p.splits > 1 { rows * p.splits as usize } else { 1 };
+        let mut part_out = self.scratch(4 * parts * p.dim as usize)?;
+        let mut part_lse = self.scratch(4 * parts)?;
+        let f = self.function(Family::Attention, spec, "attention_sparse")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx);
+        b.arg(&mut out.slice).arg(&mut lse.slice).arg(&mut part_out).arg(&mut part_lse);
+        // SAFETY: matches `attention_sparse(p, q, k, v, idx, out, lse, part_out, part_lse)`;
+        // q [Hq, D], k/v [Hkv, T, D], idx [idx_heads, n_idx], out [Hq, D], lse [Hq] were checked
+        // by the caller; part buffers hold Hq*splits rows when splits > 1 (unused otherwise);
+        // the kernel guards h < Hq and every token against T.
+        unsafe { b.launch(warp_rows(rows, p.splits)) }.map_err(|e| device_err("attention_sparse", e))?;
+        if p.splits > 1 {
+            self.merge(spec, &p, &part_out, &part_lse, out, lse)?;
+        }
+        Ok(())
+    }
+
+    /// Combines split-K partials by log-sum-exp into `out` / `lse`.
+    fn merge(
+        &self,
+        spec: Spec,
+        p: &AttentionParams,
+        part_out: &CudaSlice<u8>,
+        part_lse: &CudaSlice<u8>,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+    ) -> Result<()> {
+        let rows = (p.q_heads * p.q_len) as usize;
+        let f = self.function(Family::Attention, spec, "attention_merge")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(p).arg(part_out).arg(part_lse).arg(&mut out.slice).arg(&mut lse.slice);
+        // SAFETY: matches `attention_merge(p, part_out, part_lse, out, lse)`; the partials hold
+        // rows*splits entries written by the preceding attention launch on this stream; out and
+        // lse hold rows*D and rows elements; the kernel guards row < q_heads*q_len.
+        unsafe { b.launch(warp_rows(rows, 1)) }.map_err(|e| device_err("attention_merge", e))?;
+        Ok(())
+    }
+
+    /// `select_blocks` (after `select_keys` for the random selector, which fills `ranking`).
+    fn select(&self, sp: &SelectParams, ranking: &mut CudaBuffer, selected: &mut CudaBuffer) -> Result<()> {
+        if sp.selector == 1 {
+            let f = self.function(Family::Select, Spec::NONE, "select_keys")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(sp).arg(&mut ranking.slice);
+            // SAFETY: matches `select_keys(p, keys)`; ranking holds rows*nb u32 (checked); the
+            // kernel guards e < rows*nb.
+            unsafe { b.launch(elementwise(sp.rows as usize * sp.nb as usize)) }
+                .map_err(|e| device_err("select_keys", e))?;
+        }
+        let f = self.function(Family::Select, Spec::NONE, "select_blocks")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(sp).arg(&ranking.slice).arg(&mut selected.slice);
+        // SAFETY: matches `select_blocks(p, ranking, selected)`; ranking holds rows*nb words
+        // (f32 scores or u32 keys, written by the previous launch), selected rows*width i32
+        // (checked); one block per row, every block index guarded against nb and width.
+        unsafe { b.launch(block_rows(sp.rows as usize, sp.nb as usize)) }
+            .map_err(|e| device_err("select_blocks", e))?;
+        Ok(())
+    }
+}
+
+impl Backend for Cuda {
+    type Buffer = CudaBuffer;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn device_name(&self) -> String {
+        self.name.clone()
+    }
+    fn supports(&self, _dtype: DType) -> bool {
+        // f16 and bf16 are converted in the kernels (inline PTX / bit shifts): every arch works.
+        true
+    }
+    fn upload(&self, data: &HostData) -> Result<CudaBuffer> {
+        self.buffer_from_bytes(data.dtype(), data.len(), data.as_bytes())
+    }
+    fn download(&self, buf: &CudaBuffer) -> Result<HostData> {
+        let bytes = buf.len * buf.dtype.size();
+        let host = if bytes == 0 {
+            Vec::new()
+        } else {
+            self.stream.clone_dtoh(&buf.slice.slice(0..bytes)).map_err(|e| device_err("download", e))?
+        };
+        HostData::from_bytes(buf.dtype, &host)
+            .ok_or_else(|| Error::Device { backend: "cuda", message: "download: ragged byte count".into() })
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| device_err("synchronize", e))
+    }
+    fn copy_buffer(&self, src: &CudaBuffer, dst: &mut CudaBuffer) -> Result<()> {
+        if src.dtype != dst.dtype || src.len != dst.len {
+            return Err(Error::Buffer {
+                op: "copy_buffer",
+                name: "dst",
+                expected: src.len,
+                expected_dtype: src.dtype,
+                got: dst.len,
+                got_dtype: dst.dtype,
+            });
+        }
+        let bytes = src.len * src.dtype.size();
+        if bytes > 0 {
+            self.stream
+                .memcpy_dtod(&src.slice.slice(0..bytes), &mut dst.slice.slice_mut(0..bytes))
+                .map_err(|e| device_err("copy_buffer", e))?;
+        }
+        Ok(())
+    }
+    fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timed).map_err(|e| device_err("create event", e))?;
+        let end = self.ctx.new_event(timed).map_err(|e| device_err("create event", e))?;
+        start.record(&self.stream).map_err(|e| device_err("record event", e))?;
+        f()?;
+        end.record(&self.stream).map_err(|e| device_err("record event", e))?;
+        end.synchronize().map_err(|e| device_err("event synchronize", e))?;
+        let ms = start.elapsed_ms(&end).map_err(|e| device_err("event elapsed", e))?;
+        Ok(std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3))
+    }
+    fn timer_kind(&self) -> &'static str {
+        "cuda-events"
+    }
+
+    fn pcg_hash(&self, op: &PcgHash, v: &CudaBuffer, hash: &mut CudaBuffer) -> Result<()> {
+        ops::check(op, &[v, hash])?;
+        let p = op.params();
+        let f = self.function(Family::Random, Spec::NONE, "pcg_hash")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&v.slice).arg(&mut hash.slice);
+        // SAFETY: matches `pcg_hash(p, v, hash)`; v and hash hold n u32 (checked); guarded i < n.
+        unsafe { b.launch(elementwise(op.n)) }.map_err(|e| device_err("pcg_hash", e))?;
+        Ok(())
+    }
+
+    fn random_key(&self, op: &RandomKey, rows: &CudaBuffer, idx: &CudaBuffer, keys: &mut CudaBuffer) -> Result<()> {
+        ops::check(op, &[rows, idx, keys])?;
+        let p = op.params();
+        let f = self.function(Family::Random, Spec::NONE, "random_key")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&rows.slice).arg(&idx.slice).arg(&mut keys.slice);
+        // SAFETY: matches `random_key(p, rows, idx, keys)`; rows [R], idx [n], keys [R*n] u32
+        // (checked); guarded e < R*n.
+        unsafe { b.launch(elementwise(op.rows * op.n)) }.map_err(|e| device_err("random_key", e))?;
+        Ok(())
+    }
+
+    fn random_select(
+        &self,
+        op: &RandomSelect,
+        rows: &CudaBuffer,
+        cand: &CudaBuffer,
+        keys: &mut CudaBuffer,
+        selected: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[rows, cand, keys, selected])?;
+        let p = op.params();
+        let f = self.function(Family::Random, Spec::NONE, "random_select")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&rows.slice).arg(&cand.slice).arg(&mut keys.slice).arg(&mut selected.slice);
+        // SAFETY: matches `random_select(p, rows, cand, keys, selected)`; rows [R] u32,
+        // cand [R*n] i32, keys [R*n] u32, selected [R*k] i32 (checked); one block per row.
+        unsafe { b.launch(block_rows(op.rows, op.n)) }.map_err(|e| device_err("random_select", e))?;
+        Ok(())
+    }
+
+    fn topk(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
+        ops::check(op, &[scores, indices])?;
+        let p = op.params();
+        let mut scratch = self.scratch(4 * 4 * op.rows * op.out_k())?;
+        let f = self.function(Family::Topk, Spec::NONE, "topk")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&scores.slice).arg(&mut indices.slice).arg(&mut scratch);
+        // SAFETY: matches `topk(p, scores, indices, scratch)`; scores [R*n] f32 and indices
+        // [R*out_k] i32 (checked); scratch holds R*4*out_k u32, each row's part written by the
+        // row's block before it reads it; one block per row.
+        unsafe { b.launch(block_rows(op.rows, op.n)) }.map_err(|e| device_err("topk", e))?;
+        Ok(())
+    }
+
+    fn decay_scan(
+        &self,
+        op: &DecayScan,
+        x: &CudaBuffer,
+        g: &CudaBuffer,
+        h0: &CudaBuffer,
+        y: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[x, g, h0, y])?;
+        let p = op.params();
+        let f = self.function(Family::Decay, Spec::dtype(op.dtype), "decay_scan")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&x.slice).arg(&g.slice).arg(&h0.slice).arg(&mut y.slice);
+        // SAFETY: matches `decay_scan(p, x, g, h0, y)`; x, y [outer, seq, inner] in the storage
+        // dtype of the module, g f32 of the same shape, h0 [outer*inner] f32 (checked); guarded
+        // lane < outer*inner.
+        unsafe { b.launch(elementwise(op.outer * op.inner)) }.map_err(|e| device_err("decay_scan", e))?;
+        Ok(())
+    }
+
+    fn decay_step(
+        &self,
+        op: &DecayStep,
+        x: &CudaBuffer,
+        g: &CudaBuffer,
+        h: &CudaBuffer,
+        h_new: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[x, g, h, h_new])?;
+        let p = op.params();
+        let f = self.function(Family::Decay, Spec::dtype(op.dtype), "decay_step")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&x.slice).arg(&g.slice).arg(&h.slice).arg(&mut h_new.slice);
+        // SAFETY: matches `decay_step(p, x, g, h, h_new)`; all hold `lanes` elements (checked);
+        // guarded i < lanes.
+        unsafe { b.launch(elementwise(op.lanes)) }.map_err(|e| device_err("decay_step", e))?;
+        Ok(())
+    }
+
+    fn rope(&self, op: &Rope, x: &CudaBuffer, pos: &CudaBuffer, y: &mut CudaBuffer) -> Result<()> {
+        ops::check(op, &[x, pos, y])?;
+        let p = op.params();
+        let f = self.function(Family::Decay, Spec::dtype(op.dtype), "rope")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&x.slice).arg(&pos.slice).arg(&mut y.slice);
+        // SAFETY: matches `rope(p, x, pos, y)`; x, y [H, T, D], pos [T] i32 (checked, D even);
+        // guarded e < H*T*D/2.
+        unsafe { b.launch(elementwise(op.heads * op.seq * op.dim / 2)) }.map_err(|e| device_err("rope", e))?;
+        Ok(())
+    }
+
+    fn ratplus_kv(
+        &self,
+        op: &RatplusKv,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        g: &CudaBuffer,
+        k_tilde: &mut CudaBuffer,
+        v_tilde: &mut CudaBuffer,
+        k_rope: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[k, v, g, k_tilde, v_tilde, k_rope])?;
+        let p = op.params();
+        let f = self.function(Family::Decay, Spec::dtype(op.dtype), "ratplus_kv")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&k.slice).arg(&v.slice).arg(&g.slice);
+        b.arg(&mut k_tilde.slice).arg(&mut v_tilde.slice).arg(&mut k_rope.slice);
+        // SAFETY: matches `ratplus_kv(p, k, v, g, k_tilde, v_tilde, k_rope)`; all [H, T, D]
+        // (checked, D even); guarded e < H*D/2.
+        unsafe { b.launch(elementwise(op.heads * op.dim / 2)) }.map_err(|e| device_err("ratplus_kv", e))?;
+        Ok(())
+    }
+
+    fn ratplus_step(
+        &self,
+        op: &RatplusStep,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        g: &CudaBuffer,
+        hk: &CudaBuffer,
+        hv: &CudaBuffer,
+        hk_new: &mut CudaBuffer,
+        hv_new: &mut CudaBuffer,
+        k_rope: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[k, v, g, hk, hv, hk_new, hv_new, k_rope])?;
+        let p = op.params();
+        let f = self.function(Family::Decay, Spec::dtype(op.dtype), "ratplus_step")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&k.slice).arg(&v.slice).arg(&g.slice).arg(&hk.slice).arg(&hv.slice);
+        b.arg(&mut hk_new.slice).arg(&mut hv_new.slice).arg(&mut k_rope.slice);
+        // SAFETY: matches `ratplus_step(p, k, v, g, hk, hv, hk_new, hv_new, k_rope)`; all [H, D]
+        // (checked, D even); guarded e < H*D/2.
+        unsafe { b.launch(elementwise(op.heads * op.dim / 2)) }.map_err(|e| device_err("ratplus_step", e))?;
+        Ok(())
+    }
+
+    fn block_minmax(
+        &self,
+        op: &BlockMinmax,
+        k: &CudaBuffer,
+        kmin: &mut CudaBuffer,
+        kmax: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[k, kmin, kmax])?;
+        let s = &op.shape;
+        let p = s.params();
+        let f = self.function(Family::Blocks, Spec::dtype(s.dtype), "block_minmax")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&k.slice).arg(&mut kmin.slice).arg(&mut kmax.slice);
+        // SAFETY: matches `block_minmax(p, k, kmin, kmax)`; k [H, T, D], kmin/kmax [H, NB, D]
+        // (checked); guarded e < H*NB*D, tokens clipped to T.
+        unsafe { b.launch(elementwise(s.heads * s.nb() * s.dim)) }.map_err(|e| device_err("block_minmax", e))?;
+        Ok(())
+    }
+
+    fn block_mean(&self, op: &BlockMean, k: &CudaBuffer, kmean: &mut CudaBuffer) -> Result<()> {
+        ops::check(op, &[k, kmean])?;
+        let s = &op.shape;
+        let p = s.params();
+        let f = self.function(Family::Blocks, Spec::dtype(s.dtype), "block_mean")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&k.slice).arg(&mut kmean.slice);
+        // SAFETY: matches `block_mean(p, k, kmean)`; k [H, T, D], kmean [H, NB, D] (checked);
+        // guarded e < H*NB*D, tokens clipped to T.
+        unsafe { b.launch(elementwise(s.heads * s.nb() * s.dim)) }.map_err(|e| device_err("block_mean", e))?;
+        Ok(())
+    }
+
+    fn quest_scores(
+        &self,
+        op: &QuestScores,
+        q: &CudaBuffer,
+        kmin: &CudaBuffer,
+        kmax: &CudaBuffer,
+        scores: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[q, kmin, kmax, scores])?;
+        let p = op.params();
+        let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&q.slice).arg(&kmin.slice).arg(&kmax.slice).arg(&mut scores.slice);
+        // SAFETY: matches `quest_scores(p, q, kmin, kmax, scores)`; q [Hq, D], kmin/kmax
+        // [Hkv, NB, D], scores [Hq, NB] f32 (checked); guarded row < Hq*NB.
+        unsafe { b.launch(warp_rows(op.q_heads * op.nb, 1)) }.map_err(|e| device_err("quest_scores", e))?;
+        Ok(())
+    }
+
+    fn quest_decode(
+        &self,
+        op: &QuestDecode,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        stats: Option<(&CudaBuffer, &CudaBuffer)>,
+        selected: &mut CudaBuffer,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+        ranking: &mut CudaBuffer,
+    ) -> Result<()> {
+        match stats {
+            Some((lo, hi)) => ops::check(op, &[q, k, v, lo, hi, &*selected, &*out, &*lse, &*ranking])?,
+            None => ops::check(op, &[q, k, v, &*selected, &*out, &*lse, &*ranking])?,
+        }
+        let head = head_spec(QuestDecode::NAME, op.dtype, op.dim)?;
+        let nb = op.nb();
+        let bs = op.select.block_size;
+        if op.select.selector == Selector::Score {
+            // 1. block min/max per kv head (scratch in the storage dtype) unless cached,
+            // 2. Quest scores.
+            let computed;
+            let (kmin, kmax) = match stats {
+                Some((lo, hi)) => (&lo.slice, &hi.slice),
+                None => {
+                    let shape =
+                        BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
+                    let n_stats = op.kv_heads * nb * op.dim;
+                    let mut lo = self.scratch(n_stats * op.dtype.size())?;
+                    let mut hi = self.scratch(n_stats * op.dtype.size())?;
+                    let p = shape.params();
+                    let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_minmax")?;
+                    let mut b = self.stream.launch_builder(&f);
+                    b.arg(&p).arg(&k.slice).arg(&mut lo).arg(&mut hi);
+                    // SAFETY: matches `block_minmax(p, k, kmin, kmax)`; k [Hkv, T, D] (checked),
+                    // kmin and kmax sized Hkv*NB*D storage elements here; guarded e < Hkv*NB*D.
+                    unsafe { b.launch(elementwise(n_stats)) }.map_err(|e| device_err("block_minmax", e))?;
+                    computed = (lo, hi);
+                    (&computed.0, &computed.1)
+                }
+            };
+            let sp =
+                QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype }.params();
+            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&sp).arg(&q.slice).arg(kmin).arg(kmax).arg(&mut ranking.slice);
+            // SAFETY: matches `quest_scores(p, q, kmin, kmax, scores)`; q [Hq, D] (checked),
+            // kmin/kmax [Hkv, NB, D] (checked when cached, written above otherwise), ranking =
+            // scores [Hq, NB] f32 (checked); guarded row < Hq*NB.
+            unsafe { b.launch(warp_rows(op.q_heads * nb, 1)) }.map_err(|e| device_err("quest_scores", e))?;
+        }
+        // 3. forced top-k block selection per query head (keys filled first for random).
+        self.select(&op.select_params(), ranking, selected)?;
+        // 4. attention over every token of the selected blocks.
+        let mut p = AttentionSparse {
+            q_heads: op.q_heads,
+            kv_heads: op.kv_heads,
+            seq: op.seq,
+            dim: op.dim,
+            idx_heads: op.q_heads,
+            n_idx: op.n_sel(),
+            scale: op.scale,
+            dtype: op.dtype,
+        }
+        .params();
+        p.block_size = bs as u32;
+        self.sparse_attention(head, p, q, k, v, &selected.slice, out, lse)
+    }
+
+    fn moba_prefill(
+        &self,
+        op: &MobaPrefill,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+        selected: &mut CudaBuffer,
+        ranking: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[q, k, v, out, lse, selected, ranking])?;
+        let head = head_spec(MobaPrefill::NAME, op.dtype, op.dim)?;
+        let nb = op.nb();
+        let bs = op.select.block_size;
+        if op.select.selector == Selector::Score {
+            // 1. block means per kv head (scratch in the storage dtype), 2. gate of every block.
+            let shape = BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
+            let stats = op.kv_heads * nb * op.dim;
+            let mut kmean = self.scratch(stats * op.dtype.size())?;
+            let p = shape.params();
+            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&k.slice).arg(&mut kmean);
+            // SAFETY: matches `block_mean(p, k, kmean)`; k [Hkv, T, D] (checked), kmean sized
+            // Hkv*NB*D storage elements here; guarded e < Hkv*NB*D.
+            unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean", e))?;
+            let gp = BlockParams {
+                q_heads: op.q_heads as u32,
+                kv_heads: op.kv_heads as u32,
+                seq: op.seq as u32,
+                dim: op.dim as u32,
+                block_size: bs as u32,
+                nb: nb as u32,
+                ..Default::default()
+            };
+            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
+            // SAFETY: matches `moba_gate(p, q, kmean, gate)`; q [Hq, T, D] (checked), kmean
+            // written above, ranking = gate [Hq, T, NB] f32 (checked); guarded row < Hq*T.
+            unsafe { b.launch(warp_rows(op.q_heads * op.seq, 1)) }.map_err(|e| device_err("moba_gate", e))?;
+        }
+        // 3. per-token routing.
+        self.select(&op.select_params(), ranking, selected)?;
+        // 4. causal attention over the selected blocks' tokens.
+        let p = AttentionParams {
+            q_heads: op.q_heads as u32,
+            kv_heads: op.kv_heads as u32,
+            q_len: op.seq as u32,
+            kv_len: op.seq as u32,
+            dim: op.dim as u32,
+            causal: 1,
+            scale: op.scale,
+            idx_heads: op.q_heads as u32,
+            n_idx: op.width() as u32,
+            block_size: bs as u32,
+            splits: 1,
+            _pad0: 0,
+        };
+        let f = self.function(Family::Attention, head, "attention_blocks")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&selected.slice);
+        b.arg(&mut out.slice).arg(&mut lse.slice);
+        // SAFETY: matches `attention_blocks(p, q, k, v, sel, out, lse)`; q/out [Hq, T, D],
+        // k/v [Hkv, T, D], selected [Hq, T, W] (written above), lse [Hq, T] (checked); guarded
+        // row < Hq*T, block ids checked against ceil(T / bs), tokens clipped causally.
+        unsafe { b.launch(warp_rows(op.q_heads * op.seq, 1)) }.map_err(|e| device_err("attention_blocks", e))?;
+        Ok(())
+    }
+
+    fn snapkv_compress(
+        &self,
+        op: &SnapKvCompress,
+        q_obs: &CudaBuffer,
+        k: &CudaBuffer,
+        kept: &mut CudaBuffer,
+        ranking: Option<&mut CudaBuffer>,
+    ) -> Result<()> {
+        match ranking.as_deref() {
+            Some(r) => ops::check(op, &[q_obs, k, &*kept, r])?,
+            None => ops::check(op, &[q_obs, k, &*kept])?,
+        }
+        let spec = head_spec(SnapKvCompress::NAME, op.dtype, op.dim)?;
+        let p = op.params();
+        let hs = op.out_heads();
+        let Some(ranking) = ranking.filter(|_| op.compresses()) else {
+            // T <= capacity: nothing is evicted.
+            let f = self.function(Family::SnapKv, spec, "snapkv_keep_all")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&mut kept.slice);
+            // SAFETY: matches `snapkv_keep_all(p, kept)`; kept [Hs, T] i32 (checked, T <=
+            // capacity); guarded e < Hs*T.
+            unsafe { b.launch(elementwise(hs * op.seq)) }.map_err(|e| device_err("snapkv_keep_all", e))?;
+            return Ok(());
+        };
+        let n_prefix = p.n_prefix as usize;
+        let window = p.window as usize;
+        match op.settings.selector {
+            Selector::Score => {
+                let mut row_lse = self.scratch(4 * op.q_heads * window)?;
+                let mut colsum = self.scratch(4 * op.q_heads * n_prefix)?;
+                // Pass 1: log-sum-exp of every window query's causal row.
+                let f = self.function(Family::SnapKv, spec, "snapkv_lse")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&q_obs.slice).arg(&k.slice).arg(&mut row_lse);
+                let cfg = LaunchConfig {
+                    grid_dim: ((op.q_heads * window) as u32, 1, 1),
+                    block_dim: (32 * LSE_WARPS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches `snapkv_lse(p, q_obs, k, row_lse)`; q_obs [Hq, w, D],
+                // k [Hkv, T, D] (checked, T > capacity > w), row_lse sized Hq*w f32 here; one
+                // block per (head, window query), keys clipped to T-w+i.
+                unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_lse", e))?;
+                // Pass 2: column sums of the window attention over the prefix keys.
+                let f = self.function(Family::SnapKv, spec, "snapkv_colsum")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&q_obs.slice).arg(&k.slice).arg(&row_lse).arg(&mut colsum);
+                let mut cfg = warp_rows(n_prefix, 1);
+                cfg.grid_dim.1 = grid_y(SnapKvCompress::NAME, op.q_heads)?;
+                // SAFETY: matches `snapkv_colsum(p, q_obs, k, row_lse, colsum)`; row_lse written
+                // above, colsum sized Hq*n_prefix f32 here; guarded j < n_prefix, h < Hq.
+                unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_colsum", e))?;
+                // Pooling and group combination into the scores output.
+                let f = self.function(Family::SnapKv, spec, "snapkv_pool")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&colsum).arg(&mut ranking.slice);
+                // SAFETY: matches `snapkv_pool(p, colsum, scores)`; colsum written above,
+                // ranking = scores [Hs, n_prefix] f32 (checked); guarded e < Hs*n_prefix.
+                unsafe { b.launch(elementwise(hs * n_prefix)) }.map_err(|e| device_err("snapkv_pool", e))?;
+            }
+            Selector::Random { .. } => {
+                let f = self.function(Family::SnapKv, spec, "snapkv_keys")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&mut ranking.slice);
+                // SAFETY: matches `snapkv_keys(p, keys)`; ranking = keys [Hs, n_prefix] u32
+                // (checked); guarded e < Hs*n_prefix.
+                unsafe { b.launch(elementwise(hs * n_prefix)) }.map_err(|e| device_err("snapkv_keys", e))?;
+            }
+        }
+        let f = self.function(Family::SnapKv, spec, "snapkv_select")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&ranking.slice).arg(&mut kept.slice);
+        // SAFETY: matches `snapkv_select(p, ranking, kept)`; ranking [Hs, n_prefix] written
+        // above, kept [Hs, capacity] i32 (checked, T > capacity); one block per output head,
+        // at most `capacity` entries written per row.
+        unsafe { b.launch(block_rows(hs, op.seq)) }.map_err(|e| device_err("snapkv_select", e))?;
+        Ok(())
+    }
+
+    fn attention_dense(
+        &self,
+        op: &AttentionDense,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[q, k, v, out, lse])?;
+        let spec = head_spec(AttentionDense::NAME, op.dtype, op.dim)?;
+        let mut p = op.params();
+        let rows = op.q_heads * op.q_len;
+        p.splits = self.splits(rows, op.kv_len);
+        let parts = if p.splits > 1 { rows * p.splits as usize } else { 1 };
+        let mut part_out = self.scratch(4 * parts * op.dim)?;
+        let mut part_lse = self.scratch(4 * parts)?;
+        let f = self.function(Family::Attention, spec, "attention_dense")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice);
+        b.arg(&mut out.slice).arg(&mut lse.slice).arg(&mut part_out).arg(&mut part_lse);
+        // SAFETY: matches `attention_dense(p, q, k, v, out, lse, part_out, part_lse)`;
+        // q/out [Hq, Tq, D], k/v [Hkv, Tk, D], lse [Hq, Tq] (checked); part buffers hold
+        // rows*splits entries when splits > 1 (unused otherwise); guarded row < Hq*Tq, keys < Tk.
+        unsafe { b.launch(warp_rows(rows, p.splits)) }.map_err(|e| device_err("attention_dense", e))?;
+        if p.splits > 1 {
+            self.merge(spec, &p, &part_out, &part_lse, out, lse)?;
+        }
+        Ok(())
+    }
+
+    fn attention_sparse(
+        &self,
+        op: &AttentionSparse,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        idx: &CudaBuffer,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[q, k, v, idx, out, lse])?;
+        let spec = head_spec(AttentionSparse::NAME, op.dtype, op.dim)?;
+        self.sparse_attention(spec, op.params(), q, k, v, &idx.slice, out, lse)
+    }
+
+    fn hit_rate(
+        &self,
+        op: &HitRate,
+        sel: &CudaBuffer,
+        gold: &CudaBuffer,
+        head_hit: &mut CudaBuffer,
+        rate: &mut CudaBuffer,
+    ) -> Result<()> {
+        ops::check(op, &[sel, gold, head_hit, rate])?;
+        let p = op.params();
+        let f = self.function(Family::HitRate, Spec::NONE, "hit_rate")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&sel.slice).arg(&gold.slice).arg(&mut head_hit.slice).arg(&mut rate.slice);
+        // SAFETY: matches `hit_rate(p, sel, gold, head_hit, rate)`; sel [S, H, N], gold [S],
+        // head_hit [H] i32 and rate [1] f32 (checked); one block loops over the heads, every
+        // candidate index checked against N.
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("hit_rate", e))?;
+        Ok(())
+    }
+}

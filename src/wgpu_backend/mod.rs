@@ -1,0 +1,585 @@
+//! The wgpu backend: every op as WGSL kernels (`shaders/*.wgsl`) on Vulkan, Metal, DX12 or
+//! WebGPU, through wgpu 30. All wgpu calls of the crate live in this module.
+
+mod ops;
+mod pipeline;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use wgpu::util::DeviceExt;
+
+use crate::{DType, DeviceBuffer, Error, HostData, Result};
+use pipeline::{Access, Kernel, Spec};
+
+const NAME: &str = "wgpu";
+
+fn device_error(message: impl Into<String>) -> Error {
+    Error::Device { backend: NAME, message: message.into() }
+}
+
+fn too_large(what: impl Into<String>) -> Error {
+    Error::TooLarge { backend: NAME, what: what.into() }
+}
+
+/// The wgpu backend: one adapter and device, built once, with a cache of compiled pipelines.
+///
+/// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`), `WGPU_ADAPTER_NAME` (a substring of
+/// the adapter name, e.g. `llvmpipe`) and `WGPU_POWER_PREF`. The device gets the adapter's real
+/// limits and, where the adapter has them, `SHADER_F16` (needed for f16 buffers), timestamp
+/// queries and subgroups. f32 and bf16 (packed two per `u32`) work everywhere.
+///
+/// Op methods record their kernels into one command encoder and submit without waiting;
+/// [`crate::Backend::download`] and [`crate::Backend::synchronize`] wait.
+///
+/// ```no_run
+/// use kvsparse::{ops::TopK, Backend, DType, HostData, Wgpu};
+/// let gpu = Wgpu::new()?;
+/// for line in gpu.info_lines() {
+///     println!("{line}");
+/// }
+/// let op = TopK::new(1, 4, 2)?;
+/// let scores = gpu.upload(&HostData::F32(vec![0.5, 2.0, 2.0, -1.0]))?;
+/// let mut idx = gpu.alloc(DType::I32, op.out_k())?;
+/// gpu.topk(&op, &scores, &mut idx)?;
+/// assert_eq!(gpu.download(&idx)?, HostData::I32(vec![1, 2]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
+pub struct Wgpu {
+    _instance: wgpu::Instance,
+    _adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    pipelines: RwLock<HashMap<(Kernel, Spec), Arc<Pipeline>>>,
+    /// Stand-ins for bindings an entry point declares but a call does not need (one per access
+    /// kind: a buffer may not be bound read-only and read-write in the same dispatch).
+    dummy_read: wgpu::Buffer,
+    dummy_write: wgpu::Buffer,
+    /// Errors wgpu reports outside an error scope (and device loss); surfaced by the next call.
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Wgpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wgpu").field("adapter", &self.info.name).field("backend", &self.info.backend).finish()
+    }
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Device memory of the wgpu backend: one storage buffer of `len` elements of `dtype`.
+/// f16 and bf16 take 2 bytes an element (bf16 is read as packed `u32` pairs by the kernels);
+/// the allocation is rounded up to a multiple of 4 bytes.
+#[derive(Debug)]
+pub struct WgpuBuffer {
+    buffer: wgpu::Buffer,
+    dtype: DType,
+    len: usize,
+}
+
+impl WgpuBuffer {
+    /// The underlying wgpu buffer (usage `STORAGE | COPY_SRC | COPY_DST`), for engines that
+    /// bind it in their own passes.
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl DeviceBuffer for WgpuBuffer {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Bytes of a buffer holding `len` elements of `dtype`: at least 4, a multiple of 4 (bindings
+/// and copies work in 4-byte units).
+fn buffer_bytes(dtype: DType, len: usize) -> u64 {
+    ((len * dtype.size()) as u64).div_ceil(4).max(1) * 4
+}
+
+async fn pick_adapter(instance: &wgpu::Instance) -> std::result::Result<wgpu::Adapter, String> {
+    // wgpu::util::initialize_adapter_from_env panics when the name matches nothing; match here.
+    if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({})", i.name, i.backend.to_str())
+            })
+            .collect();
+        let want_lower = want.to_lowercase();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&want_lower))
+            .ok_or_else(|| format!("no adapter matches WGPU_ADAPTER_NAME={want:?} (found {names:?})"));
+    }
+    let power_preference = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions { power_preference, ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+impl Wgpu {
+    /// Finds an adapter and opens a device, or says why not ([`Error::Unavailable`]). Never
+    /// panics.
+    pub fn new() -> Result<Wgpu> {
+        // Drivers and wgpu are not supposed to panic while probing; should one, report the
+        // backend as unavailable instead of taking the caller down.
+        std::panic::catch_unwind(Self::open).unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "wgpu panicked while opening the device".into());
+            Err(Error::Unavailable { backend: NAME, reason })
+        })
+    }
+
+    fn open() -> Result<Wgpu> {
+        let unavailable = |reason: String| Error::Unavailable { backend: NAME, reason };
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(pick_adapter(&instance)).map_err(unavailable)?;
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+            | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let request = |limits: wgpu::Limits| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("kvsparse"),
+                required_features: features,
+                required_limits: limits,
+                ..Default::default()
+            }))
+        };
+        // Ask for everything the adapter offers; should a driver refuse its own limits, fall
+        // back to WebGPU's defaults (8 storage buffers a stage, which ratplus_step needs).
+        let (device, queue, limits) = match request(limits.clone()) {
+            Ok((d, q)) => (d, q, limits),
+            Err(_) => {
+                let fallback = wgpu::Limits::default();
+                let (d, q) = request(fallback.clone())
+                    .map_err(|e| unavailable(format!("{}: request_device failed: {e}", info.name)))?;
+                (d, q, fallback)
+            }
+        };
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        // The default handler panics; record instead and report from the next call.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        let sink = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {message}"));
+        });
+        let dummy = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (dummy_read, dummy_write) = (dummy("kvsparse dummy read"), dummy("kvsparse dummy write"));
+        Ok(Wgpu {
+            _instance: instance,
+            _adapter: adapter,
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            pipelines: RwLock::new(HashMap::new()),
+            dummy_read,
+            dummy_write,
+            uncaptured,
+        })
+    }
+
+    /// The adapter: name, vendor, device type, driver, backend.
+    pub fn adapter_info(&self) -> wgpu::AdapterInfo {
+        self.info.clone()
+    }
+
+    /// The limits the device was opened with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The optional features enabled on the device (a subset of `SHADER_F16`, timestamp
+    /// queries, `SUBGROUP`).
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Human-readable description for `kvsparse info`: adapter, backend, driver, device type,
+    /// features and the limits that matter to the kernels.
+    pub fn info_lines(&self) -> Vec<String> {
+        let i = &self.info;
+        let l = &self.limits;
+        let yes = |f: wgpu::Features| if self.features.contains(f) { "yes" } else { "no" };
+        let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0));
+        vec![
+            format!("adapter: {}", i.name),
+            format!("backend: {}", i.backend.to_str()),
+            format!("driver: {} {}", i.driver, i.driver_info).trim_end().to_string(),
+            format!("device type: {:?}", i.device_type),
+            format!(
+                "features: f16 {}, subgroups {} (size {}..{}), timestamps {} (inside passes {})",
+                yes(wgpu::Features::SHADER_F16),
+                yes(wgpu::Features::SUBGROUP),
+                i.subgroup_min_size,
+                i.subgroup_max_size,
+                yes(wgpu::Features::TIMESTAMP_QUERY),
+                yes(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            ),
+            format!("max storage binding: {}", mib(l.max_storage_buffer_binding_size)),
+            format!("max buffer: {}", mib(l.max_buffer_size)),
+            format!(
+                "workgroup memory: {} KiB, max invocations {}, max workgroups per dimension {}",
+                l.max_compute_workgroup_storage_size / 1024,
+                l.max_compute_invocations_per_workgroup,
+                l.max_compute_workgroups_per_dimension
+            ),
+        ]
+    }
+
+    /// Reports (and clears) errors wgpu raised outside a scope since the last call.
+    fn take_uncaptured(&self, what: &str) -> Result<()> {
+        let mut errors = self.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = format!("{what}: {}", errors.join("; "));
+        errors.clear();
+        Err(device_error(message))
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes; wgpu errors become
+    /// [`Error::Device`].
+    fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.take_uncaptured(what)?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = v.or(o) {
+            return Err(device_error(format!("{what}: {e}")));
+        }
+        self.take_uncaptured(what)?;
+        result
+    }
+
+    fn check_buffer_size(&self, bytes: u64, what: &str) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(too_large(format!(
+                "{what}: a buffer of {bytes} bytes exceeds the adapter's max_buffer_size {}",
+                self.limits.max_buffer_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn new_buffer(&self, bytes: u64, usage: wgpu::BufferUsages, mapped: bool, what: &str) -> Result<wgpu::Buffer> {
+        self.check_buffer_size(bytes, what)?;
+        self.scoped(what, || {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kvsparse"),
+                size: bytes,
+                usage,
+                mapped_at_creation: mapped,
+            }))
+        })
+    }
+
+    /// An intermediate buffer of a composite op (allocated per call for now; the decoder
+    /// will keep and reuse them).
+    fn scratch(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        self.new_buffer(bytes.div_ceil(4).max(1) * 4, wgpu::BufferUsages::STORAGE, false, what)
+    }
+
+    /// The cached pipeline of `kernel` for `spec`, compiled on first use.
+    fn pipeline(&self, kernel: Kernel, spec: Spec) -> Result<Arc<Pipeline>> {
+        let key = (kernel, spec);
+        if let Some(p) = self.pipelines.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let shader = pipeline::wgsl_source(kernel, &spec);
+        let label = kernel.label();
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, access) in kernel.bindings().iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        self.take_uncaptured(&label)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(shader.as_str().into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(kernel.entry()),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("WG_SIZE", kernel.workgroup() as f64)],
+                ..Default::default()
+            },
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Wgsl { kernel: label, message: err.to_string(), shader });
+        }
+        let p = Arc::new(Pipeline { pipeline, layout });
+        let mut cache = self.pipelines.write().unwrap_or_else(|p| p.into_inner());
+        Ok(cache.entry(key).or_insert(p).clone())
+    }
+
+    /// Records `dispatches` into one command encoder, in order, and submits it (no wait).
+    fn run(&self, op: &str, dispatches: &[Dispatch<'_>]) -> Result<()> {
+        let max_dim = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let mut planned = Vec::with_capacity(dispatches.len());
+        for d in dispatches {
+            if d.groups == 0 {
+                continue;
+            }
+            let x = d.groups.min(max_dim);
+            let y = d.groups.div_ceil(x);
+            if y > max_dim {
+                return Err(too_large(format!(
+                    "{op}: {} needs {} workgroups, more than {max_dim} x {max_dim}",
+                    d.kernel.label(),
+                    d.groups
+                )));
+            }
+            for b in &d.buffers {
+                if b.size() > self.limits.max_storage_buffer_binding_size {
+                    return Err(too_large(format!(
+                        "{op}: a buffer of {} bytes exceeds max_storage_buffer_binding_size {} (splitting is not \
+                         implemented yet)",
+                        b.size(),
+                        self.limits.max_storage_buffer_binding_size
+                    )));
+                }
+            }
+            planned.push((self.pipeline(d.kernel, d.spec)?, x as u32, y as u32));
+        }
+        self.scoped(op, || {
+            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+            let mut groups = Vec::with_capacity(planned.len());
+            for (d, (p, _, _)) in dispatches.iter().filter(|d| d.groups > 0).zip(&planned) {
+                let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(op),
+                    contents: &d.params,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+                let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+                for (i, b) in d.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                }
+                groups.push(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(op),
+                    layout: &p.layout,
+                    entries: &entries,
+                }));
+            }
+            {
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
+                for ((p, x, y), group) in planned.iter().zip(&groups) {
+                    pass.set_pipeline(&p.pipeline);
+                    pass.set_bind_group(0, group, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                }
+            }
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
+    fn wait(&self, what: &str) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| device_error(format!("{what}: waiting for the device failed: {e}")))?;
+        self.take_uncaptured(what)
+    }
+
+    fn upload_bytes(&self, dtype: DType, len: usize, bytes: &[u8]) -> Result<WgpuBuffer> {
+        let size = buffer_bytes(dtype, len);
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.new_buffer(size, usage, true, "upload")?;
+        self.scoped("upload", || {
+            // Mapped at creation (and zero-filled), so no staging copy is needed.
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| device_error(format!("upload: {e}")))?;
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+            drop(view);
+            buffer.unmap();
+            Ok(())
+        })?;
+        Ok(WgpuBuffer { buffer, dtype, len })
+    }
+
+    /// Copies the first `size` bytes of `src` (a `COPY_SRC` buffer) to the host, after the
+    /// work already submitted, recording the copy into `encoder` first.
+    fn read_back(
+        &self,
+        what: &str,
+        mut encoder: wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let staging =
+            self.new_buffer(size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, false, what)?;
+        self.scoped(what, || {
+            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(what)?;
+        rx.recv()
+            .map_err(|_| device_error(format!("{what}: the map callback never ran")))?
+            .map_err(|e| device_error(format!("{what}: mapping failed: {e}")))?;
+        let bytes = {
+            let view = staging.slice(..).get_mapped_range().map_err(|e| device_error(format!("{what}: {e}")))?;
+            view.to_vec()
+        };
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    fn download_bytes(&self, buf: &WgpuBuffer) -> Result<HostData> {
+        let bytes = self.read_back("download", self.encoder("download"), &buf.buffer, buf.buffer.size())?;
+        HostData::from_bytes(buf.dtype, &bytes[..buf.len * buf.dtype.size()])
+            .ok_or_else(|| device_error("download: byte count does not match the dtype"))
+    }
+
+    fn copy_bytes(&self, src: &WgpuBuffer, dst: &WgpuBuffer) -> Result<()> {
+        let size = src.buffer.size().min(dst.buffer.size());
+        self.scoped("copy_buffer", || {
+            let mut encoder = self.encoder("copy_buffer");
+            encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, size);
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
+    /// Whether [`crate::Backend::time`] can use timestamp queries between submissions.
+    fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    }
+
+    /// Device time from a timestamp written before the work `f` submits to one written after it.
+    fn time_with_queries(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        self.wait("time")?;
+        let (set, resolve) = self.scoped("time", || {
+            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kvsparse time"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kvsparse time"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self.encoder("time");
+            encoder.write_timestamp(&set, 0);
+            self.queue.submit([encoder.finish()]);
+            Ok((set, resolve))
+        })?;
+        f()?;
+        let mut encoder = self.encoder("time");
+        encoder.write_timestamp(&set, 1);
+        encoder.resolve_query_set(&set, 0..2, &resolve, 0);
+        let bytes = self.read_back("time", encoder, &resolve, 16)?;
+        let t0 = u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default());
+        let t1 = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+        let ns = t1.saturating_sub(t0) as f64 * self.queue.get_timestamp_period() as f64;
+        Ok(std::time::Duration::from_nanos(ns.round() as u64))
+    }
+}
+
+/// One kernel launch of an op: pipeline, params bytes, storage buffers for bindings `1..`,
+/// and the number of workgroups (laid out as a 2-D grid when it exceeds one dimension).
+struct Dispatch<'a> {
+    kernel: Kernel,
+    spec: Spec,
+    params: Vec<u8>,
+    buffers: Vec<&'a wgpu::Buffer>,
+    groups: u64,
+}
+
+impl<'a> Dispatch<'a> {
+    /// One invocation per item: `items` invocations rounded up to whole workgroups.
+    fn items<P: bytemuck::Pod>(
+        kernel: Kernel,
+        spec: Spec,
+        params: &P,
+        buffers: Vec<&'a wgpu::Buffer>,
+        items: usize,
+    ) -> Self {
+        let groups = (items as u64).div_ceil(kernel.workgroup() as u64);
+        Dispatch { kernel, spec, params: bytemuck::bytes_of(params).to_vec(), buffers, groups }
+    }
+    /// One workgroup per row.
+    fn rows<P: bytemuck::Pod>(
+        kernel: Kernel,
+        spec: Spec,
+        params: &P,
+        buffers: Vec<&'a wgpu::Buffer>,
+        rows: usize,
+    ) -> Self {
+        Dispatch { kernel, spec, params: bytemuck::bytes_of(params).to_vec(), buffers, groups: rows as u64 }
+    }
+}
