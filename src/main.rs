@@ -11,11 +11,12 @@ kvsparse: sparse attention over decaying memory, on every GPU
 usage:
   kvsparse info                                   backends and devices found
   kvsparse verify --golden DIR [--backend NAME]   run golden cases; NAME = cpu, wgpu, cuda or all (default)
-  kvsparse report [--preset P] [--backend NAME] [--out DIR] [--repeats N]
+  kvsparse report [--preset P] [--backend NAME] [--out DIR] [--repeats N] [--dtype D] [--contexts T,T]
                                                   time every method at every budget; P = quick, paper or
                                                   long (default: paper on a GPU, quick on the CPU); NAME =
                                                   best (default), cpu, wgpu or cuda; writes DIR/report-*.json
-                                                  and .svg (DIR defaults to report-out)
+                                                  and .svg (DIR defaults to report-out); --dtype (f32,
+                                                  f16, bf16) and --contexts override the preset
 ";
 
 fn main() -> ExitCode {
@@ -188,8 +189,24 @@ fn report_on<B: Backend>(b: &B, preset: &kvsparse::report::Preset, out: &std::pa
 fn report(args: &[String]) -> Result<ExitCode, String> {
     use kvsparse::report::Preset;
     let (mut preset, mut backend, mut out, mut repeats) = (None, "best".to_string(), PathBuf::from("report-out"), None);
-    for (name, value) in flags(args, &["preset", "backend", "out", "repeats"])? {
+    let (mut dtype, mut contexts) = (None, None);
+    for (name, value) in flags(args, &["preset", "backend", "out", "repeats", "dtype", "contexts"])? {
         match name.as_str() {
+            "dtype" => {
+                dtype = Some(
+                    kvsparse::DType::parse(&value)
+                        .filter(|d| d.is_float())
+                        .ok_or(format!("--dtype {value}: expected f32, f16 or bf16"))?,
+                )
+            }
+            "contexts" => {
+                let ts: Result<Vec<usize>, _> = value.split(',').map(|t| t.trim().parse::<usize>()).collect();
+                contexts = Some(
+                    ts.ok()
+                        .filter(|t| !t.is_empty() && !t.contains(&0))
+                        .ok_or(format!("--contexts {value}: expected positive token counts separated by commas"))?,
+                );
+            }
             "preset" => {
                 preset = Some(Preset::by_name(&value).ok_or(format!("unknown preset `{value}`: quick, paper or long"))?)
             }
@@ -205,6 +222,12 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
         let mut p = preset.clone().unwrap_or_else(|| if gpu { Preset::paper() } else { Preset::quick() });
         if let Some(n) = repeats {
             p.repeats = n;
+        }
+        if let Some(d) = dtype {
+            p.dtype = d;
+        }
+        if let Some(ts) = &contexts {
+            p.contexts = ts.clone();
         }
         p
     };
