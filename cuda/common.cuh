@@ -1,0 +1,282 @@
+// cuda/common.cuh: helpers shared by every kernel family.
+//
+// Never #included (NVRTC gets no include paths): the host assembles each module as
+//   [params struct of the family, with a static_assert on its size]
+//   [prelude: KVS_STORE_F32 | KVS_STORE_F16 | KVS_STORE_BF16 (families with a storage dtype),
+//             KVS_DPL (head-dim slots per lane, families that keep a head vector in registers)]
+//   [#line 1 "cuda/common.cuh"] [this file]
+//   [#line 1 "cuda/<family>.cu"] [the family's kernels]
+// and compiles it with NVRTC for the device's arch. No toolkit header is used: f16 converts through
+// inline PTX, bf16 through bit shifts, so the same source builds with a bare libnvrtc.
+//
+// Conventions: every kernel is `extern "C"`, takes its params struct by value first, then its
+// inputs, then its outputs (the order of `Op::buffers()`), then any scratch buffers. Element
+// indices are 32-bit: the problem structs cap every tensor at 2^30 elements.
+
+typedef unsigned int u32;
+typedef int i32;
+typedef unsigned long long u64;
+
+#define KVS_FULL_MASK 0xffffffffu
+#define KVS_INF __int_as_float(0x7f800000)
+#define KVS_NEG_INF __int_as_float(0xff800000)
+
+// ---------------------------------------------------------------------------------------------
+// Storage types: `store_t` holds q/k/v; every kernel computes in f32.
+// ---------------------------------------------------------------------------------------------
+#if defined(KVS_STORE_F32)
+typedef float store_t;
+__device__ __forceinline__ float load_f(const store_t* p, u32 i) { return p[i]; }
+__device__ __forceinline__ void store_f(store_t* p, u32 i, float x) { p[i] = x; }
+#elif defined(KVS_STORE_F16)
+typedef unsigned short store_t;
+__device__ __forceinline__ float kvs_h2f(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ unsigned short kvs_f2h(float f) {
+    unsigned short h;
+    // Round to nearest even, like `half::f16::from_f32` on the host.
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float load_f(const store_t* p, u32 i) { return kvs_h2f(p[i]); }
+__device__ __forceinline__ void store_f(store_t* p, u32 i, float x) { p[i] = kvs_f2h(x); }
+#elif defined(KVS_STORE_BF16)
+typedef unsigned short store_t;
+__device__ __forceinline__ float kvs_bf2f(unsigned short h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ unsigned short kvs_f2bf(float f) {
+    u32 x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        // NaN: keep the sign and the top payload bits, force a quiet NaN (as `half::bf16`).
+        return (unsigned short)((x >> 16) | 0x0040u);
+    }
+    // Round to nearest even on the 16 dropped bits.
+    u32 rounding = 0x7fffu + ((x >> 16) & 1u);
+    return (unsigned short)((x + rounding) >> 16);
+}
+__device__ __forceinline__ float load_f(const store_t* p, u32 i) { return kvs_bf2f(p[i]); }
+__device__ __forceinline__ void store_f(store_t* p, u32 i, float x) { p[i] = kvs_f2bf(x); }
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Counter-based PCG hash and random keys (SPEC §8.1), all arithmetic mod 2^32.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ u32 kvs_pcg(u32 v) {
+    u32 state = v * 747796405u + 2891336453u;
+    u32 word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+__device__ __forceinline__ u32 kvs_key(u32 seed, u32 row, u32 i) {
+    return kvs_pcg(seed ^ kvs_pcg(row ^ kvs_pcg(i)));
+}
+
+// Order-preserving u32 image of an f32: a < b (as floats) iff key(a) < key(b). -0 and +0 map to
+// the same key (they compare equal, so the lower index must win the tie). -inf maps below every
+// finite value; NaN lands outside the finite range (its rank is unspecified but in bounds).
+__device__ __forceinline__ u32 f32_order_key(float x) {
+    u32 b = (x == 0.0f) ? 0u : __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp and block collectives. Block helpers must be reached by every thread of the block
+// (blockDim.x a multiple of 32, at most 1024) and contain __syncthreads().
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float x) {
+    // xor butterfly: every lane ends with the same bits (each step adds the same pair).
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(KVS_FULL_MASK, x, o);
+    return x;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(KVS_FULL_MASK, x, o));
+    return x;
+}
+
+// Exclusive prefix sum of `v` over the threads of the block in thread order; `*total` gets the
+// sum over the block. Safe to call repeatedly (ends with a barrier).
+__device__ u32 block_exclusive_scan(u32 v, u32* total) {
+    __shared__ u32 warp_tot[32];
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 n_warps = blockDim.x >> 5;
+    u32 x = v;  // inclusive scan within the warp
+#pragma unroll
+    for (u32 o = 1; o < 32; o <<= 1) {
+        u32 y = __shfl_up_sync(KVS_FULL_MASK, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31u) warp_tot[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        u32 s = lane < n_warps ? warp_tot[lane] : 0u;
+#pragma unroll
+        for (u32 o = 1; o < 32; o <<= 1) {
+            u32 y = __shfl_up_sync(KVS_FULL_MASK, s, o);
+            if (lane >= o) s += y;
+        }
+        warp_tot[lane] = s;  // inclusive prefix over warps
+    }
+    __syncthreads();
+    const u32 before = warp == 0 ? 0u : warp_tot[warp - 1];
+    *total = warp_tot[n_warps - 1];
+    __syncthreads();
+    return before + x - v;
+}
+
+__device__ __forceinline__ u32 block_sum_u32(u32 v) {
+    u32 total;
+    block_exclusive_scan(v, &total);
+    return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forced top-k selection of one row by one thread block (SPEC §5.2, §8.2).
+//
+// `Src` describes the row of `n` items:
+//   bool forced(u32 i)   item always kept;
+//   bool eligible(u32 i) item competes for the budget (must be false for forced items);
+//   u32  key(u32 i)      rank of a competing item: larger wins, ties go to the lower index
+//                        (f32 scores through f32_order_key, random keys as they are).
+// The result is forced ∪ top_{min(#eligible, k_total - #forced)}(eligible), written ascending.
+//
+// Method: a 4-pass radix select (8-bit digits, most significant first, a 256-bin shared
+// histogram per pass) finds the key `thr` of the last item kept and how many of the items with
+// exactly that key are kept (`take_eq`, lowest indices first); one ordered compaction pass (block
+// scans over chunks of blockDim items) then writes the kept indices in ascending order.
+// ---------------------------------------------------------------------------------------------
+
+// `want` must satisfy 1 <= want <= #eligible. On return (every thread): `*thr` = the want-th
+// largest eligible key, `*take_eq` = how many eligible items with key == thr are kept (>= 1).
+template <class Src>
+__device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr, u32* take_eq) {
+    __shared__ u32 hist[256];
+    __shared__ u32 s_prefix;
+    __shared__ u32 s_rem;
+    if (threadIdx.x == 0) {
+        s_prefix = 0u;
+        s_rem = want;
+    }
+    u32 mask = 0u;  // digits fixed so far (identical in every thread)
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        __syncthreads();  // the previous pass's digit search is done; s_prefix is visible
+        for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = 0u;
+        __syncthreads();
+        const u32 prefix = s_prefix;
+        for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+            if (src.eligible(i)) {
+                const u32 k = src.key(i);
+                if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            // Walk the digits from the largest: skip whole bins while they hold fewer than the
+            // items still needed; the bin where the count is reached holds the threshold.
+            u32 rem = s_rem;
+            u32 d = 255u;
+            while (d > 0u && hist[d] < rem) {
+                rem -= hist[d];
+                --d;
+            }
+            s_prefix = prefix | (d << shift);
+            s_rem = rem;
+        }
+        mask |= 255u << shift;
+    }
+    __syncthreads();
+    *thr = s_prefix;
+    *take_eq = s_rem;
+    __syncthreads();  // s_prefix / s_rem may be reused by a later call
+}
+
+// Writes every kept item (forced, or eligible and above the threshold, or among the first
+// `take_eq` eligible items equal to it) in ascending index order to out[0..], at most `cap`
+// entries; returns how many were kept (every thread).
+template <class Src>
+__device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 thr, u32 take_eq, int* out,
+                                  u32 cap) {
+    u32 written = 0u;
+    u32 eq_seen = 0u;
+    for (u32 base = 0; base < n; base += blockDim.x) {
+        const u32 i = base + threadIdx.x;
+        const bool valid = i < n;
+        const bool f = valid && src.forced(i);
+        const bool e = valid && !f && have_chosen && src.eligible(i);
+        const u32 k = e ? src.key(i) : 0u;
+        const bool eq = e && k == thr;
+        u32 eq_total;
+        const u32 eq_rank = block_exclusive_scan(eq ? 1u : 0u, &eq_total) + eq_seen;
+        const bool take = f || (e && (k > thr || (eq && eq_rank < take_eq)));
+        u32 take_total;
+        const u32 pos = block_exclusive_scan(take ? 1u : 0u, &take_total) + written;
+        if (take && pos < cap) out[pos] = (int)i;
+        written += take_total;
+        eq_seen += eq_total;
+    }
+    return written;
+}
+
+// The whole forced top-k of one row: writes `width` entries to `out` (kept items ascending, then
+// -1 padding) and returns the number kept. Every thread of the block must call it.
+template <class Src>
+__device__ u32 block_select_row(const Src& src, u32 n, u32 k_total, int* out, u32 width) {
+    u32 n_forced = 0u;
+    u32 n_elig = 0u;
+    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+        if (src.forced(i)) {
+            ++n_forced;
+        } else if (src.eligible(i)) {
+            ++n_elig;
+        }
+    }
+    n_forced = block_sum_u32(n_forced);
+    n_elig = block_sum_u32(n_elig);
+    const u32 budget = k_total > n_forced ? k_total - n_forced : 0u;
+    const u32 want = budget < n_elig ? budget : n_elig;
+    u32 thr = 0u;
+    u32 take_eq = 0u;
+    if (want > 0u) block_radix_threshold(src, n, want, &thr, &take_eq);  // uniform branch
+    const u32 kept = block_compact_kept(src, n, want > 0u, thr, take_eq, out, width);
+    for (u32 q = kept + threadIdx.x; q < width; q += blockDim.x) out[q] = -1;
+    return kept;
+}
+
+// Stable sort of m (key, value) pairs by key DESCENDING (equal keys keep their order), by 32
+// one-bit LSD split passes between (ka, va) and (kb, vb); bits on which all keys agree are
+// skipped. Returns true when the sorted pairs are in (ka, va), false when in (kb, vb).
+__device__ bool block_sort_desc_stable(u32* ka, u32* va, u32* kb, u32* vb, u32 m) {
+    bool in_a = true;
+    for (u32 bit = 0; bit < 32u; ++bit) {
+        const u32* ks = in_a ? ka : kb;
+        const u32* vs = in_a ? va : vb;
+        u32* kd = in_a ? kb : ka;
+        u32* vd = in_a ? vb : va;
+        u32 ones = 0u;
+        for (u32 q = threadIdx.x; q < m; q += blockDim.x) ones += (ks[q] >> bit) & 1u;
+        ones = block_sum_u32(ones);
+        if (ones == 0u || ones == m) continue;  // uniform: every thread sees the same total
+        u32 seen = 0u;
+        for (u32 base = 0; base < m; base += blockDim.x) {
+            const u32 q = base + threadIdx.x;
+            const u32 b = q < m ? (ks[q] >> bit) & 1u : 0u;
+            u32 tot;
+            const u32 ones_before = block_exclusive_scan(b, &tot) + seen;
+            if (q < m) {
+                // Ones (larger keys) first, in order; zeros after them, in order.
+                const u32 dst = b ? ones_before : ones + (q - ones_before);
+                kd[dst] = ks[q];
+                vd[dst] = vs[q];
+            }
+            seen += tot;
+        }
+        __syncthreads();  // the pass's writes are visible to the next pass
+        in_a = !in_a;
+    }
+    return in_a;
+}

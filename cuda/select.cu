@@ -1,0 +1,59 @@
+// cuda/select.cu: forced top-k block selection of Quest decode and MoBA prefill
+// (SPEC §2.3, §3.3, §5.2, §8.2).
+//
+// Prepended: SelectParams, common.cuh (no storage dtype). Entry points (same names as
+// shaders/select.wgsl):
+//   select_keys   (p, keys[rows*nb] u32)        keys[r, b] = random_key(seed, r, b); one thread
+//                                               per entry (Quest: r = query head; MoBA: r = h*T + t)
+//   select_blocks (p, ranking[rows*nb], selected[rows*width] i32)
+//                 one block per row. `ranking` holds f32 scores (selector 0, ranked through
+//                 f32_order_key) or u32 random keys (selector 1). Mode 0 (Quest): the current
+//                 block is NB-1 and every block is a candidate. Mode 1 (MoBA): row r is query
+//                 head r / seq, token r % seq; the current block is token / block_size and only
+//                 past blocks are candidates. Forced = {0 if force_first} ∪
+//                 {current-n_local+1 ..= current}; the best n_blocks - #forced candidates join;
+//                 the row is written ascending and padded with -1 to `width`.
+
+extern "C" __global__ void select_keys(const SelectParams p, u32* __restrict__ keys) {
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= p.rows * p.nb) return;
+    const u32 r = e / p.nb;
+    keys[e] = kvs_key(p.seed, r, e - r * p.nb);
+}
+
+struct BlockSelectSrc {
+    const u32* ranking;  // this row's scores (as bits) or keys
+    u32 current;
+    u32 n_local;
+    u32 force_first;
+    u32 past_only;  // 1 = MoBA: only blocks before `current` compete
+    u32 by_key;     // 1 = ranking holds u32 random keys
+    __device__ bool forced(u32 b) const {
+        return (force_first != 0u && b == 0u) || (b <= current && b + n_local > current);
+    }
+    __device__ bool eligible(u32 b) const { return !forced(b) && (past_only == 0u || b < current); }
+    __device__ u32 key(u32 b) const {
+        const u32 w = ranking[b];
+        return by_key != 0u ? w : f32_order_key(__uint_as_float(w));
+    }
+};
+
+extern "C" __global__ void select_blocks(const SelectParams p, const u32* __restrict__ ranking,
+                                         int* __restrict__ selected) {
+    const u32 r = blockIdx.x;
+    if (r >= p.rows) return;  // uniform per block
+    BlockSelectSrc src;
+    src.ranking = ranking + r * p.nb;
+    if (p.mode == 0u) {
+        src.current = p.nb - 1u;
+    } else {
+        const u32 t = r % p.seq;
+        src.current = min(t / p.block_size, p.nb - 1u);
+    }
+    src.n_local = p.n_local;
+    src.force_first = p.force_first;
+    src.past_only = p.mode;
+    src.by_key = p.selector;
+    // Blocks after the current one are neither forced nor candidates.
+    block_select_row(src, src.current + 1u, p.n_blocks, selected + r * p.width, p.width);
+}

@@ -1,0 +1,212 @@
+// cuda/snapkv.cu: SnapKV compression after prefill (SPEC §4), streamed: the window attention
+// [heads, window, T] is never materialised.
+//
+// Prepended: SnapKvParams, KVS_STORE_* (storage dtype of q_obs and k), KVS_DPL (D <= 32*KVS_DPL),
+// common.cuh. Shapes: q_obs[Hq, w, D] (queries of positions T-w..T-1), k[Hkv, T, D];
+// n_prefix = T - w competing tokens; out_heads Hs = Hkv (gqa = mean) or Hq (per head).
+// Entry points (same names as shaders/snapkv.wgsl):
+//   snapkv_lse  (p, q_obs, k, row_lse[Hq*w])          pass 1: one block per (head, window query);
+//                   each warp folds a contiguous chunk of the visible keys j <= T-w+i (lanes over
+//                   channels, online max/sum), warps merged in shared memory
+//   snapkv_colsum   (p, q_obs, k, row_lse, colsum[Hq*n_prefix])
+//                   pass 2: one warp per (head, prefix key j), lanes over channels; sums
+//                   exp(scale q_i.k_j - lse_i) over the w window queries (every prefix key is
+//                   visible to every window query)
+//   snapkv_pool     (p, colsum, scores[Hs*n_prefix] f32)  one thread per (output head, j): 1-D pool
+//                   (stride 1, padding kernel/2; avg divides by kernel, counting the zero padding;
+//                   max ignores the padding) per query head, then the mean over the group
+//   snapkv_keys     (p, keys[Hs*n_prefix] u32)            random selector: random_key(seed, s, j)
+//   snapkv_select   (p, ranking[Hs*n_prefix], kept[Hs*capacity] i32)
+//                   one block per output head: the window (forced) plus the top capacity - w
+//                   prefix tokens (f32 scores or u32 keys; ties to the lower token), ascending
+//   snapkv_keep_all (p, kept[Hs*T])                       T <= capacity: kept = 0..T per head
+
+#ifndef KVS_KT
+#define KVS_KT 8
+#endif
+
+extern "C" __global__ void snapkv_lse(const SnapKvParams p, const store_t* __restrict__ q_obs,
+                                          const store_t* __restrict__ k, float* __restrict__ row_lse) {
+    __shared__ float warp_m[32];
+    __shared__ float warp_l[32];
+    const u32 row = blockIdx.x;  // (h, i)
+    if (row >= p.q_heads * p.window) return;  // uniform per block
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 n_warps = blockDim.x >> 5;
+    const u32 h = row / p.window;
+    const u32 i = row - h * p.window;
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    const store_t* kh = k + kvh * p.seq * p.dim;
+    float qv[KVS_DPL];
+#pragma unroll
+    for (int c = 0; c < KVS_DPL; ++c) {
+        const u32 d = lane + 32u * (u32)c;
+        qv[c] = d < p.dim ? load_f(q_obs, row * p.dim + d) : 0.0f;
+    }
+    const u32 count = p.n_prefix + i + 1u;  // keys 0 ..= T-w+i
+    const u32 chunk = (count + n_warps - 1u) / n_warps;
+    const u32 n0 = min(warp * chunk, count);
+    const u32 n1 = min(n0 + chunk, count);
+    float m = KVS_NEG_INF;
+    float l = 0.0f;
+    for (u32 base = n0; base < n1; base += KVS_KT) {
+        float s[KVS_KT];
+#pragma unroll
+        for (int u = 0; u < KVS_KT; ++u) {
+            const u32 j = base + (u32)u;
+            float part = 0.0f;
+            if (j < n1) {
+#pragma unroll
+                for (int c = 0; c < KVS_DPL; ++c) {
+                    const u32 d = lane + 32u * (u32)c;
+                    if (d < p.dim) part += qv[c] * load_f(kh, j * p.dim + d);
+                }
+            }
+            s[u] = part;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < KVS_KT; ++u) s[u] += __shfl_xor_sync(KVS_FULL_MASK, s[u], o);
+        }
+        float tile_max = KVS_NEG_INF;
+#pragma unroll
+        for (int u = 0; u < KVS_KT; ++u) {
+            s[u] = base + (u32)u < n1 ? s[u] * p.scale : KVS_NEG_INF;
+            tile_max = fmaxf(tile_max, s[u]);
+        }
+        const float m_new = fmaxf(m, tile_max);
+        l *= expf(m - m_new);
+#pragma unroll
+        for (int u = 0; u < KVS_KT; ++u) {
+            if (base + (u32)u < n1) l += expf(s[u] - m_new);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        warp_m[warp] = m;
+        warp_l[warp] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float mm = KVS_NEG_INF;
+        for (u32 w = 0; w < n_warps; ++w) mm = fmaxf(mm, warp_m[w]);
+        float ll = 0.0f;
+        for (u32 w = 0; w < n_warps; ++w) {
+            if (warp_l[w] != 0.0f) ll += warp_l[w] * expf(warp_m[w] - mm);  // NaN propagates
+        }
+        row_lse[row] = mm + logf(ll);  // count >= 1, so ll > 0
+    }
+}
+
+extern "C" __global__ void snapkv_colsum(const SnapKvParams p, const store_t* __restrict__ q_obs,
+                                         const store_t* __restrict__ k, const float* __restrict__ row_lse,
+                                         float* __restrict__ colsum) {
+    const u32 lane = threadIdx.x & 31u;
+    const u32 h = blockIdx.y;
+    const u32 j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (h >= p.q_heads || j >= p.n_prefix) return;  // whole warp
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    float kv[KVS_DPL];
+    const u32 ko = (kvh * p.seq + j) * p.dim;
+#pragma unroll
+    for (int c = 0; c < KVS_DPL; ++c) {
+        const u32 d = lane + 32u * (u32)c;
+        kv[c] = d < p.dim ? load_f(k, ko + d) : 0.0f;
+    }
+    float acc = 0.0f;
+    for (u32 base = 0; base < p.window; base += KVS_KT) {
+        float s[KVS_KT];
+#pragma unroll
+        for (int u = 0; u < KVS_KT; ++u) {
+            const u32 i = base + (u32)u;
+            float part = 0.0f;
+            if (i < p.window) {
+                const u32 qo = (h * p.window + i) * p.dim;
+#pragma unroll
+                for (int c = 0; c < KVS_DPL; ++c) {
+                    const u32 d = lane + 32u * (u32)c;
+                    if (d < p.dim) part += kv[c] * load_f(q_obs, qo + d);
+                }
+            }
+            s[u] = part;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < KVS_KT; ++u) s[u] += __shfl_xor_sync(KVS_FULL_MASK, s[u], o);
+        }
+#pragma unroll
+        for (int u = 0; u < KVS_KT; ++u) {
+            const u32 i = base + (u32)u;
+            if (i < p.window) acc += expf(s[u] * p.scale - row_lse[h * p.window + i]);
+        }
+    }
+    if (lane == 0) colsum[h * p.n_prefix + j] = acc;
+}
+
+extern "C" __global__ void snapkv_pool(const SnapKvParams p, const float* __restrict__ colsum,
+                                       float* __restrict__ scores) {
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= p.out_heads * p.n_prefix) return;
+    const u32 s = e / p.n_prefix;
+    const u32 j = e - s * p.n_prefix;
+    const u32 group = p.q_heads / p.kv_heads;
+    const u32 h0 = p.gqa == 0u ? s * group : s;  // mean: the group's query heads; per head: s
+    const u32 nh = p.gqa == 0u ? group : 1u;
+    const u32 pad = p.kernel / 2u;
+    const u32 lo = j >= pad ? j - pad : 0u;
+    const u32 hi = min(j + pad + 1u, p.n_prefix);
+    float total = 0.0f;
+    for (u32 h = h0; h < h0 + nh; ++h) {
+        const float* a = colsum + h * p.n_prefix;
+        float pooled;
+        if (p.pooling == 0u) {
+            float sum = 0.0f;
+            for (u32 x = lo; x < hi; ++x) sum += a[x];
+            pooled = sum / (float)p.kernel;  // zero padding counted
+        } else {
+            pooled = KVS_NEG_INF;
+            for (u32 x = lo; x < hi; ++x) pooled = fmaxf(pooled, a[x]);  // padding never wins
+        }
+        total += pooled;
+    }
+    scores[e] = total / (float)nh;
+}
+
+extern "C" __global__ void snapkv_keys(const SnapKvParams p, u32* __restrict__ keys) {
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= p.out_heads * p.n_prefix) return;
+    const u32 s = e / p.n_prefix;
+    keys[e] = kvs_key(p.seed, s, e - s * p.n_prefix);
+}
+
+struct SnapKvSelectSrc {
+    const u32* ranking;  // this head's scores (as bits) or keys, n_prefix entries
+    u32 n_prefix;
+    u32 by_key;
+    __device__ bool forced(u32 j) const { return j >= n_prefix; }  // the window
+    __device__ bool eligible(u32 j) const { return j < n_prefix; }
+    __device__ u32 key(u32 j) const {
+        const u32 w = ranking[j];
+        return by_key != 0u ? w : f32_order_key(__uint_as_float(w));
+    }
+};
+
+extern "C" __global__ void snapkv_select(const SnapKvParams p, const u32* __restrict__ ranking,
+                                         int* __restrict__ kept) {
+    const u32 s = blockIdx.x;
+    if (s >= p.out_heads) return;  // uniform per block
+    SnapKvSelectSrc src;
+    src.ranking = ranking + s * p.n_prefix;
+    src.n_prefix = p.n_prefix;
+    src.by_key = p.selector;
+    block_select_row(src, p.seq, p.capacity, kept + s * p.capacity, p.capacity);
+}
+
+extern "C" __global__ void snapkv_keep_all(const SnapKvParams p, int* __restrict__ kept) {
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= p.out_heads * p.seq) return;
+    kept[e] = (int)(e % p.seq);
+}
