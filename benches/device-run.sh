@@ -2,6 +2,7 @@
 # Everything that belongs together on the GPU machine, in one call (see ../shared/device/README.md):
 #   here:   ../shared/device/prepare.sh --features cuda
 #   there:  source .devbin/on-device.sh; bash benches/device-run.sh [quick|long|paper] [steps]
+#           REPORTS='--preset paper;--preset long --contexts 131072' picks several reports
 # steps (default all): verify, tests, sanitize, report, peers. Results land in device-out/ and, packed
 # as one file (the device tool returns at most 8 files), in $OUT/results.tar.gz.
 set -uo pipefail
@@ -36,10 +37,17 @@ if has sanitize; then
 fi
 
 if has report; then
-  for b in cuda wgpu; do
-    log "report --preset $preset --backend $b"
-    .devbin/kvsparse report --preset "$preset" --backend "$b" --out "$out" 2>"$out/report-$b.err" | tee "$out/report-$b.txt"
-    tail -n 3 "$out/report-$b.err"
+  # REPORTS: reports to run, separated by ';' (each: arguments to `kvsparse report`, run on cuda and wgpu).
+  IFS=';' read -ra reports <<<"${REPORTS:---preset $preset}"
+  i=0
+  for args in "${reports[@]}"; do
+    i=$((i + 1))
+    for b in cuda wgpu; do
+      log "report $args --backend $b"
+      # shellcheck disable=SC2086
+      .devbin/kvsparse report $args --backend "$b" --out "$out/r$i" 2>"$out/report-$i-$b.err" | tee "$out/report-$i-$b.txt"
+      tail -n 2 "$out/report-$i-$b.err"
+    done
   done
 fi
 
@@ -49,5 +57,5 @@ if has peers; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
   fi
   PYTHONUNBUFFERED=1 python3 benches/peers/peers.py "$out/peers.json"
-  python3 benches/peers/merge.py "$out/peers.json" "$out"/report-"$preset"-*.json | tee "$out/merged.md"
+  python3 benches/peers/merge.py "$out/peers.json" "$out"/r*/report-*.json | tee "$out/merged.md"
 fi
