@@ -12,7 +12,6 @@ use common::{compare, generate, matches_reference, run_on, Rng, OPS};
 use kvsparse::golden::{case_files, Case};
 use kvsparse::{Backend, Cpu, HostData};
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::path::Path;
 use std::sync::OnceLock;
 
 fn required(name: &str) -> bool {
@@ -31,7 +30,7 @@ fn backend_trials<B: Backend + Sync + 'static>(
     backend: &'static Result<B, String>,
     equivalence: bool,
 ) -> Vec<Trial> {
-    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let golden_dir = common::golden_dir();
     let files = case_files(&golden_dir).expect("tests/golden holds the golden cases");
     type Check<B> = Box<dyn FnOnce(&'static B) -> Result<(), Failed> + Send>;
     let mut checks: Vec<(String, Check<B>)> = Vec::new();

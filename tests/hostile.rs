@@ -236,7 +236,7 @@ on_every_backend!(non_finite_inputs, non_finite_cpu, non_finite_wgpu, non_finite
 fn malformed_golden_files() {
     let dir = std::env::temp_dir().join(format!("kvsparse-hostile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/p03_topk_random.safetensors");
+    let src = common::golden_dir().join("p03_topk_random.safetensors");
     let good = std::fs::read(&src).unwrap();
     let mut t = Tally::default();
     let mut variants: Vec<(String, Vec<u8>)> = Vec::new();

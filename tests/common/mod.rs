@@ -6,6 +6,17 @@
 use kvsparse::ops::*;
 use kvsparse::{Backend, Cpu, DType, HostData};
 
+/// The golden cases: `tests/golden` under the working directory when it exists (test binaries
+/// copied to another machine run from the repository root there), else under the crate.
+pub fn golden_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new("tests/golden");
+    if here.is_dir() {
+        here.to_path_buf()
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    }
+}
+
 /// splitmix64: small, seedable, good enough for test data.
 pub struct Rng(u64);
 
