@@ -45,7 +45,7 @@ if has report; then
     for b in cuda wgpu; do
       log "report $args --backend $b"
       # shellcheck disable=SC2086
-      .devbin/kvsparse report $args --backend "$b" --out "$out/r$i" 2>"$out/report-$i-$b.err" | tee "$out/report-$i-$b.txt"
+      timeout "${REPORT_TIMEOUT:-240}" .devbin/kvsparse report $args --backend "$b" --out "$out/r$i" 2>"$out/report-$i-$b.err" | tee "$out/report-$i-$b.txt"
       tail -n 2 "$out/report-$i-$b.err"
     done
   done
