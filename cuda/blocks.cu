@@ -8,7 +8,8 @@
 //   quest_scores (p, q[Hq,D], kmin, kmax [Hkv,NB,D], scores[Hq,NB] f32)
 //                 one warp per (query head, block), lanes over channels:
 //                 sum_d max(q*kmax, q*kmin), unscaled
-//   moba_gate    (p, q[Hq,T,D], kmean[Hkv,NB,D], gate[Hq,T,NB] f32)
+//   block_mean_f32 (p, k[H,T,D], kmean[H,NB,D] f32)           the same, f32 means for moba_gate
+//   moba_gate    (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
 //                 one warp per (query head, token), loops over every block: q . kmean, unscaled
 // Query head h reads kv head h / (q_heads / kv_heads).
 
@@ -33,7 +34,10 @@ extern "C" __global__ void block_minmax(const BlockParams p, const store_t* __re
     store_f(kmax, e, hi);
 }
 
-extern "C" __global__ void block_mean(const BlockParams p, const store_t* __restrict__ k, store_t* __restrict__ kmean) {
+// The mean is written in the storage dtype for the `block_mean` op, and in f32 for MoBA's gate:
+// rounding a mean to f16/bf16 would move the routing away from the reference's.
+template <bool F32_OUT>
+__device__ __forceinline__ void block_mean_body(const BlockParams p, const store_t* __restrict__ k, void* __restrict__ kmean) {
     const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= p.kv_heads * p.nb * p.dim) return;
     const u32 d = e % p.dim;
@@ -44,7 +48,20 @@ extern "C" __global__ void block_mean(const BlockParams p, const store_t* __rest
     const u32 t1 = min(t0 + p.block_size, p.seq);
     float sum = 0.0f;
     for (u32 t = t0; t < t1; ++t) sum += load_f(k, (h * p.seq + t) * p.dim + d);
-    store_f(kmean, e, sum / (float)(t1 - t0));
+    const float mean = sum / (float)(t1 - t0);
+    if (F32_OUT) {
+        static_cast<float*>(kmean)[e] = mean;
+    } else {
+        store_f(static_cast<store_t*>(kmean), e, mean);
+    }
+}
+
+extern "C" __global__ void block_mean(const BlockParams p, const store_t* __restrict__ k, store_t* __restrict__ kmean) {
+    block_mean_body<false>(p, k, kmean);
+}
+
+extern "C" __global__ void block_mean_f32(const BlockParams p, const store_t* __restrict__ k, float* __restrict__ kmean) {
+    block_mean_body<true>(p, k, kmean);
 }
 
 extern "C" __global__ void quest_scores(const BlockParams p, const store_t* __restrict__ q,
@@ -67,7 +84,7 @@ extern "C" __global__ void quest_scores(const BlockParams p, const store_t* __re
 }
 
 extern "C" __global__ void moba_gate(const BlockParams p, const store_t* __restrict__ q,
-                                     const store_t* __restrict__ kmean, float* __restrict__ gate) {
+                                     const float* __restrict__ kmean, float* __restrict__ gate) {
     const u32 lane = threadIdx.x & 31u;
     const u32 row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);  // (h, t)
     if (row >= p.q_heads * p.seq) return;                                 // whole warp
@@ -77,7 +94,7 @@ extern "C" __global__ void moba_gate(const BlockParams p, const store_t* __restr
     for (u32 b = 0; b < p.nb; ++b) {
         const u32 mo = (kvh * p.nb + b) * p.dim;
         float s = 0.0f;
-        for (u32 d = lane; d < p.dim; d += 32u) s += load_f(q, qo + d) * load_f(kmean, mo + d);
+        for (u32 d = lane; d < p.dim; d += 32u) s += load_f(q, qo + d) * kmean[mo + d];
         s = warp_sum(s);
         if (lane == 0) gate[row * p.nb + b] = s;
     }

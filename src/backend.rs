@@ -194,7 +194,8 @@ pub trait Backend {
         lse: &mut Self::Buffer,
         ranking: &mut Self::Buffer,
     ) -> Result<()>;
-    /// See [`MobaPrefill`]. `ranking` is `gate` (f32) or `keys` (u32), per the selector.
+    /// See [`MobaPrefill`]. `ranking` is `gate` (f32) or `keys` (u32), per the selector; it
+    /// must be `Some` exactly when the op has a ranking output ([`MobaPrefill::ranking`]).
     fn moba_prefill(
         &self,
         op: &MobaPrefill,
@@ -204,7 +205,7 @@ pub trait Backend {
         out: &mut Self::Buffer,
         lse: &mut Self::Buffer,
         selected: &mut Self::Buffer,
-        ranking: &mut Self::Buffer,
+        ranking: Option<&mut Self::Buffer>,
     ) -> Result<()>;
     /// See [`SnapKvCompress`]. `ranking` must be `Some` exactly when `T > capacity`.
     fn snapkv_compress(

@@ -310,9 +310,12 @@ impl Backend for Cpu {
         out: &mut CpuBuffer,
         lse: &mut CpuBuffer,
         selected: &mut CpuBuffer,
-        ranking: &mut CpuBuffer,
+        ranking: Option<&mut CpuBuffer>,
     ) -> Result<()> {
-        ops::check(op, &[q, k, v, out, lse, selected, ranking])?;
+        match ranking.as_deref() {
+            Some(r) => ops::check(op, &[q, k, v, out, lse, selected, r])?,
+            None => ops::check(op, &[q, k, v, out, lse, selected])?,
+        }
         let r = reference::moba_prefill(
             &f32s(q),
             &f32s(k),
@@ -326,7 +329,9 @@ impl Backend for Cpu {
         put_f32(out, &r.out);
         put_f32(lse, &r.lse);
         put_i32(selected, r.selected);
-        put_ranking(ranking, &r.gate, r.keys);
+        if let Some(rank) = ranking {
+            put_ranking(rank, &r.gate, r.keys);
+        }
         Ok(())
     }
 

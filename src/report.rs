@@ -269,7 +269,7 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
         rows.push(kernel_row("topk", n, format!("{r}x{n}/k{k}"), op.cost(), times));
     }
     // The decay scan alone, f32, over all channels of a layer's keys (C = Hq * D).
-    let scan_t = p.contexts.iter().copied().find(|&t| t <= p.prefill_max).unwrap_or(p.contexts[0]);
+    let scan_t = p.contexts.iter().copied().find(|&t| t <= p.prefill_max).unwrap_or(p.contexts[0]).min(32768);
     {
         let c = p.q_heads * p.dim;
         let op = DecayScan::new(1, scan_t, c, DType::F32)?;
@@ -420,13 +420,13 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
                     n_local: 1,
                     selector: Selector::Score,
                 };
-                let op = MobaPrefill::new(hq, hkv, t, d, cfg, scale, dt)?;
+                let op = MobaPrefill::new(hq, hkv, t, d, cfg, scale, dt)?.without_ranking();
                 let specs: Vec<BufferSpec> = op.buffers().into_iter().filter(|s| s.output).collect();
                 let mut outs: Vec<B::Buffer> = specs.iter().map(|s| b.alloc(s.dtype, s.len)).collect::<Result<_>>()?;
                 let times = time_prefill(
                     &mut || {
-                        let [o, l, s, r] = &mut outs[..] else { unreachable!("four MoBA outputs") };
-                        b.moba_prefill(&op, &qp, &k, &v, o, l, s, r)
+                        let [o, l, s] = &mut outs[..] else { unreachable!("three MoBA outputs") };
+                        b.moba_prefill(&op, &qp, &k, &v, o, l, s, None)
                     },
                     &mut prog,
                     &format!("moba prefill 1/{den}"),

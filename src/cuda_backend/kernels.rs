@@ -85,7 +85,7 @@ impl Family {
             Family::Random => &["pcg_hash", "random_key", "random_select"],
             Family::Topk => &["topk"],
             Family::Decay => &["decay_scan", "decay_step", "rope", "ratplus_kv", "ratplus_step"],
-            Family::Blocks => &["block_minmax", "block_mean", "quest_scores", "moba_gate"],
+            Family::Blocks => &["block_minmax", "block_mean", "block_mean_f32", "quest_scores", "moba_gate"],
             Family::Select => &["select_keys", "select_blocks"],
             Family::Attention => &["attention_dense", "attention_sparse", "attention_blocks", "attention_merge"],
             Family::SnapKv => {

@@ -497,24 +497,40 @@ impl Backend for Cuda {
         out: &mut CudaBuffer,
         lse: &mut CudaBuffer,
         selected: &mut CudaBuffer,
-        ranking: &mut CudaBuffer,
+        ranking: Option<&mut CudaBuffer>,
     ) -> Result<()> {
-        ops::check(op, &[q, k, v, out, lse, selected, ranking])?;
+        match ranking.as_deref() {
+            Some(r) => ops::check(op, &[q, k, v, out, lse, selected, r])?,
+            None => ops::check(op, &[q, k, v, out, lse, selected])?,
+        }
+        // Without a ranking output the gate (or keys) still go through scratch for now.
+        let mut rank_scratch;
+        let ranking: &mut CudaBuffer = match ranking {
+            Some(r) => r,
+            None => {
+                let (dtype, len) = match op.select.selector {
+                    Selector::Score => (DType::F32, op.q_heads * op.seq * op.nb()),
+                    Selector::Random { .. } => (DType::U32, op.q_heads * op.seq * op.nb()),
+                };
+                rank_scratch = CudaBuffer { slice: self.scratch(len * 4)?, dtype, len };
+                &mut rank_scratch
+            }
+        };
         let head = head_spec(MobaPrefill::NAME, op.dtype, op.dim)?;
         let nb = op.nb();
         let bs = op.select.block_size;
         if op.select.selector == Selector::Score {
-            // 1. block means per kv head (scratch in the storage dtype), 2. gate of every block.
+            // 1. block means per kv head (f32 scratch), 2. gate of every block.
             let shape = BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
             let stats = op.kv_heads * nb * op.dim;
-            let mut kmean = self.scratch(stats * op.dtype.size())?;
+            let mut kmean = self.scratch(stats * 4)?;
             let p = shape.params();
-            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean")?;
+            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean_f32")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&k.slice).arg(&mut kmean);
-            // SAFETY: matches `block_mean(p, k, kmean)`; k [Hkv, T, D] (checked), kmean sized
-            // Hkv*NB*D storage elements here; guarded e < Hkv*NB*D.
-            unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean", e))?;
+            // SAFETY: matches `block_mean_f32(p, k, kmean)`; k [Hkv, T, D] (checked), kmean sized
+            // Hkv*NB*D f32 here; guarded e < Hkv*NB*D.
+            unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean_f32", e))?;
             let gp = BlockParams {
                 q_heads: op.q_heads as u32,
                 kv_heads: op.kv_heads as u32,

@@ -207,10 +207,10 @@ impl Moba {
         k: &B::Buffer,
         v: &B::Buffer,
     ) -> Result<Decoded<B>> {
-        let op = self.problem(s)?;
+        let op = self.problem(s)?.without_ranking();
         let mut outs = alloc_outputs(b, op.buffers())?;
-        let [out, lse, sel, rank] = &mut outs[..] else { unreachable!("MobaPrefill has four outputs") };
-        b.moba_prefill(&op, q, k, v, out, lse, sel, rank)?;
+        let [out, lse, sel] = &mut outs[..] else { unreachable!("MobaPrefill without ranking has three outputs") };
+        b.moba_prefill(&op, q, k, v, out, lse, sel, None)?;
         let mut it = outs.into_iter();
         let (out, lse) = (it.next().expect("out"), it.next().expect("lse"));
         Ok(Decoded { out, lse })

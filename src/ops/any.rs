@@ -138,7 +138,14 @@ impl AnyOp {
                     _ => Err(arity()),
                 }
             }
-            AnyOp::MobaPrefill(op) => call!(moba_prefill, op, [q, k, v], [out, lse, sel, rank]),
+            AnyOp::MobaPrefill(op) => {
+                let [q, k, v] = inputs else { return Err(arity()) };
+                match outputs {
+                    [out, lse, sel] => b.moba_prefill(op, q, k, v, out, lse, sel, None),
+                    [out, lse, sel, rank] => b.moba_prefill(op, q, k, v, out, lse, sel, Some(rank)),
+                    _ => Err(arity()),
+                }
+            }
             AnyOp::SnapKvCompress(op) => match outputs {
                 [kept] => {
                     let [q, k] = inputs else { return Err(arity()) };

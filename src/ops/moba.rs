@@ -15,8 +15,10 @@ use crate::{DType, Error, Result};
 ///
 /// Outputs, in order: `out[Hq, T, D]` (storage dtype), `lse[Hq, T]` (f32),
 /// `selected[Hq, T, W]` (i32, ascending block ids, `-1` padded,
-/// `W = min(NB, max(n_blocks, n_local + force_first))`), and the ranking `[Hq, T, NB]`: `gate`
-/// (f32, every block including future ones) or `keys` (u32).
+/// `W = min(NB, max(n_blocks, n_local + force_first))`), and, unless the op was built
+/// [`MobaPrefill::without_ranking`], the ranking `[Hq, T, NB]`: `gate` (f32, every block
+/// including future ones) or `keys` (u32). The ranking grows as `T^2 / block_size` (2 GiB of
+/// f32 at 32K tokens, 32 heads, block 64): an engine leaves it out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MobaPrefill {
     pub q_heads: usize,
@@ -26,6 +28,8 @@ pub struct MobaPrefill {
     pub select: SelectConfig,
     pub scale: f32,
     pub dtype: DType,
+    /// Whether the ranking (gate or keys) is an output.
+    pub ranking: bool,
 }
 
 impl MobaPrefill {
@@ -39,9 +43,14 @@ impl MobaPrefill {
         scale: f32,
         dtype: DType,
     ) -> Result<Self> {
-        let op = MobaPrefill { q_heads, kv_heads, seq, dim, select, scale, dtype };
+        let op = MobaPrefill { q_heads, kv_heads, seq, dim, select, scale, dtype, ranking: true };
         op.validate()?;
         Ok(op)
+    }
+    /// The same problem without the `[Hq, T, NB]` ranking output.
+    pub fn without_ranking(mut self) -> Self {
+        self.ranking = false;
+        self
     }
     /// Number of blocks `ceil(T / block_size)`.
     pub fn nb(&self) -> usize {
@@ -84,15 +93,18 @@ impl Op for MobaPrefill {
         let kv = self.kv_heads * self.seq * self.dim;
         let rows = self.q_heads * self.seq;
         let (rank_name, rank_dtype) = ranking(self.select.selector, "gate");
-        vec![
+        let mut v = vec![
             BufferSpec::input("q", self.dtype, q),
             BufferSpec::input("k", self.dtype, kv),
             BufferSpec::input("v", self.dtype, kv),
             BufferSpec::output("out", self.dtype, q),
             BufferSpec::output("lse", DType::F32, rows),
             BufferSpec::output("selected", DType::I32, rows * self.width()),
-            BufferSpec::output(rank_name, rank_dtype, rows * self.nb()),
-        ]
+        ];
+        if self.ranking {
+            v.push(BufferSpec::output(rank_name, rank_dtype, rows * self.nb()));
+        }
+        v
     }
     /// Attention FLOPs over the selected blocks plus the gate; bytes of q, k, v, out.
     fn cost(&self) -> Cost {

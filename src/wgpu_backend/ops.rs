@@ -360,12 +360,24 @@ impl Backend for Wgpu {
         out: &mut WgpuBuffer,
         lse: &mut WgpuBuffer,
         selected: &mut WgpuBuffer,
-        ranking: &mut WgpuBuffer,
+        ranking: Option<&mut WgpuBuffer>,
     ) -> Result<()> {
-        ops::check(op, &[q, k, v, out, lse, selected, ranking])?;
+        match ranking.as_deref() {
+            Some(r) => ops::check(op, &[q, k, v, out, lse, selected, r])?,
+            None => ops::check(op, &[q, k, v, out, lse, selected])?,
+        }
         self.require(op.dtype)?;
         let name = MobaPrefill::NAME;
         let (nb, bs, rows) = (op.nb(), op.select.block_size, op.q_heads * op.seq);
+        // Without a ranking output the gate (or keys) still go through scratch for now.
+        let rank_scratch;
+        let rank_buf = match &ranking {
+            Some(r) => &r.buffer,
+            None => {
+                rank_scratch = self.scratch(f32_bytes(rows * nb), name)?;
+                &rank_scratch
+            }
+        };
         let att_spec = self.attention_spec(name, op.dtype, op.dim)?;
         let mut dispatches = Vec::new();
         // Block means in f32 (per call for now).
@@ -387,11 +399,11 @@ impl Backend for Wgpu {
             let items = op.kv_heads * nb * op.dim;
             dispatches.push(Dispatch::items(Kernel::BlockMean, spec, &p, vec![&k.buffer, kmean], items));
             let p = BlockParams { q_heads: op.q_heads as u32, ..p };
-            let bufs = vec![&q.buffer, kmean, &ranking.buffer];
+            let bufs = vec![&q.buffer, kmean, rank_buf];
             dispatches.push(Dispatch::items(Kernel::MobaGate, spec, &p, bufs, rows * nb));
         }
         let sel = op.select_params();
-        let bufs = vec![&ranking.buffer, &selected.buffer];
+        let bufs = vec![rank_buf, &selected.buffer];
         dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, rows));
         let p = AttentionParams {
             causal: 1,
