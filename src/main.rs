@@ -11,7 +11,7 @@ kvsparse: sparse attention over decaying memory, on every GPU
 usage:
   kvsparse info                                   backends and devices found
   kvsparse verify --golden DIR [--backend NAME]   run golden cases; NAME = cpu, wgpu, cuda or all (default)
-  kvsparse report [--preset P] [--backend NAME] [--out DIR] [--repeats N] [--dtype D] [--contexts T,T]
+  kvsparse report [--preset P | --quick] [--backend NAME] [--out DIR] [--repeats N] [--dtype D] [--contexts T,T]
                                                   time every method at every budget; P = quick, paper or
                                                   long (default: paper on a GPU, quick on the CPU); NAME =
                                                   best (default), cpu, wgpu or cuda; writes DIR/report-*.json
@@ -190,7 +190,10 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
     use kvsparse::report::Preset;
     let (mut preset, mut backend, mut out, mut repeats) = (None, "best".to_string(), PathBuf::from("report-out"), None);
     let (mut dtype, mut contexts) = (None, None);
-    for (name, value) in flags(args, &["preset", "backend", "out", "repeats", "dtype", "contexts"])? {
+    // `--quick` is short for `--preset quick`.
+    let args: Vec<String> =
+        args.iter().flat_map(|a| if a == "--quick" { vec!["--preset".into(), "quick".into()] } else { vec![a.clone()] }).collect();
+    for (name, value) in flags(&args, &["preset", "backend", "out", "repeats", "dtype", "contexts"])? {
         match name.as_str() {
             "dtype" => {
                 dtype = Some(
