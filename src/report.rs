@@ -196,6 +196,70 @@ fn measure<B: Backend>(b: &B, repeats: usize, f: &mut dyn FnMut() -> Result<()>)
     Ok((times[times.len() / 2], times[0]))
 }
 
+/// Times `f` alone (the attention backbone) and after `backbone` (RAT+: the decode step or the
+/// prefill scan that produces the keys `f` reads).
+fn measure_backbones<B: Backend>(
+    b: &B,
+    repeats: usize,
+    backbone: &mut dyn FnMut() -> Result<()>,
+    f: &mut dyn FnMut() -> Result<()>,
+    prog: &mut Progress,
+    what: &str,
+) -> Result<[(Duration, Duration); 2]> {
+    let plain = measure(b, repeats, f)?;
+    prog.step(what);
+    let rat = measure(b, repeats, &mut || {
+        backbone()?;
+        f()
+    })?;
+    prog.step(what);
+    Ok([plain, rat])
+}
+
+/// Turns rows timed on both backbones into [`Row`]s, against the dense row `dense` of the same
+/// phase; `backbone_cost` is what the RAT+ backbone adds (step or scan).
+#[allow(clippy::too_many_arguments)]
+fn backbone_rows(
+    rows: &mut Vec<Row>,
+    phase: &'static str,
+    bound: Bound,
+    context: usize,
+    timed: Vec<Timed>,
+    dense: (Cost, [(Duration, Duration); 2]),
+    backbone_cost: Cost,
+    copy_bandwidth: f64,
+) {
+    for (method, budget, cost, times) in timed {
+        for (bi, backbone) in ["attention", "ratplus"].into_iter().enumerate() {
+            let extra = if bi == 1 { backbone_cost } else { Cost::default() };
+            let (c, dense_c) = (cost + extra, dense.0 + extra);
+            let (median, min) = times[bi];
+            let (t, base) = (median.as_secs_f64(), dense.1[bi].0.as_secs_f64());
+            let (ideal_speedup, of_ceiling) = match bound {
+                Bound::Bytes => (dense_c.bytes as f64 / c.bytes as f64, c.bytes as f64 / t / copy_bandwidth),
+                Bound::Flops => {
+                    (dense_c.flops as f64 / c.flops as f64, (c.flops as f64 / t) / (dense_c.flops as f64 / base))
+                }
+            };
+            rows.push(Row {
+                phase,
+                method,
+                backbone,
+                context,
+                budget: budget.clone(),
+                median,
+                min,
+                flops: c.flops,
+                bytes: c.bytes,
+                bound,
+                speedup: base / t,
+                ideal_speedup,
+                of_ceiling,
+            });
+        }
+    }
+}
+
 struct Progress {
     done: usize,
     total: usize,
@@ -321,19 +385,14 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
         kernel_rows.push(("quest_scores", t, format!("nb{nb}"), scores_op.cost(), times));
 
         let mut decode_rows: Vec<Timed> = Vec::new();
-        let mut time_both =
-            |f: &mut dyn FnMut() -> Result<()>, prog: &mut Progress, what: &str| -> Result<[(Duration, Duration); 2]> {
-                let plain = measure(b, p.repeats, f)?;
-                prog.step(what);
-                let rat = measure(b, p.repeats, &mut || {
-                    ratplus_step()?;
-                    f()
-                })?;
-                prog.step(what);
-                Ok([plain, rat])
-            };
-        let dense_t =
-            time_both(&mut || b.attention_dense(&dense, &q, &k, &v, &mut out, &mut lse), &mut prog, "dense decode")?;
+        let dense_t = measure_backbones(
+            b,
+            p.repeats,
+            &mut ratplus_step,
+            &mut || b.attention_dense(&dense, &q, &k, &v, &mut out, &mut lse),
+            &mut prog,
+            "dense decode",
+        )?;
         decode_rows.push(("dense", "dense".into(), dense.cost(), dense_t));
 
         for &den in &p.budget_denominators {
@@ -342,7 +401,10 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
                 let cfg = SelectConfig { block_size: p.block_size, n_blocks, force_first: true, n_local: 1, selector };
                 let op = QuestDecode::new(hq, hkv, t, d, cfg, scale, dt)?.with_cached_stats();
                 let [mut sel, mut o, mut l, mut rank] = op.alloc_outputs(b)?;
-                let times = time_both(
+                let times = measure_backbones(
+                    b,
+                    p.repeats,
+                    &mut ratplus_step,
                     &mut || b.quest_decode(&op, &q, &k, &v, Some((&kmin, &kmax)), &mut sel, &mut o, &mut l, &mut rank),
                     &mut prog,
                     &format!("{method} decode 1/{den}"),
@@ -355,37 +417,26 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
                 (0..hkv).flat_map(|_| (0..capacity as i32).map(|j| j * den as i32 % t as i32)).collect(),
             ))?;
             let op = AttentionSparse::new(hq, hkv, t, d, hkv, capacity, scale, dt)?;
-            let times = time_both(
+            let times = measure_backbones(
+                b,
+                p.repeats,
+                &mut ratplus_step,
                 &mut || b.attention_sparse(&op, &q, &k, &v, &idx, &mut out, &mut lse),
                 &mut prog,
                 &format!("snapkv decode 1/{den}"),
             )?;
             decode_rows.push(("snapkv", format!("1/{den}"), op.cost(), times));
         }
-        for (method, budget, cost, times) in decode_rows {
-            for (bi, backbone) in ["attention", "ratplus"].into_iter().enumerate() {
-                let step_cost = if bi == 1 { step.cost() } else { Cost::default() };
-                let c = cost + step_cost;
-                let dense_c = dense.cost() + step_cost;
-                let (median, min) = times[bi];
-                let base = dense_t[bi].0.as_secs_f64();
-                rows.push(Row {
-                    phase: "decode",
-                    method,
-                    backbone,
-                    context: t,
-                    budget: budget.clone(),
-                    median,
-                    min,
-                    flops: c.flops,
-                    bytes: c.bytes,
-                    bound: Bound::Bytes,
-                    speedup: base / median.as_secs_f64(),
-                    ideal_speedup: dense_c.bytes as f64 / c.bytes as f64,
-                    of_ceiling: c.bytes as f64 / median.as_secs_f64() / copy_bandwidth,
-                });
-            }
-        }
+        backbone_rows(
+            &mut rows,
+            "decode",
+            Bound::Bytes,
+            t,
+            decode_rows,
+            (dense.cost(), dense_t),
+            step.cost(),
+            copy_bandwidth,
+        );
 
         // ---- prefill ----
         if t <= p.prefill_max {
@@ -400,20 +451,10 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
             let dense_p = AttentionDense::new(hq, hkv, t, t, d, true, scale, dt)?;
             let (mut out_p, mut lse_p) = (b.alloc(dt, hq * t * d)?, b.alloc(DType::F32, hq * t)?);
             let mut prefill_rows: Vec<Timed> = Vec::new();
-            let mut time_prefill = |f: &mut dyn FnMut() -> Result<()>,
-                                    prog: &mut Progress,
-                                    what: &str|
-             -> Result<[(Duration, Duration); 2]> {
-                let plain = measure(b, p.repeats, f)?;
-                prog.step(what);
-                let rat = measure(b, p.repeats, &mut || {
-                    ratplus_kv()?;
-                    f()
-                })?;
-                prog.step(what);
-                Ok([plain, rat])
-            };
-            let dense_pt = time_prefill(
+            let dense_pt = measure_backbones(
+                b,
+                p.repeats,
+                &mut ratplus_kv,
                 &mut || b.attention_dense(&dense_p, &qp, &k, &v, &mut out_p, &mut lse_p),
                 &mut prog,
                 "dense prefill",
@@ -430,7 +471,10 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
                 let op = MobaPrefill::new(hq, hkv, t, d, cfg, scale, dt)?.without_ranking();
                 let specs: Vec<BufferSpec> = op.buffers().into_iter().filter(|s| s.output).collect();
                 let mut outs: Vec<B::Buffer> = specs.iter().map(|s| b.alloc(s.dtype, s.len)).collect::<Result<_>>()?;
-                let times = time_prefill(
+                let times = measure_backbones(
+                    b,
+                    p.repeats,
+                    &mut ratplus_kv,
                     &mut || {
                         let [o, l, s] = &mut outs[..] else { unreachable!("three MoBA outputs") };
                         b.moba_prefill(&op, &qp, &k, &v, o, l, s, None)
@@ -440,31 +484,8 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
                 )?;
                 prefill_rows.push(("moba", format!("1/{den}"), op.cost(), times));
             }
-            for (method, budget, cost, times) in prefill_rows {
-                for (bi, backbone) in ["attention", "ratplus"].into_iter().enumerate() {
-                    let scan_cost = if bi == 1 { scan.cost() } else { Cost::default() };
-                    let c = cost + scan_cost;
-                    let dense_c = dense_p.cost() + scan_cost;
-                    let (median, min) = times[bi];
-                    let base = dense_pt[bi].0.as_secs_f64();
-                    let dense_rate = dense_c.flops as f64 / base;
-                    rows.push(Row {
-                        phase: "prefill",
-                        method,
-                        backbone,
-                        context: t,
-                        budget: budget.clone(),
-                        median,
-                        min,
-                        flops: c.flops,
-                        bytes: c.bytes,
-                        bound: Bound::Flops,
-                        speedup: base / median.as_secs_f64(),
-                        ideal_speedup: dense_c.flops as f64 / c.flops as f64,
-                        of_ceiling: c.flops as f64 / median.as_secs_f64() / dense_rate,
-                    });
-                }
-            }
+            let dense = (dense_p.cost(), dense_pt);
+            backbone_rows(&mut rows, "prefill", Bound::Flops, t, prefill_rows, dense, scan.cost(), copy_bandwidth);
             // SnapKV compression, once per prompt, after prefill.
             for &den in &p.budget_denominators {
                 let w = p.snapkv_window.min(t - 1);
