@@ -56,8 +56,17 @@ pub trait Backend {
     /// Copies a device buffer back (waits for the work that writes it).
     fn download(&self, buf: &Self::Buffer) -> Result<HostData>;
     /// A new buffer of `len` elements, filled with [`HostData::poison`].
+    ///
+    /// # Errors
+    /// [`crate::Error::TooLarge`] when the poison cannot even be built on the host; the
+    /// backend's own limits give `TooLarge` or [`crate::Error::Device`].
     fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buffer> {
-        self.upload(&HostData::poison(dtype, len))
+        let too_large = || crate::Error::TooLarge {
+            backend: self.name(),
+            what: format!("{len} x {dtype}: the host cannot allocate that much"),
+        };
+        len.checked_mul(dtype.size()).filter(|&b| b <= isize::MAX as usize).ok_or_else(too_large)?;
+        self.upload(&HostData::try_poison(dtype, len).ok_or_else(too_large)?)
     }
     /// Waits until every submitted op has finished.
     fn synchronize(&self) -> Result<()>;

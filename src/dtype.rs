@@ -144,6 +144,23 @@ impl HostData {
         }
     }
 
+    /// [`HostData::poison`], or `None` when the host cannot allocate it (instead of aborting).
+    pub fn try_poison(dtype: DType, len: usize) -> Option<HostData> {
+        fn filled<T: Clone>(x: T, len: usize) -> Option<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).ok()?;
+            v.resize(len, x);
+            Some(v)
+        }
+        Some(match dtype {
+            DType::F32 => HostData::F32(filled(f32::NAN, len)?),
+            DType::F16 => HostData::F16(filled(f16::NAN, len)?),
+            DType::BF16 => HostData::BF16(filled(bf16::NAN, len)?),
+            DType::I32 => HostData::I32(filled(i32::MIN, len)?),
+            DType::U32 => HostData::U32(filled(0xDEAD_BEEF, len)?),
+        })
+    }
+
     /// A vector of `len` elements that no kernel writes on purpose: NaN for floats,
     /// `i32::MIN` and `0xDEAD_BEEF` for integers. Tests fill outputs with it before a run so
     /// that an element a kernel forgot to write fails the comparison.

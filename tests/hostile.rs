@@ -163,6 +163,9 @@ fn buffers_are_checked<B: Backend>(b: &B) {
         let mut i = b.alloc(DType::I32, 0)?;
         b.topk(&bad, &s, &mut i)
     });
+    for len in [usize::MAX / 2, 1usize << 50] {
+        t.expect_err(&format!("alloc of {len} f32 on {}", b.name()), "too large", || b.alloc(DType::F32, len));
+    }
     t.finish(&format!("buffers/{}", b.name()));
 }
 
