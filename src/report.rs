@@ -642,7 +642,8 @@ impl Report {
     /// An SVG chart: decode speedup over dense against the budget, one line per method and
     /// backbone, with the ideal (cost-model) speedup drawn dashed.
     pub fn svg(&self) -> String {
-        let (w, h, m) = (720.0, 420.0, 60.0);
+        // Plot on the left, legend in a column on the right.
+        let (w, h, m, legend) = (900.0, 420.0, 60.0, 230.0);
         let decode: Vec<&Row> = self.rows.iter().filter(|r| r.phase == "decode" && r.method != "dense").collect();
         let budgets: Vec<String> = {
             let mut b: Vec<String> = decode.iter().map(|r| r.budget.clone()).collect();
@@ -652,7 +653,7 @@ impl Report {
             b
         };
         let ymax = decode.iter().map(|r| r.speedup.max(r.ideal_speedup)).fold(1.0f64, f64::max).ceil();
-        let x = |i: usize| m + (w - 2.0 * m) * i as f64 / (budgets.len().max(2) - 1) as f64;
+        let x = |i: usize| m + (w - legend - 2.0 * m) * i as f64 / (budgets.len().max(2) - 1) as f64;
         let y = |v: f64| h - m - (h - 2.0 * m) * v / ymax;
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
@@ -662,7 +663,13 @@ impl Report {
             self.device.replace('&', "&amp;").replace('<', "&lt;"),
             self.preset.name
         );
-        let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - m, w - m, h - m);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+            h - m,
+            w - legend - m,
+            h - m
+        );
         let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>", h - m);
         for i in 0..=ymax as usize {
             let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{i}x</text>", m - 6.0, y(i as f64) + 4.0);
@@ -670,7 +677,12 @@ impl Report {
         for (i, b) in budgets.iter().enumerate() {
             let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{b}</text>", x(i), h - m + 18.0);
         }
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">KV budget</text>", w / 2.0, h - 16.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">KV budget</text>",
+            (w - legend) / 2.0,
+            h - 16.0
+        );
         let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
         type Series = (String, Vec<(usize, f64, f64)>); // label, (budget index, measured, ideal)
         let mut series: Vec<Series> = Vec::new();
@@ -694,8 +706,7 @@ impl Report {
                 "<polyline fill=\"none\" stroke=\"{c}\" stroke-dasharray=\"4 3\" points=\"{}\"/>",
                 line(|p| p.2)
             );
-            let _ =
-                writeln!(s, "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{key}</text>", w - m - 170.0, m + 14.0 * si as f64);
+            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{key}</text>", w - legend, m + 16.0 * si as f64);
         }
         let _ = writeln!(
             s,
