@@ -26,13 +26,15 @@ fi
 if has tests; then
   log "equivalence suite (wgpu and cuda required)"
   KVSPARSE_REQUIRE=wgpu,cuda .devbin/test-equivalence 2>&1 | tee "$out/tests.txt" | grep -vE '\.\.\. ok$'
+  log "hostile-input catalogue"
+  .devbin/test-hostile --nocapture 2>&1 | tee "$out/hostile.txt" | grep -E 'inputs tried|test result|panicked'
 fi
 
 if has sanitize; then
   log "compute-sanitizer over the CUDA trials"
   for tool in memcheck racecheck synccheck; do
-    KVSPARSE_CASES=4 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
-      .devbin/test-equivalence cuda:: 2>&1 | tail -n 25 | tee "$out/sanitizer-$tool.txt"
+    KVSPARSE_CASES=3 timeout "${SANITIZE_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      --print-limit 20 .devbin/test-equivalence cuda:: 2>&1 | tail -n 25 | tee "$out/sanitizer-$tool.txt"
   done
 fi
 
