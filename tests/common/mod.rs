@@ -50,6 +50,15 @@ impl Rng {
             x
         }
     }
+    /// A head dim: usually a model's (16..128), sometimes one that no vector width divides
+    /// (1, 3, 24, 40, 80, 200, 256), so that vectorised paths must handle their tails.
+    pub fn head_dim(&mut self) -> usize {
+        if self.bool(0.2) {
+            self.pick(&[1, 3, 24, 40, 80, 200, 256])
+        } else {
+            self.pick(&[16, 32, 64, 128])
+        }
+    }
     pub fn bool(&mut self, p: f32) -> bool {
         self.unit() < p
     }
@@ -196,7 +205,7 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
         }
         "quest_scores" => {
             let (hq, hkv) = heads(r);
-            let (nb, d) = (r.range(1, 300), r.pick(&[16, 32, 64, 128]));
+            let (nb, d) = (r.range(1, 300), r.head_dim());
             Case {
                 op: AnyOp::QuestScores(QuestScores::new(hq, hkv, nb, d, dtype).unwrap()),
                 inputs: vec![f(r.grid(hq * d)), f(r.grid(hkv * nb * d)), f(r.grid(hkv * nb * d))],
@@ -204,7 +213,7 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
         }
         "quest_decode" | "moba_prefill" => {
             let (hq, hkv) = heads(r);
-            let d = r.pick(&[16, 32, 64, 128]);
+            let d = r.head_dim();
             let quest = name == "quest_decode";
             // MoBA gates use block means: power-of-two blocks keep them exact on the grid.
             let bs = if quest { r.pick(&[16, 32, 63, 64]) } else { r.pick(&[16, 32, 64]) };
@@ -240,7 +249,7 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
         }
         "snapkv_compress" => {
             let (hq, hkv) = heads(r);
-            let d = r.pick(&[16, 32, 64, 128]);
+            let d = r.head_dim();
             let window = r.pick(&[1, 8, 32, 64]);
             let t = r.range(window + 1, 1500);
             let capacity = if r.bool(0.2) { r.range(t.max(window + 1), t + 10) } else { r.range(window + 1, t) };
@@ -259,7 +268,7 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
         }
         "attention_dense" => {
             let (hq, hkv) = heads(r);
-            let d = r.pick(&[16, 32, 64, 128]);
+            let d = r.head_dim();
             let tk = r.size(&[1, 64, 65], 1, 700);
             let tq = r.size(&[1, tk], 1, tk.min(100));
             let causal = r.bool(0.6);
@@ -275,7 +284,7 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
         }
         "attention_sparse" => {
             let (hq, hkv) = heads(r);
-            let d = r.pick(&[16, 32, 64, 128]);
+            let d = r.head_dim();
             let t = r.range(1, 2000);
             let hi = if r.bool(0.5) { hq } else { hkv };
             let n = r.range(1, t.min(300));
