@@ -6,10 +6,15 @@ use half::{bf16, f16};
 /// accumulates in f32. `I32` holds indices and masks, `U32` hashes and random keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE 754 binary32, 4 bytes.
     F32,
+    /// IEEE 754 binary16 (half), 2 bytes; storage only.
     F16,
+    /// bfloat16 (8-bit exponent, 7-bit mantissa), 2 bytes; storage only.
     BF16,
+    /// Signed 32-bit integer, 4 bytes: indices (`-1` = padding) and masks.
     I32,
+    /// Unsigned 32-bit integer, 4 bytes: hashes and random keys.
     U32,
 }
 
@@ -61,10 +66,15 @@ impl std::fmt::Display for DType {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
+    /// [`DType::F32`] elements.
     F32(Vec<f32>),
+    /// [`DType::F16`] elements.
     F16(Vec<f16>),
+    /// [`DType::BF16`] elements.
     BF16(Vec<bf16>),
+    /// [`DType::I32`] elements.
     I32(Vec<i32>),
+    /// [`DType::U32`] elements.
     U32(Vec<u32>),
 }
 

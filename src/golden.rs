@@ -13,19 +13,26 @@ use std::path::{Path, PathBuf};
 /// One tensor of a golden file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// Dimensions as stored (row-major); their product is `data.len()`.
     pub shape: Vec<usize>,
+    /// The elements: f32, i32 or u32 (the only dtypes golden files use).
     pub data: HostData,
 }
 
 /// A parsed golden case.
 #[derive(Clone, Debug)]
 pub struct Case {
+    /// The file it was read from (named in errors).
     pub path: PathBuf,
     /// `op` metadata: which op this case exercises.
     pub op_name: String,
+    /// The whole `__metadata__` map: `op`, the op's parameters, `atol`, `rtol`, ...
     pub meta: HashMap<String, String>,
+    /// Inputs and expected outputs, by the buffer names of [`Op::buffers`].
     pub tensors: HashMap<String, Tensor>,
+    /// Absolute tolerance of float outputs: pass if `|got - ref| <= atol + rtol * |ref|`.
     pub atol: f64,
+    /// Relative tolerance of float outputs (see `atol`); integer outputs must match exactly.
     pub rtol: f64,
 }
 

@@ -27,6 +27,8 @@
 //! the exception where it matters: the CPU backend rejects NaN scores in [`ops::TopK`] with an
 //! error, and `-inf` scores rank last everywhere.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod cpu;
 #[cfg(feature = "cuda")]

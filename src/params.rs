@@ -1,6 +1,6 @@
 //! Launch parameters shared by Rust, WGSL and CUDA.
 //!
-//! Every struct here is emitted three times from one definition by [`gpu_params!`]: the Rust
+//! Every struct here is emitted three times from one definition by `gpu_params!`: the Rust
 //! `#[repr(C)]` type, its WGSL declaration (`Self::WGSL`, prepended to the shaders that bind it as
 //! a uniform) and its CUDA declaration (`Self::cuda_decl()`, prepended to the kernels that take it
 //! by value). Fields are 4-byte scalars only and every struct is padded to 16 bytes, so the C,
@@ -66,9 +66,11 @@ gpu_params! {
     pub struct RandomParams {
         /// Elements per row (candidates).
         pub n: u32,
+        /// Rows (`R`); 1 for `pcg_hash`.
         pub rows: u32,
         /// Selected per row (`random_select`).
         pub k: u32,
+        /// Seed of `random_key(seed, row, i)`; unused by `pcg_hash`.
         pub seed: u32,
     }
 }
@@ -76,8 +78,11 @@ gpu_params! {
 gpu_params! {
     /// `topk` family.
     pub struct TopkParams {
+        /// Score rows (`R`).
         pub rows: u32,
+        /// Scores per row (`N`).
         pub n: u32,
+        /// Requested count per row.
         pub k: u32,
         /// `min(k, n)`: the output row width.
         pub out_k: u32,
@@ -88,15 +93,21 @@ gpu_params! {
     /// `decay` family: `decay_scan`, `decay_step`, `rope`, `ratplus_kv`, `ratplus_step`.
     /// Tensors are `[outer, seq, inner]` (`[H, T, D]` for RAT+ and RoPE, `[1, T, C]` for a plain scan).
     pub struct DecayParams {
+        /// Outer extent: heads, or 1 for a plain scan.
         pub outer: u32,
+        /// Time steps (`T`); 1 for the decode steps.
         pub seq: u32,
+        /// Inner extent: head dim `D`, or channels `C`.
         pub inner: u32,
         /// Position of token 0 (RoPE, RAT+); `ratplus_step` uses it as the step's position.
         pub pos0: u32,
         /// RoPE base (10000 for RAT+).
         pub base: f32,
+        /// Padding to 16 bytes; always 0.
         pub _pad0: u32,
+        /// Padding to 16 bytes; always 0.
         pub _pad1: u32,
+        /// Padding to 16 bytes; always 0.
         pub _pad2: u32,
     }
 }
@@ -104,15 +115,21 @@ gpu_params! {
 gpu_params! {
     /// `blocks` family: `block_minmax`, `block_mean`, `quest_scores`, `moba_gate`.
     pub struct BlockParams {
+        /// Query heads (`Hq`); equal to `kv_heads` for the block statistics.
         pub q_heads: u32,
+        /// Key/value heads (`Hkv`).
         pub kv_heads: u32,
         /// Tokens (`T`); for `moba_gate` also the number of query tokens.
         pub seq: u32,
+        /// Head dim (`D`).
         pub dim: u32,
+        /// Tokens per block; 1 for `quest_scores`, which reads statistics only.
         pub block_size: u32,
         /// `ceil(seq / block_size)`.
         pub nb: u32,
+        /// Padding to 16 bytes; always 0.
         pub _pad0: u32,
+        /// Padding to 16 bytes; always 0.
         pub _pad1: u32,
     }
 }
@@ -121,15 +138,19 @@ gpu_params! {
     /// `select` family: forced top-k block selection of Quest (one row per query head) and MoBA
     /// (one row per query head and token).
     pub struct SelectParams {
+        /// Selection rows: `Hq` (Quest) or `Hq * T` (MoBA).
         pub rows: u32,
+        /// Blocks per row (`NB`).
         pub nb: u32,
         /// Query tokens per head (1 for Quest decode); row `r` is head `r / seq`, token `r % seq`.
         pub seq: u32,
+        /// Tokens per block.
         pub block_size: u32,
         /// Budget in blocks, forced ones included.
         pub n_blocks: u32,
         /// 1 = block 0 is always kept.
         pub force_first: u32,
+        /// Local blocks forced: the current block and the `n_local - 1` before it.
         pub n_local: u32,
         /// Output row width (`n_sel` for Quest, `W` for MoBA).
         pub width: u32,
@@ -138,7 +159,9 @@ gpu_params! {
         pub mode: u32,
         /// 0 = by score, 1 = by `random_key(seed, row, block)`.
         pub selector: u32,
+        /// Seed of the random selector; 0 for the score selector.
         pub seed: u32,
+        /// Padding to 16 bytes; always 0.
         pub _pad0: u32,
     }
 }
@@ -146,10 +169,15 @@ gpu_params! {
 gpu_params! {
     /// `attention` family: dense, index-set (decode) and block-sparse (MoBA prefill) attention.
     pub struct AttentionParams {
+        /// Query heads (`Hq`); a multiple of `kv_heads`.
         pub q_heads: u32,
+        /// Key/value heads (`Hkv`).
         pub kv_heads: u32,
+        /// Query tokens per head (`Tq`); 1 for decode.
         pub q_len: u32,
+        /// Key/value tokens per head (`Tk`).
         pub kv_len: u32,
+        /// Head dim (`D`).
         pub dim: u32,
         /// 1 = causal, bottom-right aligned.
         pub causal: u32,
@@ -163,6 +191,7 @@ gpu_params! {
         pub block_size: u32,
         /// Splits of the key range merged by log-sum-exp (flash-decoding); 1 = no split.
         pub splits: u32,
+        /// Padding to 16 bytes; always 0.
         pub _pad0: u32,
     }
 }
@@ -170,11 +199,17 @@ gpu_params! {
 gpu_params! {
     /// `snapkv` family: window scoring, pooling, group combination and the kept set.
     pub struct SnapKvParams {
+        /// Query heads (`Hq`); a multiple of `kv_heads`.
         pub q_heads: u32,
+        /// Key heads (`Hkv`).
         pub kv_heads: u32,
+        /// Prompt tokens (`T`).
         pub seq: u32,
+        /// Head dim (`D`).
         pub dim: u32,
+        /// Observation window `w`: the last `w` prompt queries.
         pub window: u32,
+        /// Tokens kept per output head, the window included.
         pub capacity: u32,
         /// Odd pooling kernel size.
         pub kernel: u32,
@@ -190,8 +225,11 @@ gpu_params! {
         pub n_keep: u32,
         /// 0 = by score, 1 = by `random_key(seed, out_head, token)`.
         pub selector: u32,
+        /// Seed of the random selector; 0 for the score selector.
         pub seed: u32,
+        /// Softmax scale of the window scores (1/sqrt(D) by default).
         pub scale: f32,
+        /// Padding to 16 bytes; always 0.
         pub _pad0: u32,
     }
 }
@@ -199,9 +237,13 @@ gpu_params! {
 gpu_params! {
     /// `hit_rate` family.
     pub struct HitRateParams {
+        /// Decode steps (`S`).
         pub steps: u32,
+        /// Heads (`H`).
         pub heads: u32,
+        /// Candidates per head and step (`N`).
         pub n: u32,
+        /// Tokens per candidate: maps a gold position to candidate `gold / block_size`.
         pub block_size: u32,
     }
 }

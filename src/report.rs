@@ -21,18 +21,27 @@ use std::time::Duration;
 /// A report configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preset {
+    /// Name on the command line and in the output: `paper`, `long`, `quick`.
     pub name: &'static str,
+    /// Query heads (`Hq`) of the layer timed; a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key/value heads (`Hkv`).
     pub kv_heads: usize,
+    /// Head dim (`D`).
     pub dim: usize,
+    /// Storage dtype of q, k, v and the outputs.
     pub dtype: DType,
+    /// Context lengths (tokens) measured, one block of rows each.
     pub contexts: Vec<usize>,
     /// Prefill rows only for contexts up to this length (dense causal prefill is quadratic).
     pub prefill_max: usize,
+    /// Tokens per block of Quest and MoBA.
     pub block_size: usize,
     /// Budgets as fractions `1/n` of the context.
     pub budget_denominators: Vec<usize>,
+    /// SnapKV observation window (tokens).
     pub snapkv_window: usize,
+    /// Timed runs per row (after one warm-up); slow rows use fewer, at least three.
     pub repeats: usize,
     /// Bytes of the copy used to measure bandwidth.
     pub copy_bytes: usize,
@@ -106,24 +115,49 @@ impl Preset {
 /// Whether a row is bound by bytes (decode, scans, scoring) or by FLOPs (prefill).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bound {
+    /// Limited by memory traffic: the rate is GB/s, the ceiling the copy bandwidth.
     Bytes,
+    /// Limited by arithmetic: the rate is TFLOP/s, the ceiling dense attention's FLOP rate.
     Flops,
 }
 
 /// One measured row.
+///
+/// ```
+/// use kvsparse::report::{Bound, Row};
+/// use std::time::Duration;
+/// let row = Row {
+///     phase: "decode", method: "quest", backbone: "attention", context: 4096,
+///     budget: "1/8".into(), median: Duration::from_millis(1), min: Duration::from_millis(1),
+///     flops: 2_000_000_000, bytes: 500_000_000, bound: Bound::Bytes,
+///     speedup: 6.5, ideal_speedup: 7.8, of_ceiling: 0.6,
+/// };
+/// assert!((row.gbps() - 500.0).abs() < 1e-9); // 5e8 bytes in 1 ms
+/// assert!((row.tflops() - 2.0).abs() < 1e-9);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
+    /// `decode`, `prefill`, `compress` (SnapKV, once per prompt) or `kernel` (one op alone).
     pub phase: &'static str,
+    /// `dense`, `quest`, `random`, `snapkv`, `moba`, or for kernel rows the op's name
+    /// (`topk`, `decay_scan`, `quest_scores`).
     pub method: &'static str,
     /// `attention` (plain K/V) or `ratplus` (decaying memory).
     pub backbone: &'static str,
+    /// Context length (tokens); for the `topk` kernel rows, the score row length `n`.
     pub context: usize,
     /// `dense`, `1/4`, ...
     pub budget: String,
+    /// Median of the timed runs.
     pub median: Duration,
+    /// Fastest of the timed runs.
     pub min: Duration,
+    /// FLOPs of one run ([`Cost::flops`]), the RAT+ step or scan included on that backbone.
     pub flops: u64,
+    /// Minimal bytes of one run ([`Cost::bytes`]), the RAT+ step or scan included on that
+    /// backbone.
     pub bytes: u64,
+    /// Which ceiling the row is measured against.
     pub bound: Bound,
     /// Speedup over the dense row of the same phase, backbone and context.
     pub speedup: f64,
@@ -145,15 +179,36 @@ impl Row {
     }
 }
 
-/// A finished report.
+/// A finished report: what [`run`] returns; print it with [`Report::table`], save it with
+/// [`Report::json`] or [`Report::svg`].
+///
+/// ```
+/// use kvsparse::report::{Preset, Report};
+/// let report = Report {
+///     preset: Preset::quick(),
+///     backend: "cpu",
+///     device: "host".into(),
+///     timer: "host-clock",
+///     copy_bandwidth: 1e10,
+///     rows: Vec::new(), // filled by `run`
+/// };
+/// assert!(report.table().contains("10.0 GB/s"));
+/// assert!(report.json().contains("\"preset\": \"quick\""));
+/// assert!(report.svg().starts_with("<svg"));
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
+    /// The configuration that was run.
     pub preset: Preset,
+    /// Backend name ([`Backend::name`]): `cpu`, `wgpu` or `cuda`.
     pub backend: &'static str,
+    /// Device description ([`Backend::device_name`]).
     pub device: String,
+    /// How rows were timed ([`Backend::timer_kind`]), e.g. `host-clock`.
     pub timer: &'static str,
     /// Measured device copy bandwidth, bytes read + written per second.
     pub copy_bandwidth: f64,
+    /// Every measured row (see [`Row::phase`] for the kinds).
     pub rows: Vec<Row>,
 }
 

@@ -49,16 +49,23 @@ impl Budget {
 /// The attention shape a method runs on: `q[Hq, ., D]`, `k`, `v` `[Hkv, T, D]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key/value heads (`Hkv`).
     pub kv_heads: usize,
+    /// Context length (`T`): tokens in the cache (decode) or in the prompt (prefill).
     pub seq: usize,
+    /// Head dim (`D`).
     pub dim: usize,
+    /// Storage dtype of `q`, `k`, `v` and the outputs: a float type.
     pub dtype: DType,
 }
 
 /// Outputs of a decode step: `out[Hq, D]` and `lse[Hq]`.
 pub struct Decoded<B: Backend> {
+    /// Attention output, storage dtype: `[Hq, D]` (decode) or `[Hq, T, D]` (prefill).
     pub out: B::Buffer,
+    /// Natural-log softmax normalizer, f32: `[Hq]` (decode) or `[Hq, T]` (prefill).
     pub lse: B::Buffer,
 }
 
@@ -106,10 +113,15 @@ impl Dense {
 /// and local blocks, per query head.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quest {
+    /// Tokens per block (64 in the paper, 16 in the official Quest kernels).
     pub block_size: usize,
+    /// Blocks attended per query head, forced ones included.
     pub budget: Budget,
+    /// Whether block 0 is always kept.
     pub force_first: bool,
+    /// Local blocks always kept: the query's block and the `n_local - 1` before it.
     pub n_local: usize,
+    /// Candidates compete by the min/max bound or by a random key ([`Random::quest`]).
     pub selector: Selector,
 }
 
@@ -171,10 +183,16 @@ impl Quest {
 /// MoBA prefill (SPEC §3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Moba {
+    /// Tokens per block (64 in the paper).
     pub block_size: usize,
+    /// Blocks attended per query token and head, forced ones included.
     pub budget: Budget,
+    /// Whether block 0 is always kept (the paper: yes; official MoBA: no).
     pub force_first: bool,
+    /// Local blocks always kept: the token's own block and the `n_local - 1` before it; at
+    /// least 1.
     pub n_local: usize,
+    /// Past blocks compete by the mean-key gate or by a random key ([`Random::moba`]).
     pub selector: Selector,
 }
 
@@ -222,10 +240,15 @@ impl Moba {
 pub struct SnapKv {
     /// Tokens kept in total (window included): a fraction of the prompt or a count.
     pub capacity: Budget,
+    /// Observation window: the last `window` prompt queries (64 in the paper); always kept.
     pub window: usize,
+    /// Odd pooling kernel size (5 by default).
     pub kernel: usize,
+    /// Pooling of the window scores along the key axis.
     pub pooling: Pooling,
+    /// One kept set per kv head (group mean) or per query head.
     pub gqa: GqaMode,
+    /// Prefix tokens compete by pooled score or by a random key ([`Random::snapkv`]).
     pub selector: Selector,
 }
 
@@ -289,6 +312,7 @@ impl SnapKv {
 /// random by the seeded PCG key (SPEC §8). Vary `seed` per layer and step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Random {
+    /// Seed of `random_key(seed, row, i)`, e.g. `base ^ (layer << 16) ^ step`.
     pub seed: u32,
 }
 

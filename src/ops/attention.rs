@@ -23,17 +23,30 @@ use crate::{DType, Error, Result};
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionDense {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key/value heads (`Hkv`); at least 1.
     pub kv_heads: usize,
+    /// Query tokens per head (`Tq`); at least 1, at most `kv_len` when `causal`.
     pub q_len: usize,
+    /// Key/value tokens per head (`Tk`); at least 1.
     pub kv_len: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
+    /// Causal mask, bottom-right aligned (query `i` sees keys `j <= Tk - Tq + i`).
     pub causal: bool,
+    /// Softmax scale; finite and positive (usually [`default_scale`](crate::ops::default_scale)).
     pub scale: f32,
+    /// Storage dtype of `q`, `k`, `v`, `out`: a float type.
     pub dtype: DType,
 }
 
 impl AttentionDense {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `q_heads`, `kv_heads` at least 1 and `q_heads` a multiple of
+    /// `kv_heads`; `q_len`, `kv_len`, `dim` at least 1; `scale` finite and positive; `dtype` a
+    /// float type; `q_len <= kv_len` when `causal`; `q` and `k` sizes within
+    /// [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         q_heads: usize,
@@ -49,6 +62,7 @@ impl AttentionDense {
         op.validate()?;
         Ok(op)
     }
+    /// Fills the kernel parameter block of the `attention` family (no index list, no split).
     pub fn params(&self) -> AttentionParams {
         AttentionParams {
             q_heads: self.q_heads as u32,
@@ -131,21 +145,65 @@ impl Op for AttentionDense {
 /// `out[Hq, D]` (storage dtype) and `lse[Hq]` (f32); an all-padding row gives `out = 0`,
 /// `lse = -inf`. GPU kernels treat any entry outside `0..T` as padding (they never read out of
 /// bounds); the CPU backend rejects such entries with an error.
+///
+/// | buffer | shape         | dtype   | role |
+/// |--------|---------------|---------|------|
+/// | `q`    | `[Hq, D]`     | storage | input: one query per head |
+/// | `k`    | `[Hkv, T, D]` | storage | input |
+/// | `v`    | `[Hkv, T, D]` | storage | input |
+/// | `idx`  | `[Hi, n]`     | i32     | input: token ids or `-1` |
+/// | `out`  | `[Hq, D]`     | storage | output |
+/// | `lse`  | `[Hq]`        | f32     | output: natural-log sum of `exp(scale * q.k)` |
+///
+/// Cost: `4·Hq·n·D` FLOPs; bytes = the K and V rows listed (`2·Hi·n·D` elements), `q`, `out`,
+/// `idx` and `lse`. Reference: `kvsparse_reference::attention_sparse` (SPEC §7.2).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] from [`AttentionSparse::new`] (and, on the CPU backend,
+/// for an `idx` entry outside `-1..T`); [`crate::Error::Buffer`] when a buffer's length or
+/// dtype does not match the table.
+///
+/// ```
+/// use kvsparse::{ops::AttentionSparse, Backend, Cpu, DType, HostData};
+/// let cpu = Cpu::new();
+/// // 1 head, 3 tokens, D = 1; attend to token 2 only (the rest is padding).
+/// let op = AttentionSparse::new(1, 1, 3, 1, 1, 2, 1.0, DType::F32)?;
+/// let q = cpu.upload(&HostData::F32(vec![1.0]))?;
+/// let k = cpu.upload(&HostData::F32(vec![0.0, 0.0, 0.0]))?;
+/// let v = cpu.upload(&HostData::F32(vec![1.0, 2.0, 3.0]))?;
+/// let idx = cpu.upload(&HostData::I32(vec![2, -1]))?;
+/// let (mut out, mut lse) = (cpu.alloc(DType::F32, 1)?, cpu.alloc(DType::F32, 1)?);
+/// cpu.attention_sparse(&op, &q, &k, &v, &idx, &mut out, &mut lse)?;
+/// assert_eq!(cpu.download(&out)?, HostData::F32(vec![3.0]));
+/// assert_eq!(cpu.download(&lse)?, HostData::F32(vec![0.0])); // log(exp(0))
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionSparse {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key/value heads (`Hkv`); at least 1.
     pub kv_heads: usize,
+    /// Tokens in the cache (`T`); at least 1. Valid `idx` entries are `0..T`.
     pub seq: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
     /// Rows of `idx`: `q_heads` or `kv_heads`.
     pub idx_heads: usize,
     /// Entries per row of `idx`.
     pub n_idx: usize,
+    /// Softmax scale; finite and positive (usually [`default_scale`](crate::ops::default_scale)).
     pub scale: f32,
+    /// Storage dtype of `q`, `k`, `v`, `out`: a float type.
     pub dtype: DType,
 }
 
 impl AttentionSparse {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `q_heads`, `kv_heads` at least 1 and `q_heads` a multiple of
+    /// `kv_heads`; `seq`, `dim`, `n_idx` at least 1; `scale` finite and positive; `dtype` a float
+    /// type; `idx_heads` equal to `q_heads` or `kv_heads`; `idx` and `k` sizes within
+    /// [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         q_heads: usize,
@@ -161,6 +219,7 @@ impl AttentionSparse {
         op.validate()?;
         Ok(op)
     }
+    /// Fills the kernel parameter block of the `attention` family (`q_len = 1`, token indices).
     pub fn params(&self) -> AttentionParams {
         AttentionParams {
             q_heads: self.q_heads as u32,

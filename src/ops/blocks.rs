@@ -7,10 +7,15 @@ use crate::{DType, Result};
 /// Keys `k[H, T, D]` cut into `NB = ceil(T / block_size)` blocks; only the last may be partial.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockShape {
+    /// Key heads (`H`, the kv heads); at least 1.
     pub heads: usize,
+    /// Tokens (`T`); at least 1.
     pub seq: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
+    /// Tokens per block; at least 1.
     pub block_size: usize,
+    /// Storage dtype of the keys and of the statistics: a float type.
     pub dtype: DType,
 }
 
@@ -27,6 +32,7 @@ impl BlockShape {
         float_dtype(op, self.dtype)?;
         fits(op, "heads * seq * dim", &[self.heads, self.seq, self.dim]).map(drop)
     }
+    /// Fills the kernel parameter block of the `blocks` family (`q_heads = kv_heads = heads`).
     pub fn params(&self) -> BlockParams {
         BlockParams {
             q_heads: self.heads as u32,
@@ -64,10 +70,14 @@ impl BlockShape {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockMinmax {
+    /// Keys `[H, T, D]` and their block size.
     pub shape: BlockShape,
 }
 
 impl BlockMinmax {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `heads`, `seq`, `dim`, `block_size` at least 1; `dtype` a float type;
+    /// `heads * seq * dim` within [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     pub fn new(shape: BlockShape) -> Result<Self> {
         let op = BlockMinmax { shape };
         op.validate()?;
@@ -98,13 +108,41 @@ impl Op for BlockMinmax {
 }
 
 /// Per block and channel, the mean of the block's valid tokens: `kmean[H, NB, D]` in the
-/// storage dtype (MoBA's block representative).
+/// storage dtype (MoBA's block representative). A partial last block averages only its own
+/// tokens.
+///
+/// | buffer  | shape        | dtype   | role |
+/// |---------|--------------|---------|------|
+/// | `k`     | `[H, T, D]`  | storage | input |
+/// | `kmean` | `[H, NB, D]` | storage | output, `NB = ceil(T / block_size)` |
+///
+/// Cost: `H·T·D` FLOPs, `(H·T·D + H·NB·D)` elements moved. Reference:
+/// `kvsparse_reference::block_mean` (SPEC §3.1).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] from [`BlockMean::new`]; [`crate::Error::Buffer`] when a
+/// buffer's length or dtype does not match the table.
+///
+/// ```
+/// use kvsparse::{ops::{BlockMean, BlockShape}, Backend, Cpu, DType, HostData};
+/// let cpu = Cpu::new();
+/// let op = BlockMean::new(BlockShape { heads: 1, seq: 3, dim: 1, block_size: 2, dtype: DType::F32 })?;
+/// let k = cpu.upload(&HostData::F32(vec![1.0, 3.0, 5.0]))?;
+/// let mut kmean = cpu.alloc(DType::F32, 2)?;
+/// cpu.block_mean(&op, &k, &mut kmean)?;
+/// assert_eq!(cpu.download(&kmean)?, HostData::F32(vec![2.0, 5.0]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockMean {
+    /// Keys `[H, T, D]` and their block size.
     pub shape: BlockShape,
 }
 
 impl BlockMean {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `heads`, `seq`, `dim`, `block_size` at least 1; `dtype` a float type;
+    /// `heads * seq * dim` within [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     pub fn new(shape: BlockShape) -> Result<Self> {
         let op = BlockMean { shape };
         op.validate()?;
@@ -134,21 +172,60 @@ impl Op for BlockMean {
 
 /// Quest's upper bound of `q . k_t` over a block: `scores[Hq, NB] = sum_d max(q*kmax, q*kmin)`
 /// for `q[Hq, D]` and `kmin`, `kmax` `[Hkv, NB, D]` (storage dtype); scores in f32, unscaled.
+/// Query head `h` reads the statistics of kv head `h / (Hq / Hkv)`.
+///
+/// | buffer   | shape          | dtype   | role |
+/// |----------|----------------|---------|------|
+/// | `q`      | `[Hq, D]`      | storage | input: the decode query |
+/// | `kmin`   | `[Hkv, NB, D]` | storage | input, as [`BlockMinmax`] writes it |
+/// | `kmax`   | `[Hkv, NB, D]` | storage | input, as [`BlockMinmax`] writes it |
+/// | `scores` | `[Hq, NB]`     | f32     | output |
+///
+/// Cost: `4·Hq·NB·D` FLOPs; bytes = the statistics once, `q`, and the scores. Reference:
+/// `kvsparse_reference::quest_scores` (SPEC §2.2).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] from [`QuestScores::new`]; [`crate::Error::Buffer`] when
+/// a buffer's length or dtype does not match the table.
+///
+/// ```
+/// use kvsparse::{ops::QuestScores, Backend, Cpu, DType, HostData};
+/// let cpu = Cpu::new();
+/// let op = QuestScores::new(1, 1, 2, 2, DType::F32)?;
+/// let q = cpu.upload(&HostData::F32(vec![1.0, -1.0]))?;
+/// let kmin = cpu.upload(&HostData::F32(vec![0.0, -2.0, /* block 1: */ 1.0, 1.0]))?;
+/// let kmax = cpu.upload(&HostData::F32(vec![3.0, 0.0, /* block 1: */ 2.0, 4.0]))?;
+/// let mut scores = cpu.alloc(DType::F32, 2)?;
+/// cpu.quest_scores(&op, &q, &kmin, &kmax, &mut scores)?;
+/// // block 0: max(3, 0) + max(0, 2) = 5; block 1: max(2, 1) + max(-4, -1) = 1
+/// assert_eq!(cpu.download(&scores)?, HostData::F32(vec![5.0, 1.0]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuestScores {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key heads (`Hkv`) of the statistics; at least 1.
     pub kv_heads: usize,
+    /// Blocks (`NB`); at least 1.
     pub nb: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
+    /// Storage dtype of `q`, `kmin`, `kmax`: a float type.
     pub dtype: DType,
 }
 
 impl QuestScores {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `q_heads`, `kv_heads` at least 1 and `q_heads` a multiple of
+    /// `kv_heads`; `nb`, `dim` at least 1; `dtype` a float type; `q_heads * nb * dim` within
+    /// [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     pub fn new(q_heads: usize, kv_heads: usize, nb: usize, dim: usize, dtype: DType) -> Result<Self> {
         let op = QuestScores { q_heads, kv_heads, nb, dim, dtype };
         op.validate()?;
         Ok(op)
     }
+    /// Fills the kernel parameter block of the `blocks` family (`seq = block_size = 1`).
     pub fn params(&self) -> BlockParams {
         BlockParams {
             q_heads: self.q_heads as u32,

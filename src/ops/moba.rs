@@ -19,20 +19,71 @@ use crate::{DType, Error, Result};
 /// [`MobaPrefill::without_ranking`], the ranking `[Hq, T, NB]`: `gate` (f32, every block
 /// including future ones) or `keys` (u32). The ranking grows as `T^2 / block_size` (2 GiB of
 /// f32 at 32K tokens, 32 heads, block 64): an engine leaves it out.
+///
+/// | buffer     | shape          | dtype   | role |
+/// |------------|----------------|---------|------|
+/// | `q`        | `[Hq, T, D]`   | storage | input |
+/// | `k`        | `[Hkv, T, D]`  | storage | input |
+/// | `v`        | `[Hkv, T, D]`  | storage | input |
+/// | `out`      | `[Hq, T, D]`   | storage | output |
+/// | `lse`      | `[Hq, T]`      | f32     | output |
+/// | `selected` | `[Hq, T, W]`   | i32     | output: ascending block ids, `-1` padded |
+/// | `gate` / `keys` | `[Hq, T, NB]` | f32 / u32 | output, only with [`MobaPrefill::ranking`] |
+///
+/// Cost: `4·D` FLOPs per attended key-query pair ([`MobaPrefill::pairs_bound`]) plus
+/// `2·Hq·T·NB·D` for the gate; bytes of `q`, `k`, `v`, `out` and `lse`. Reference:
+/// `kvsparse_reference::moba_prefill` (SPEC §3.3, §3.4).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] from [`MobaPrefill::new`], or naming `buffers` when
+/// `ranking` is passed to [`crate::Backend::moba_prefill`] for an op built
+/// [`MobaPrefill::without_ranking`] (or left out for one with the ranking);
+/// [`crate::Error::Buffer`] when a buffer's length or dtype does not match the table.
+///
+/// ```
+/// use kvsparse::{ops::{MobaPrefill, SelectConfig, Selector}, Backend, Cpu, DType, HostData};
+/// let cpu = Cpu::new();
+/// // Budget 1 block: each token attends causally within its own block (official MoBA routing).
+/// let cfg = SelectConfig { block_size: 2, n_blocks: 1, force_first: false, n_local: 1, selector: Selector::Score };
+/// let op = MobaPrefill::new(1, 1, 4, 1, cfg, 1.0, DType::F32)?.without_ranking();
+/// let q = cpu.upload(&HostData::F32(vec![0.0; 4]))?;
+/// let k = cpu.upload(&HostData::F32(vec![0.0; 4]))?;
+/// let v = cpu.upload(&HostData::F32(vec![1.0, 3.0, 5.0, 7.0]))?;
+/// let (mut out, mut lse) = (cpu.alloc(DType::F32, 4)?, cpu.alloc(DType::F32, 4)?);
+/// let mut sel = cpu.alloc(DType::I32, 4 * op.width())?;
+/// cpu.moba_prefill(&op, &q, &k, &v, &mut out, &mut lse, &mut sel, None)?;
+/// assert_eq!(cpu.download(&sel)?, HostData::I32(vec![0, 0, 1, 1]));
+/// assert_eq!(cpu.download(&out)?, HostData::F32(vec![1.0, 2.0, 5.0, 6.0]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct MobaPrefill {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key/value heads (`Hkv`); at least 1.
     pub kv_heads: usize,
+    /// Prompt tokens (`T`), queries and keys alike; at least 1.
     pub seq: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
+    /// Block size, budget in blocks (forced ones included), forced blocks and selector;
+    /// `n_local >= 1`.
     pub select: SelectConfig,
+    /// Softmax scale of the attention (not of the gate); finite and positive.
     pub scale: f32,
+    /// Storage dtype of `q`, `k`, `v`, `out`: a float type.
     pub dtype: DType,
     /// Whether the ranking (gate or keys) is an output.
     pub ranking: bool,
 }
 
 impl MobaPrefill {
+    /// Validates and builds the problem, with the ranking output; errors:
+    /// [`crate::Error::InvalidArgument`] naming the argument. Checks: `q_heads`, `kv_heads` at
+    /// least 1 and `q_heads` a multiple of `kv_heads`; `seq`, `dim`, `block_size`, `n_blocks`,
+    /// `n_local` at least 1; `n_local` at most `u32::MAX / 2`; `scale` finite and positive;
+    /// `dtype` a float type; `q_heads * seq * dim` and `q_heads * seq * NB` within
+    /// [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         q_heads: usize,

@@ -34,7 +34,9 @@ use crate::{DType, DeviceBuffer, Error, Result};
 /// at least (every input read once, every output written once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cost {
+    /// Floating-point operations; a multiply-add counts 2.
     pub flops: u64,
+    /// Bytes read plus bytes written, each input and output counted once.
     pub bytes: u64,
 }
 
@@ -49,9 +51,13 @@ impl std::ops::Add for Cost {
 /// type and length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BufferSpec {
+    /// Argument name of the backend method, e.g. `"q"`, `"kmin"`, `"selected"`.
     pub name: &'static str,
+    /// Element type the buffer must have.
     pub dtype: DType,
+    /// Element count (not bytes) the buffer must have.
     pub len: usize,
+    /// `true` for a buffer the op writes, `false` for one it reads.
     pub output: bool,
 }
 

@@ -59,6 +59,16 @@ pub(crate) fn select_params(
     }
 }
 
+/// Where Quest's block statistics come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuestStats {
+    /// Computed from `k` inside the call.
+    #[default]
+    Compute,
+    /// Passed in (`kmin`, `kmax` inputs after `v`).
+    Cached,
+}
+
 /// Quest decode of the query of token `T-1` (`q[Hq, D]`) over `k`, `v` `[Hkv, T, D]`, which
 /// already hold token `T-1`.
 ///
@@ -76,6 +86,16 @@ pub(crate) fn select_params(
 /// dtype), `lse[Hq]` (f32), and the ranking `[Hq, NB]`: `scores` (f32) for the score
 /// selector or `keys` (u32) for the random one.
 ///
+/// Cost: the statistics (or all of `k` when computed), `q`, and the K and V of the selected
+/// blocks; see the [`Op::cost`] impl for the GQA count. Reference:
+/// `kvsparse_reference::quest_decode` (SPEC §2.3, §2.4).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] from [`QuestDecode::new`], or naming `buffers` when
+/// `stats` is passed to [`crate::Backend::quest_decode`] for an op built without
+/// [`QuestDecode::with_cached_stats`] (or left out for one built with it);
+/// [`crate::Error::Buffer`] when a buffer's length or dtype does not match.
+///
 /// ```
 /// use kvsparse::{ops::{QuestDecode, SelectConfig, Selector}, Backend, Cpu, DType, HostData};
 /// let cpu = Cpu::new();
@@ -91,29 +111,33 @@ pub(crate) fn select_params(
 /// assert_eq!(cpu.download(&out)?, HostData::F32(vec![2.0]));
 /// # Ok::<(), kvsparse::Error>(())
 /// ```
-/// Where Quest's block statistics come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum QuestStats {
-    /// Computed from `k` inside the call.
-    #[default]
-    Compute,
-    /// Passed in (`kmin`, `kmax` inputs after `v`).
-    Cached,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuestDecode {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key/value heads (`Hkv`); at least 1.
     pub kv_heads: usize,
+    /// Tokens in the cache (`T`), the current one included; at least 1.
     pub seq: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
+    /// Block size, budget in blocks (forced ones included), forced blocks and selector.
     pub select: SelectConfig,
+    /// Softmax scale of the attention (scores are unscaled); finite and positive.
     pub scale: f32,
+    /// Storage dtype of `q`, `k`, `v`, `out` and the statistics: a float type.
     pub dtype: DType,
+    /// Whether the block statistics are computed in the call or passed in.
     pub stats: QuestStats,
 }
 
 impl QuestDecode {
+    /// Validates and builds the problem, statistics computed in the call; errors:
+    /// [`crate::Error::InvalidArgument`] naming the argument. Checks: `q_heads`, `kv_heads` at
+    /// least 1 and `q_heads` a multiple of `kv_heads`; `seq`, `dim`, `block_size`, `n_blocks` at
+    /// least 1; `n_local` at most `u32::MAX / 2`; `scale` finite and positive; `dtype` a float
+    /// type; `kv_heads * seq * dim` and `q_heads * NB` within
+    /// [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         q_heads: usize,

@@ -13,9 +13,13 @@ pub struct SnapKvSettings {
     pub window: usize,
     /// Odd 1-D pooling kernel.
     pub kernel: usize,
+    /// How the window scores are pooled along the key axis (avg counts the zero padding).
     pub pooling: Pooling,
+    /// One kept set per kv head ([`GqaMode::Mean`]) or per query head ([`GqaMode::PerHead`]).
     pub gqa: GqaMode,
+    /// Prefix tokens compete by pooled score, or by `random_key(seed, out_head, token)`.
     pub selector: Selector,
+    /// Softmax scale of the window attention; finite and positive (usually 1/sqrt(D)).
     pub scale: f32,
 }
 
@@ -27,17 +31,62 @@ pub struct SnapKvSettings {
 /// Outputs, in order: `kept[Hs, min(T, capacity)]` (i32, ascending) and, only when
 /// `T > capacity`, the ranking `[Hs, T - w]`: `scores` (f32) or `keys` (u32);
 /// `Hs = Hkv` for [`GqaMode::Mean`], `Hq` for [`GqaMode::PerHead`].
+///
+/// | buffer              | shape                 | dtype     | role |
+/// |---------------------|-----------------------|-----------|------|
+/// | `q_obs`             | `[Hq, min(w, T), D]`  | storage   | input: post-RoPE window queries |
+/// | `k`                 | `[Hkv, T, D]`         | storage   | input: post-RoPE keys |
+/// | `kept`              | `[Hs, min(T, capacity)]` | i32    | output: ascending token ids |
+/// | `scores` / `keys`   | `[Hs, T - w]`         | f32 / u32 | output, only when `T > capacity` |
+///
+/// Cost: `4·Hq·min(w, T)·T·D` FLOPs when it compresses (0 otherwise); bytes of `k`, `q_obs` and
+/// `kept`. Reference: `kvsparse_reference::snapkv_compress` (SPEC §4).
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] from [`SnapKvCompress::new`], or naming `buffers` when
+/// the ranking is passed to [`crate::Backend::snapkv_compress`] with `T <= capacity` (or left
+/// out with `T > capacity`); [`crate::Error::Buffer`] when a buffer's length or dtype does not
+/// match the table.
+///
+/// ```
+/// use kvsparse::ops::{GqaMode, Pooling, Selector, SnapKvCompress, SnapKvSettings};
+/// use kvsparse::{Backend, Cpu, DType, HostData};
+/// let cpu = Cpu::new();
+/// let settings = SnapKvSettings {
+///     capacity: 3, window: 1, kernel: 1, pooling: Pooling::Avg,
+///     gqa: GqaMode::Mean, selector: Selector::Score, scale: 1.0,
+/// };
+/// let op = SnapKvCompress::new(1, 1, 4, 1, settings, DType::F32)?;
+/// let q_obs = cpu.upload(&HostData::F32(vec![1.0]))?; // the query of token 3
+/// let k = cpu.upload(&HostData::F32(vec![0.0, 5.0, 0.0, 0.0]))?;
+/// let (mut kept, mut scores) = (cpu.alloc(DType::I32, 3)?, cpu.alloc(DType::F32, 3)?);
+/// cpu.snapkv_compress(&op, &q_obs, &k, &mut kept, Some(&mut scores))?;
+/// // Token 1 wins, token 0 beats token 2 on the tie (lower index), token 3 is the window.
+/// assert_eq!(cpu.download(&kept)?, HostData::I32(vec![0, 1, 3]));
+/// # Ok::<(), kvsparse::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapKvCompress {
+    /// Query heads (`Hq`); a multiple of `kv_heads`.
     pub q_heads: usize,
+    /// Key heads (`Hkv`); at least 1.
     pub kv_heads: usize,
+    /// Prompt tokens (`T`); at least 1.
     pub seq: usize,
+    /// Head dim (`D`); at least 1.
     pub dim: usize,
+    /// Capacity, window, pooling, GQA mode, selector and scale.
     pub settings: SnapKvSettings,
+    /// Storage dtype of `q_obs` and `k`: a float type.
     pub dtype: DType,
 }
 
 impl SnapKvCompress {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `q_heads`, `kv_heads` at least 1 and `q_heads` a multiple of
+    /// `kv_heads`; `seq`, `dim`, `window` at least 1; `scale` finite and positive; `dtype` a
+    /// float type; `capacity > window`; `kernel` odd; `q_heads * seq * dim` and
+    /// `kv_heads * seq * dim` within [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     pub fn new(
         q_heads: usize,
         kv_heads: usize,
@@ -69,6 +118,7 @@ impl SnapKvCompress {
     pub fn obs_len(&self) -> usize {
         self.settings.window.min(self.seq)
     }
+    /// Fills the kernel parameter block of the `snapkv` family.
     pub fn params(&self) -> SnapKvParams {
         let s = &self.settings;
         let (selector, seed) = match s.selector {

@@ -20,12 +20,18 @@ use crate::{DType, Result};
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopK {
+    /// Score rows (`R`); at least 1.
     pub rows: usize,
+    /// Scores per row (`N`); at least 1.
     pub n: usize,
+    /// Indices wanted per row; at least 1, clipped to `n` (see [`TopK::out_k`]).
     pub k: usize,
 }
 
 impl TopK {
+    /// Validates and builds the problem; errors: [`crate::Error::InvalidArgument`] naming the
+    /// argument. Checks: `rows`, `n`, `k` at least 1; `rows * n` within
+    /// [`MAX_ELEMENTS`](crate::ops::MAX_ELEMENTS).
     pub fn new(rows: usize, n: usize, k: usize) -> Result<Self> {
         let op = TopK { rows, n, k };
         op.validate()?;
@@ -35,6 +41,7 @@ impl TopK {
     pub fn out_k(&self) -> usize {
         self.k.min(self.n)
     }
+    /// Fills the kernel parameter block of the `topk` family.
     pub fn params(&self) -> TopkParams {
         TopkParams { rows: self.rows as u32, n: self.n as u32, k: self.k as u32, out_k: self.out_k() as u32 }
     }
