@@ -78,3 +78,13 @@ fn sincos(x: f32) -> vec2<f32> {
         default: { return vec2<f32>(-c, s); }
     }
 }
+
+// Four bf16 elements packed in two words (element 4j in the low half of x).
+fn bf16x4(w: vec2<u32>) -> vec4<f32> {
+    return vec4<f32>(
+        bitcast<f32>(w.x << 16u),
+        bitcast<f32>(w.x & 0xffff0000u),
+        bitcast<f32>(w.y << 16u),
+        bitcast<f32>(w.y & 0xffff0000u),
+    );
+}

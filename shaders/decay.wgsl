@@ -13,17 +13,29 @@
 // ratplus_step: one invocation per (h, i < D/2). Bindings: 1 k, 2 v, 3 g f32, 4 hk f32, 5 hv f32,
 //               6 hk_new f32, 7 hv_new f32, 8 k_rope (all [H,D]).
 //
-// The scan is sequential in T per lane (bandwidth-bound, coalesced across lanes); a chunked
-// parallel scan for few lanes and long T is future work.
+// decay_scan and ratplus_kv walk T sequentially per lane (coalesced across lanes): enough when
+// T fits one chunk. Longer scans run chunked, so that every (chunk, lane) is an invocation:
+//   *_chunks: per chunk of SCAN_L tokens and lane, the chunk's gate product A = prod g and its
+//             scan from zero B; the recurrence over a chunk is h_out = A * h_in + B;
+//   *_carry:  per lane, sequentially over the chunks (summaries only): carry-in of each chunk;
+//   *_final:  per chunk and lane, the chunk's scan again from its carry-in, writing the outputs
+//             (and, for ratplus_kv, RoPE of k~ fused into the write; g read once for k and v).
+// The f32 summaries live in `sums` (sections of N = outer * chunks * inner: A, B, carry for the
+// scan; A, Bk, Bv, carry k, carry v for ratplus_kv). x and g are read twice, y written once.
+// Extra bindings: decay_scan family 5 sums f32; ratplus family 7 sums f32.
 
 override WG_SIZE: u32 = 256u;
+
+// Tokens per chunk of the chunked scans (`SCAN_L` in ops.rs).
+const SCAN_L: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: DecayParams;
 
 @group(0) @binding(1) var<storage, read> ds_x: array<ds_x_t>;
-@group(0) @binding(2) var<storage, read> ds_g: array<f32>;
+@group(0) @binding(2) var<storage, read> ds_g: array<ds_g_t>;
 @group(0) @binding(3) var<storage, read> ds_h0: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ds_y: array<ds_y_t>;
+@group(0) @binding(5) var<storage, read_write> ds_sums: array<f32>;
 
 @group(0) @binding(1) var<storage, read> dst_x: array<dst_x_t>;
 @group(0) @binding(2) var<storage, read> dst_g: array<f32>;
@@ -36,10 +48,11 @@ override WG_SIZE: u32 = 256u;
 
 @group(0) @binding(1) var<storage, read> rk_k: array<rk_k_t>;
 @group(0) @binding(2) var<storage, read> rk_v: array<rk_v_t>;
-@group(0) @binding(3) var<storage, read> rk_g: array<f32>;
+@group(0) @binding(3) var<storage, read> rk_g: array<rk_g_t>;
 @group(0) @binding(4) var<storage, read_write> rk_kt: array<rk_kt_t>;
 @group(0) @binding(5) var<storage, read_write> rk_vt: array<rk_vt_t>;
 @group(0) @binding(6) var<storage, read_write> rk_kr: array<rk_kr_t>;
+@group(0) @binding(7) var<storage, read_write> rk_sums: array<f32>;
 
 @group(0) @binding(1) var<storage, read> rstep_k: array<rstep_k_t>;
 @group(0) @binding(2) var<storage, read> rstep_v: array<rstep_v_t>;
@@ -76,7 +89,7 @@ fn decay_scan(
     var h = ds_h0[lane];
     for (var t = 0u; t < p.seq; t++) {
         let i = (o * p.seq + t) * p.inner + c;
-        let g = ds_g[i];
+        let g = ld_ds_g(i);
         h = g * h + (1.0 - g) * ld_ds_x(i);
         st_ds_y(i, h);
     }
@@ -138,8 +151,8 @@ fn ratplus_kv(
     for (var t = 0u; t < p.seq; t++) {
         let a = (h * p.seq + t) * p.inner + i;
         let b = a + half;
-        let ga = rk_g[a];
-        let gb = rk_g[b];
+        let ga = ld_rk_g(a);
+        let gb = ld_rk_g(b);
         k0 = ga * k0 + (1.0 - ga) * ld_rk_k(a);
         v0 = ga * v0 + (1.0 - ga) * ld_rk_v(a);
         k1 = gb * k1 + (1.0 - gb) * ld_rk_k(b);
@@ -180,4 +193,229 @@ fn ratplus_step(
     let cs = rope_cs(i32(p.pos0), i);
     st_rstep_kr(a, k0 * cs.x - k1 * cs.y);
     st_rstep_kr(b, k1 * cs.x + k0 * cs.y);
+}
+
+fn n_chunks() -> u32 {
+    return (p.seq + SCAN_L - 1u) / SCAN_L;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn scan_chunks(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let nch = n_chunks();
+    let n = p.outer * nch * p.inner;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= n) {
+        return;
+    }
+    let oj = e / p.inner;
+    let c = e - oj * p.inner;
+    let o = oj / nch;
+    let j = oj - o * nch;
+    let t0 = j * SCAN_L;
+    let t1 = min(p.seq, t0 + SCAN_L);
+    var a = 1.0;
+    var b = 0.0;
+    for (var t = t0; t < t1; t++) {
+        let i = (o * p.seq + t) * p.inner + c;
+        let g = ld_ds_g(i);
+        a *= g;
+        b = g * b + (1.0 - g) * ld_ds_x(i);
+    }
+    ds_sums[e] = a;
+    ds_sums[n + e] = b;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn scan_carry(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let nch = n_chunks();
+    let n = p.outer * nch * p.inner;
+    let lane = lane_id(wid, nwg, lid);
+    if (lane >= p.outer * p.inner) {
+        return;
+    }
+    let o = lane / p.inner;
+    let c = lane - o * p.inner;
+    var h = ds_h0[lane];
+    // The chain is h only: summaries are loaded a batch ahead of it.
+    for (var j0 = 0u; j0 < nch; j0 += 8u) {
+        var a: array<f32, 8>;
+        var b: array<f32, 8>;
+        for (var u = 0u; u < 8u; u++) {
+            let e = (o * nch + min(j0 + u, nch - 1u)) * p.inner + c;
+            a[u] = ds_sums[e];
+            b[u] = ds_sums[n + e];
+        }
+        for (var u = 0u; u < 8u; u++) {
+            if (j0 + u < nch) {
+                ds_sums[2u * n + (o * nch + j0 + u) * p.inner + c] = h;
+                h = a[u] * h + b[u];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn scan_final(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let nch = n_chunks();
+    let n = p.outer * nch * p.inner;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= n) {
+        return;
+    }
+    let oj = e / p.inner;
+    let c = e - oj * p.inner;
+    let o = oj / nch;
+    let j = oj - o * nch;
+    let t0 = j * SCAN_L;
+    let t1 = min(p.seq, t0 + SCAN_L);
+    var h = ds_sums[2u * n + e];
+    for (var t = t0; t < t1; t++) {
+        let i = (o * p.seq + t) * p.inner + c;
+        let g = ld_ds_g(i);
+        h = g * h + (1.0 - g) * ld_ds_x(i);
+        st_ds_y(i, h);
+    }
+}
+
+// ratplus_kv chunked: an invocation per (head, chunk, rotation pair i < D/2), as ratplus_kv.
+@compute @workgroup_size(WG_SIZE)
+fn ratplus_chunks(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half = p.inner / 2u;
+    let nch = n_chunks();
+    let n = p.outer * nch * p.inner;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= p.outer * nch * half) {
+        return;
+    }
+    let hj = e / half;
+    let i = e - hj * half;
+    let h = hj / nch;
+    let j = hj - h * nch;
+    let t0 = j * SCAN_L;
+    let t1 = min(p.seq, t0 + SCAN_L);
+    var aa = 1.0;
+    var ab = 1.0;
+    var k0 = 0.0;
+    var k1 = 0.0;
+    var v0 = 0.0;
+    var v1 = 0.0;
+    for (var t = t0; t < t1; t++) {
+        let a = (h * p.seq + t) * p.inner + i;
+        let b = a + half;
+        let ga = ld_rk_g(a);
+        let gb = ld_rk_g(b);
+        aa *= ga;
+        ab *= gb;
+        k0 = ga * k0 + (1.0 - ga) * ld_rk_k(a);
+        v0 = ga * v0 + (1.0 - ga) * ld_rk_v(a);
+        k1 = gb * k1 + (1.0 - gb) * ld_rk_k(b);
+        v1 = gb * v1 + (1.0 - gb) * ld_rk_v(b);
+    }
+    let sa = hj * p.inner + i;
+    let sb = sa + half;
+    rk_sums[sa] = aa;
+    rk_sums[sb] = ab;
+    rk_sums[n + sa] = k0;
+    rk_sums[n + sb] = k1;
+    rk_sums[2u * n + sa] = v0;
+    rk_sums[2u * n + sb] = v1;
+}
+
+// An invocation per (head, d < D): carries of k and v from zero state.
+@compute @workgroup_size(WG_SIZE)
+fn ratplus_carry(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let nch = n_chunks();
+    let n = p.outer * nch * p.inner;
+    let lane = lane_id(wid, nwg, lid);
+    if (lane >= p.outer * p.inner) {
+        return;
+    }
+    let h = lane / p.inner;
+    let d = lane - h * p.inner;
+    var hk = 0.0;
+    var hv = 0.0;
+    for (var j0 = 0u; j0 < nch; j0 += 8u) {
+        var a: array<f32, 8>;
+        var bk: array<f32, 8>;
+        var bv: array<f32, 8>;
+        for (var u = 0u; u < 8u; u++) {
+            let e = (h * nch + min(j0 + u, nch - 1u)) * p.inner + d;
+            a[u] = rk_sums[e];
+            bk[u] = rk_sums[n + e];
+            bv[u] = rk_sums[2u * n + e];
+        }
+        for (var u = 0u; u < 8u; u++) {
+            if (j0 + u < nch) {
+                let e = (h * nch + j0 + u) * p.inner + d;
+                rk_sums[3u * n + e] = hk;
+                rk_sums[4u * n + e] = hv;
+                hk = a[u] * hk + bk[u];
+                hv = a[u] * hv + bv[u];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn ratplus_final(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half = p.inner / 2u;
+    let nch = n_chunks();
+    let n = p.outer * nch * p.inner;
+    let e = lane_id(wid, nwg, lid);
+    if (e >= p.outer * nch * half) {
+        return;
+    }
+    let hj = e / half;
+    let i = e - hj * half;
+    let h = hj / nch;
+    let j = hj - h * nch;
+    let t0 = j * SCAN_L;
+    let t1 = min(p.seq, t0 + SCAN_L);
+    let sa = hj * p.inner + i;
+    let sb = sa + half;
+    var k0 = rk_sums[3u * n + sa];
+    var k1 = rk_sums[3u * n + sb];
+    var v0 = rk_sums[4u * n + sa];
+    var v1 = rk_sums[4u * n + sb];
+    for (var t = t0; t < t1; t++) {
+        let a = (h * p.seq + t) * p.inner + i;
+        let b = a + half;
+        let ga = ld_rk_g(a);
+        let gb = ld_rk_g(b);
+        k0 = ga * k0 + (1.0 - ga) * ld_rk_k(a);
+        v0 = ga * v0 + (1.0 - ga) * ld_rk_v(a);
+        k1 = gb * k1 + (1.0 - gb) * ld_rk_k(b);
+        v1 = gb * v1 + (1.0 - gb) * ld_rk_v(b);
+        st_rk_kt(a, k0);
+        st_rk_kt(b, k1);
+        st_rk_vt(a, v0);
+        st_rk_vt(b, v1);
+        let cs = rope_cs(i32(p.pos0 + t), i);
+        st_rk_kr(a, k0 * cs.x - k1 * cs.y);
+        st_rk_kr(b, k1 * cs.x + k0 * cs.y);
+    }
 }

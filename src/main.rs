@@ -191,8 +191,10 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
     let (mut preset, mut backend, mut out, mut repeats) = (None, "best".to_string(), PathBuf::from("report-out"), None);
     let (mut dtype, mut contexts) = (None, None);
     // `--quick` is short for `--preset quick`.
-    let args: Vec<String> =
-        args.iter().flat_map(|a| if a == "--quick" { vec!["--preset".into(), "quick".into()] } else { vec![a.clone()] }).collect();
+    let args: Vec<String> = args
+        .iter()
+        .flat_map(|a| if a == "--quick" { vec!["--preset".into(), "quick".into()] } else { vec![a.clone()] })
+        .collect();
     for (name, value) in flags(&args, &["preset", "backend", "out", "repeats", "dtype", "contexts"])? {
         match name.as_str() {
             "dtype" => {

@@ -25,7 +25,11 @@ fn too_large(what: impl Into<String>) -> Error {
 /// The wgpu backend: one adapter and device, built once, with a cache of compiled pipelines.
 ///
 /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`), `WGPU_ADAPTER_NAME` (a substring of
-/// the adapter name, e.g. `llvmpipe`) and `WGPU_POWER_PREF`. The device gets the adapter's real
+/// the adapter name, e.g. `llvmpipe`) and `WGPU_POWER_PREF`; `KVSPARSE_WGPU_NO_SUBGROUPS` turns
+/// subgroups off (the kernels' workgroup-memory fallbacks) and `KVSPARSE_WGPU_CHUNK_BYTES=N`
+/// binds every buffer above N bytes in chunks of N (to test the chunked kernels);
+/// `KVSPARSE_WGPU_UNCHECKED` drops naga's runtime checks in the decode, prefill, decay and
+/// top-k kernels (opt-in, for measuring what the checks cost). The device gets the adapter's real
 /// limits and, where the adapter has them, `SHADER_F16` (needed for f16 buffers), timestamp
 /// queries and subgroups. f32 and bf16 (packed two per `u32`) work everywhere.
 ///
@@ -60,6 +64,12 @@ pub struct Wgpu {
     dummy_write: wgpu::Buffer,
     /// Errors wgpu reports outside an error scope (and device loss); surfaced by the next call.
     uncaptured: Arc<Mutex<Vec<String>>>,
+    /// `KVSPARSE_WGPU_CHUNK_BYTES`: bind buffers above this many bytes in chunks of it (tests
+    /// run every kernel's chunked form with small buffers); else the adapter's binding limit.
+    chunk_override: Option<u64>,
+    /// `KVSPARSE_WGPU_UNCHECKED`: compile the hot families without naga's runtime bounds
+    /// checks, loop bounding and division checks (to measure what they cost).
+    unchecked: bool,
 }
 
 impl std::fmt::Debug for Wgpu {
@@ -73,7 +83,9 @@ struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
-/// Device memory of the wgpu backend: one storage buffer of `len` elements of `dtype`.
+/// Device memory of the wgpu backend: one storage buffer of `len` elements of `dtype`, up to
+/// the adapter's `max_buffer_size` (larger ones are refused with [`Error::TooLarge`]). Kernels
+/// bind buffers above `max_storage_buffer_binding_size` as several chunks (see `Wgpu::run`).
 /// f16 and bf16 take 2 bytes an element (bf16 is read as packed `u32` pairs by the kernels);
 /// the allocation is rounded up to a multiple of 4 bytes.
 #[derive(Debug)]
@@ -156,7 +168,11 @@ impl Wgpu {
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
             | wgpu::Features::SUBGROUP;
-        let features = adapter.features() & wanted;
+        let mut features = adapter.features() & wanted;
+        // Exercises the kernels' fallbacks for adapters without subgroups (tests, comparisons).
+        if std::env::var_os("KVSPARSE_WGPU_NO_SUBGROUPS").is_some() {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
         let limits = adapter.limits();
         let request = |limits: wgpu::Limits| {
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -208,6 +224,11 @@ impl Wgpu {
             dummy_read,
             dummy_write,
             uncaptured,
+            chunk_override: std::env::var("KVSPARSE_WGPU_CHUNK_BYTES")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|b| b.max(256) / 256 * 256),
+            unchecked: std::env::var_os("KVSPARSE_WGPU_UNCHECKED").is_some(),
         })
     }
 
@@ -248,7 +269,11 @@ impl Wgpu {
                 yes(wgpu::Features::TIMESTAMP_QUERY),
                 yes(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             ),
-            format!("max storage binding: {}", mib(l.max_storage_buffer_binding_size)),
+            format!(
+                "max storage binding: {} (larger buffers are bound in chunks), storage buffers per stage {}",
+                mib(l.max_storage_buffer_binding_size),
+                l.max_storage_buffers_per_shader_stage
+            ),
             format!("max buffer: {}", mib(l.max_buffer_size)),
             format!(
                 "workgroup memory: {} KiB, max invocations {}, max workgroups per dimension {}",
@@ -333,16 +358,20 @@ impl Wgpu {
             count: None,
         }];
         for (i, access) in kernel.bindings().iter().enumerate() {
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: i as u32 + 1,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            });
+            let slot = i as u32 + 1;
+            let chunks = if kernel.chunked().contains(&slot) { spec.chunks_of(slot) } else { 1 };
+            for j in 0..chunks {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: slot + pipeline::CHUNK_SLOTS * j,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: *access != Access::Write },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
         }
         self.take_uncaptured(&label)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -354,10 +383,20 @@ impl Wgpu {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(shader.as_str().into()),
-        });
+        };
+        let module = if self.unchecked && kernel.family().unchecked_ok {
+            // SAFETY: opt-in (KVSPARSE_WGPU_UNCHECKED) for the families marked `unchecked_ok`,
+            // whose every index is derived from validated shapes (ops::check) and bounded by
+            // them, with the awkward sizes, chunked bindings and both reduction paths exercised
+            // by the equivalence suite; loops are bounded by the same shapes and divisors are
+            // validated non-zero.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: Some(&pipeline_layout),
@@ -377,6 +416,59 @@ impl Wgpu {
         Ok(cache.entry(key).or_insert(p).clone())
     }
 
+    /// Bytes per chunk of a buffer bound in several pieces: the binding limit rounded down to
+    /// the storage offset alignment, capped at 2 GiB so that word indices stay in u32.
+    fn chunk_bytes(&self) -> u64 {
+        let align = (self.limits.min_storage_buffer_offset_alignment as u64).max(256);
+        let limit = self.binding_limit().min(1 << 31);
+        (limit / align * align).max(align)
+    }
+
+    /// Largest buffer bound whole.
+    fn binding_limit(&self) -> u64 {
+        let limit = self.limits.max_storage_buffer_binding_size;
+        self.chunk_override.map_or(limit, |c| c.min(limit))
+    }
+
+    /// The spec a dispatch compiles with: `d.spec`, with as many chunks as its largest chunked
+    /// buffer needs. Any other buffer above the binding limit is refused ([`Error::TooLarge`]).
+    fn chunked_spec(&self, op: &str, d: &Dispatch<'_>) -> Result<Spec> {
+        let limit = self.binding_limit();
+        let chunk = self.chunk_bytes();
+        let mut chunks = 1u64;
+        let mut split_slots = 0u32;
+        for (i, b) in d.buffers.iter().enumerate() {
+            if b.size() <= limit {
+                continue;
+            }
+            split_slots |= 1 << (i + 1);
+            if !d.kernel.chunked().contains(&(i as u32 + 1)) {
+                return Err(too_large(format!(
+                    "{op}: {} binds a buffer of {} bytes in slot {}, which cannot be split and exceeds \
+                     max_storage_buffer_binding_size {limit}",
+                    d.kernel.label(),
+                    b.size(),
+                    i + 1
+                )));
+            }
+            chunks = chunks.max(b.size().div_ceil(chunk));
+        }
+        if chunks == 1 {
+            return Ok(d.spec);
+        }
+        // Every split slot takes `chunks` storage bindings.
+        let slots = d.kernel.bindings().len() as u64 + (chunks - 1) * split_slots.count_ones() as u64;
+        let max_slots = self.limits.max_storage_buffers_per_shader_stage as u64;
+        if chunks >= pipeline::CHUNK_SLOTS as u64 * 4 || slots > max_slots {
+            return Err(too_large(format!(
+                "{op}: {} would need {chunks} chunks of {chunk} bytes per buffer ({slots} storage bindings, the \
+                 adapter allows {max_slots})",
+                d.kernel.label()
+            )));
+        }
+        Ok(Spec { chunks: chunks as u32, split_slots, chunk_bytes: chunk as u32, ..d.spec })
+    }
+
     /// Records `dispatches` into one command encoder, in order, and submits it (no wait).
     fn run(&self, op: &str, dispatches: &[Dispatch<'_>]) -> Result<()> {
         let max_dim = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
@@ -394,22 +486,14 @@ impl Wgpu {
                     d.groups
                 )));
             }
-            for b in &d.buffers {
-                if b.size() > self.limits.max_storage_buffer_binding_size {
-                    return Err(too_large(format!(
-                        "{op}: a buffer of {} bytes exceeds max_storage_buffer_binding_size {} (splitting is not \
-                         implemented yet)",
-                        b.size(),
-                        self.limits.max_storage_buffer_binding_size
-                    )));
-                }
-            }
-            planned.push((self.pipeline(d.kernel, d.spec)?, x as u32, y as u32));
+            let spec = self.chunked_spec(op, d)?;
+            planned.push((self.pipeline(d.kernel, spec)?, spec, x as u32, y as u32));
         }
+        let chunk = self.chunk_bytes();
         self.scoped(op, || {
             let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
             let mut groups = Vec::with_capacity(planned.len());
-            for (d, (p, _, _)) in dispatches.iter().filter(|d| d.groups > 0).zip(&planned) {
+            for (d, (p, spec, _, _)) in dispatches.iter().filter(|d| d.groups > 0).zip(&planned) {
                 let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(op),
                     contents: &d.params,
@@ -417,7 +501,27 @@ impl Wgpu {
                 });
                 let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
                 for (i, b) in d.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                    let slot = i as u32 + 1;
+                    if spec.chunks_of(slot) <= 1 || !d.kernel.chunked().contains(&slot) {
+                        entries.push(wgpu::BindGroupEntry { binding: slot, resource: b.as_entire_binding() });
+                        continue;
+                    }
+                    let dummy = match d.kernel.bindings()[i] {
+                        Access::Read | Access::Read4 => &self.dummy_read,
+                        Access::Write => &self.dummy_write,
+                    };
+                    for j in 0..spec.chunks_of(slot) as u64 {
+                        let offset = j * chunk;
+                        // Chunks past the end of a smaller buffer are never indexed: bind a stand-in.
+                        let resource = if offset < b.size() {
+                            let size = std::num::NonZeroU64::new(chunk.min(b.size() - offset));
+                            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size })
+                        } else {
+                            dummy.as_entire_binding()
+                        };
+                        entries
+                            .push(wgpu::BindGroupEntry { binding: slot + pipeline::CHUNK_SLOTS * j as u32, resource });
+                    }
                 }
                 groups.push(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(op),
@@ -428,7 +532,7 @@ impl Wgpu {
             {
                 let mut pass = encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
-                for ((p, x, y), group) in planned.iter().zip(&groups) {
+                for ((p, _, x, y), group) in planned.iter().zip(&groups) {
                     pass.set_pipeline(&p.pipeline);
                     pass.set_bind_group(0, group, &[]);
                     pass.dispatch_workgroups(*x, *y, 1);

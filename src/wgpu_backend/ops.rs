@@ -1,11 +1,12 @@
 //! `Backend for Wgpu`: each op checks its problem and buffers, picks its kernels and records
 //! them into one submission (see `Wgpu::run`).
 
-use super::pipeline::{Kernel, Spec};
+use super::pipeline::{head_dim_bucket, Kernel, Spec};
 use super::{Dispatch, Wgpu, WgpuBuffer, NAME};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams};
 use crate::{Backend, DType, Error, HostData, Result};
+use wgpu::util::DeviceExt;
 
 impl Wgpu {
     /// Rejects storage dtypes this adapter cannot compute with.
@@ -44,6 +45,186 @@ impl Wgpu {
     }
 }
 
+/// How a decode (one query per head) runs on decode.wgsl: kernel spec, splits of the key slots
+/// and the scratch for the splits' partial results.
+struct DecodePlan {
+    spec: Spec,
+    splits: u32,
+    part: Option<wgpu::Buffer>,
+}
+
+/// Largest divisor of `g` not above 8: query heads a decode workgroup scores per K/V load
+/// (registers hold GROUP q and accumulator vectors per lane).
+fn decode_group(g: usize) -> u32 {
+    (1..=8usize.min(g)).rev().find(|d| g.is_multiple_of(*d)).unwrap_or(1) as u32
+}
+
+impl Wgpu {
+    /// The split-K plan for `slots` key slots of `q_heads` queries (`shared`: a group's heads
+    /// attend the same keys, so they share each K/V load), or `None` where decode.wgsl does not
+    /// apply (dim not a multiple of 4, or head vectors too large for workgroup memory):
+    /// attention.wgsl serves those.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_plan(
+        &self,
+        op: &str,
+        dtype: DType,
+        dim: usize,
+        q_heads: usize,
+        kv_heads: usize,
+        shared: bool,
+        slots: usize,
+    ) -> Result<Option<DecodePlan>> {
+        if !dim.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let group = if shared { decode_group(q_heads / kv_heads) } else { 1 };
+        let base = Spec::new(dtype).with_dim(dim);
+        let lanes = base.head_dim / 4;
+        // A team sums its dot products with subgroup shuffles when a subgroup always holds a
+        // whole team. 16 lanes (D = 128: 8 elements a lane) keep the shuffles at 4 per value
+        // and 16 per KiB loaded, well under one per clock at the HBM rate; 32-lane teams
+        // would need 2.5x as many.
+        let sg = self.info.subgroup_min_size;
+        let subgroups = self.features.contains(wgpu::Features::SUBGROUP) && sg >= 2 && sg.is_power_of_two();
+        let team = if subgroups { lanes.min(sg).min(16) } else { lanes.min(8) };
+        let spec = Spec { group, team, subgroups, ..base };
+        let wg = Kernel::DecodeDense.workgroup() as u64;
+        let red = if subgroups { 1 } else { wg * 2 * group as u64 };
+        let bytes = 4 * (red + wg / team as u64 * 2 * group as u64 + group as u64 * spec.head_dim as u64);
+        if bytes > self.limits.max_compute_workgroup_storage_size as u64 {
+            return Ok(None);
+        }
+        // Enough workgroups to fill a large GPU (~2K), at least 128 slots per split so that
+        // the merge stays small next to the K/V bytes.
+        let units = q_heads / group as usize;
+        let splits = slots.div_ceil(128).min(2048usize.div_ceil(units)).clamp(1, 1 << 16) as u32;
+        let part =
+            if splits > 1 { Some(self.scratch(f32_bytes(q_heads * splits as usize * (dim + 2)), op)?) } else { None };
+        Ok(Some(DecodePlan { spec, splits, part }))
+    }
+
+    /// The spec of prefill.wgsl for `dim`, or `None` where it does not apply (dim not a
+    /// multiple of 4: attention.wgsl serves those).
+    fn prefill_spec(&self, op: &str, dtype: DType, dim: usize) -> Result<Option<Spec>> {
+        // BK = 2048 / HEAD_DIM keys per tile: at least 4.
+        if !dim.is_multiple_of(4) || head_dim_bucket(dim) > 512 {
+            return Ok(None);
+        }
+        // The 4 lanes of a row sum through subgroup shuffles when a subgroup holds them.
+        let sg = self.info.subgroup_min_size;
+        let subgroups = self.features.contains(wgpu::Features::SUBGROUP) && sg >= 4 && sg.is_power_of_two();
+        let spec = Spec { subgroups, ..Spec::new(dtype).with_dim(dim) };
+        let wg = Kernel::PrefillDense.workgroup() as u64;
+        // K and V tiles (BK x HEAD_DIM = 2048 f32 each), the union bitmap (2 x MAX_NB / 32 words).
+        let bytes = 2 * 2048 * 4 + 4 * if subgroups { 1 } else { wg } + 2 * 4096 / 8;
+        self.require_workgroup_memory(op, Kernel::PrefillDense, &spec, bytes)?;
+        Ok(Some(spec))
+    }
+
+    /// The decode dispatch (and the merge when split) of `plan`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_dispatches<'a>(
+        &'a self,
+        kernel: Kernel,
+        plan: &'a DecodePlan,
+        params: AttentionParams,
+        q: &'a WgpuBuffer,
+        k: &'a WgpuBuffer,
+        v: &'a WgpuBuffer,
+        idx: Option<&'a WgpuBuffer>,
+        out: &'a WgpuBuffer,
+        lse: &'a WgpuBuffer,
+    ) -> Vec<Dispatch<'a>> {
+        let p = AttentionParams { splits: plan.splits, ..params };
+        let part = plan.part.as_ref().unwrap_or(&self.dummy_write);
+        let idx = idx.map_or(&self.dummy_read, |b| &b.buffer);
+        let units = p.q_heads as usize / plan.spec.group as usize;
+        let bufs = vec![&q.buffer, &k.buffer, &v.buffer, idx, &out.buffer, &lse.buffer, part];
+        let mut d = vec![Dispatch::rows(kernel, plan.spec, &p, bufs, units * plan.splits as usize)];
+        if plan.splits > 1 {
+            let dr = &self.dummy_read;
+            let bufs = vec![dr, dr, dr, dr, &out.buffer, &lse.buffer, part];
+            d.push(Dispatch::rows(Kernel::DecodeMerge, plan.spec, &p, bufs, p.q_heads as usize));
+        }
+        d
+    }
+}
+
+/// Rows at least this long select over many workgroups (topk.wgsl, `tk_*`).
+const TOPK_LONG: usize = 16384;
+/// Scores per workgroup and header words per row of the long-row selection (`TK_CHUNK`,
+/// `AUX_HEAD` in topk.wgsl).
+const TK_CHUNK: usize = 4096;
+const TK_AUX_HEAD: usize = 260;
+
+impl Wgpu {
+    /// Top-k of long rows: four histogram rounds across the row's chunks, then counting,
+    /// offsets, emission into the sort areas and a sort per row (topk.wgsl).
+    fn topk_long(&self, op: &TopK, scores: &WgpuBuffer, indices: &WgpuBuffer, len: usize) -> Result<()> {
+        let nch = op.n.div_ceil(TK_CHUNK);
+        let sort = self.scratch(f32_bytes(2 * len * op.rows), TopK::NAME)?;
+        let aux = self.scratch(f32_bytes(op.rows * (TK_AUX_HEAD + 2 * nch)), TopK::NAME)?;
+        let p = op.params();
+        let spec = Spec::new(DType::F32);
+        let bufs = || vec![&scores.buffer, &indices.buffer, &sort, &aux];
+        let (rows, chunks) = (op.rows, op.rows * nch);
+        let mut d = vec![Dispatch::rows(Kernel::TkInit, spec, &p, bufs(), rows)];
+        for _ in 0..4 {
+            d.push(Dispatch::rows(Kernel::TkHist, spec, &p, bufs(), chunks));
+            d.push(Dispatch::rows(Kernel::TkPick, spec, &p, bufs(), rows));
+        }
+        d.push(Dispatch::rows(Kernel::TkCount, spec, &p, bufs(), chunks));
+        d.push(Dispatch::rows(Kernel::TkOffsets, spec, &p, bufs(), rows));
+        d.push(Dispatch::rows(Kernel::TkEmit, spec, &p, bufs(), chunks));
+        if len <= TK_SORT_SMEM {
+            d.push(Dispatch::rows(Kernel::TkSort, spec, &p, bufs(), rows));
+            return self.run(TopK::NAME, &d);
+        }
+        // The bitonic network across workgroups: strides below a block in workgroup memory,
+        // larger ones one compare-exchange per invocation.
+        let sp = |size: usize, stride: usize| SortParams {
+            rows: rows as u32,
+            len: len as u32,
+            size: size as u32,
+            stride: stride as u32,
+            out_k: op.out_k() as u32,
+            ..Default::default()
+        };
+        let blocks = rows * len.div_ceil(TK_SORT_BLOCK);
+        d.push(Dispatch::rows(Kernel::TkSortBlock, spec, &sp(0, 0), bufs(), blocks));
+        let mut size = 2 * TK_SORT_BLOCK;
+        while size <= len {
+            let mut stride = size / 2;
+            while stride >= TK_SORT_BLOCK {
+                d.push(Dispatch::items(Kernel::TkSortStage, spec, &sp(size, stride), bufs(), rows * len / 2));
+                stride /= 2;
+            }
+            d.push(Dispatch::rows(Kernel::TkSortBlock, spec, &sp(size, 0), bufs(), blocks));
+            size *= 2;
+        }
+        d.push(Dispatch::items(Kernel::TkSortOut, spec, &sp(0, 0), bufs(), rows * op.out_k()));
+        self.run(TopK::NAME, &d)
+    }
+}
+
+/// Sort areas up to this many entries are sorted in one workgroup's memory (`SORT_SMEM`), larger
+/// ones in blocks of `TK_SORT_BLOCK` (`SORT_BLOCK` in topk.wgsl).
+const TK_SORT_SMEM: usize = 1024;
+const TK_SORT_BLOCK: usize = 2048;
+
+/// Uniform of the cross-workgroup sort (`SortParams` in topk.wgsl; 4-byte fields, 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SortParams {
+    rows: u32,
+    len: u32,
+    size: u32,
+    stride: u32,
+    out_k: u32,
+    _pad: [u32; 3],
+}
+
 /// Attention params of `q_heads x q_len` query rows over `kv_len` keys; the caller sets the rest.
 fn attention_rows(q_heads: usize, kv_heads: usize, q_len: usize, kv_len: usize, dim: usize) -> AttentionParams {
     AttentionParams {
@@ -61,6 +242,13 @@ fn attention_rows(q_heads: usize, kv_heads: usize, q_len: usize, kv_len: usize, 
         _pad0: 0,
     }
 }
+
+/// Tokens per chunk of the chunked scans (`SCAN_L` in decay.wgsl); shorter scans run as one chunk.
+const SCAN_L: usize = 256;
+
+/// Queries per workgroup and the largest block count of prefill.wgsl (`BQ`, `MAX_NB` there).
+const PREFILL_BQ: usize = 64;
+const PREFILL_MAX_NB: usize = 4096;
 
 fn f32_bytes(n: usize) -> u64 {
     4 * n as u64
@@ -151,6 +339,9 @@ impl Backend for Wgpu {
         // Sort areas above SORT_SMEM (topk.wgsl) entries live in a scratch buffer: keys, then indices.
         const SORT_SMEM: usize = 1024;
         let len = op.out_k().next_power_of_two();
+        if op.n >= TOPK_LONG {
+            return self.topk_long(op, scores, indices, len);
+        }
         let scratch =
             if len > SORT_SMEM { Some(self.scratch(f32_bytes(2 * len * op.rows), TopK::NAME)?) } else { None };
         let bufs = vec![&scores.buffer, &indices.buffer, scratch.as_ref().unwrap_or(&self.dummy_write)];
@@ -168,9 +359,25 @@ impl Backend for Wgpu {
     ) -> Result<()> {
         ops::check(op, &[x, g, h0, y])?;
         self.require(op.dtype)?;
-        let bufs = vec![&x.buffer, &g.buffer, &h0.buffer, &y.buffer];
-        let d = Dispatch::items(Kernel::DecayScan, Spec::new(op.dtype), &op.params(), bufs, op.outer * op.inner);
-        self.run(DecayScan::NAME, &[d])
+        let spec = Spec::new(op.dtype);
+        let lanes = op.outer * op.inner;
+        if op.seq <= SCAN_L {
+            let bufs = vec![&x.buffer, &g.buffer, &h0.buffer, &y.buffer];
+            let d = Dispatch::items(Kernel::DecayScan, spec, &op.params(), bufs, lanes);
+            return self.run(DecayScan::NAME, &[d]);
+        }
+        // Chunked: A, B and carry per (outer, chunk, inner), see decay.wgsl.
+        let n = lanes * op.seq.div_ceil(SCAN_L);
+        let sums = self.scratch(f32_bytes(3 * n), DecayScan::NAME)?;
+        let p = op.params();
+        let bufs = vec![&x.buffer, &g.buffer, &h0.buffer, &y.buffer, &sums];
+        let (dr, dw) = (&self.dummy_read, &self.dummy_write);
+        let d = [
+            Dispatch::items(Kernel::ScanChunks, spec, &p, bufs.clone(), n),
+            Dispatch::items(Kernel::ScanCarry, spec, &p, vec![dr, dr, &h0.buffer, dw, &sums], lanes),
+            Dispatch::items(Kernel::ScanFinal, spec, &p, bufs, n),
+        ];
+        self.run(DecayScan::NAME, &d)
     }
 
     fn decay_step(
@@ -209,9 +416,25 @@ impl Backend for Wgpu {
     ) -> Result<()> {
         ops::check(op, &[k, v, g, k_tilde, v_tilde, k_rope])?;
         self.require(op.dtype)?;
-        let bufs = vec![&k.buffer, &v.buffer, &g.buffer, &k_tilde.buffer, &v_tilde.buffer, &k_rope.buffer];
-        let d = Dispatch::items(Kernel::RatplusKv, Spec::new(op.dtype), &op.params(), bufs, op.heads * (op.dim / 2));
-        self.run(RatplusKv::NAME, &[d])
+        let spec = Spec::new(op.dtype);
+        let pairs = op.heads * (op.dim / 2);
+        let p = op.params();
+        if op.seq <= SCAN_L {
+            let bufs = vec![&k.buffer, &v.buffer, &g.buffer, &k_tilde.buffer, &v_tilde.buffer, &k_rope.buffer];
+            let d = Dispatch::items(Kernel::RatplusKv, spec, &p, bufs, pairs);
+            return self.run(RatplusKv::NAME, &[d]);
+        }
+        // Chunked: A, Bk, Bv, carry k, carry v per (head, chunk, d), see decay.wgsl.
+        let nch = op.seq.div_ceil(SCAN_L);
+        let sums = self.scratch(f32_bytes(5 * op.heads * nch * op.dim), RatplusKv::NAME)?;
+        let bufs = vec![&k.buffer, &v.buffer, &g.buffer, &k_tilde.buffer, &v_tilde.buffer, &k_rope.buffer, &sums];
+        let (dr, dw) = (&self.dummy_read, &self.dummy_write);
+        let d = [
+            Dispatch::items(Kernel::RatplusChunks, spec, &p, bufs.clone(), pairs * nch),
+            Dispatch::items(Kernel::RatplusCarry, spec, &p, vec![dr, dr, dr, dw, dw, dw, &sums], op.heads * op.dim),
+            Dispatch::items(Kernel::RatplusFinal, spec, &p, bufs, pairs * nch),
+        ];
+        self.run(RatplusKv::NAME, &d)
     }
 
     fn ratplus_step(
@@ -346,8 +569,27 @@ impl Backend for Wgpu {
             block_size: bs as u32,
             ..attention_rows(op.q_heads, op.kv_heads, 1, op.seq, op.dim)
         };
-        let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &selected.buffer, &out.buffer, &lse.buffer];
-        dispatches.push(Dispatch::rows(Kernel::AttentionBlocks, att_spec, &p, bufs, op.q_heads));
+        // Each query head reads its own selected blocks (contiguous tokens), split across
+        // workgroups; a group's heads overlap in L2 rather than sharing loads (their selections differ).
+        let slots = op.n_sel() * bs.min(op.seq);
+        let plan = self.decode_plan(name, op.dtype, op.dim, op.q_heads, op.kv_heads, false, slots)?;
+        match &plan {
+            Some(plan) => dispatches.extend(self.decode_dispatches(
+                Kernel::DecodeBlocks,
+                plan,
+                p,
+                q,
+                k,
+                v,
+                Some(selected),
+                out,
+                lse,
+            )),
+            None => {
+                let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &selected.buffer, &out.buffer, &lse.buffer];
+                dispatches.push(Dispatch::rows(Kernel::AttentionBlocks, att_spec, &p, bufs, op.q_heads));
+            }
+        }
         self.run(name, &dispatches)
     }
 
@@ -369,10 +611,15 @@ impl Backend for Wgpu {
         self.require(op.dtype)?;
         let name = MobaPrefill::NAME;
         let (nb, bs, rows) = (op.nb(), op.select.block_size, op.q_heads * op.seq);
-        // Without a ranking output the gate (or keys) still go through scratch for now.
+        // Without a ranking output, moba_select computes each row's gates in workgroup memory
+        // (no [Hq, T, NB] buffer: 2 GiB at 32K); beyond its MAX_NB (select.wgsl) blocks the
+        // gates go through scratch.
+        const MAX_NB: usize = 2048;
+        let fused = ranking.is_none() && nb <= MAX_NB;
         let rank_scratch;
         let rank_buf = match &ranking {
             Some(r) => &r.buffer,
+            None if fused => &self.dummy_write,
             None => {
                 rank_scratch = self.scratch(f32_bytes(rows * nb), name)?;
                 &rank_scratch
@@ -385,8 +632,8 @@ impl Backend for Wgpu {
             Selector::Score => Some(self.scratch(f32_bytes(op.kv_heads * nb * op.dim), name)?),
             Selector::Random { .. } => None,
         };
+        let stat_spec = Spec::new(op.dtype).with_stat(DType::F32);
         if let Some(kmean) = &kmean {
-            let spec = Spec::new(op.dtype).with_stat(DType::F32);
             let p = BlockParams {
                 q_heads: op.kv_heads as u32,
                 kv_heads: op.kv_heads as u32,
@@ -397,14 +644,29 @@ impl Backend for Wgpu {
                 ..Default::default()
             };
             let items = op.kv_heads * nb * op.dim;
-            dispatches.push(Dispatch::items(Kernel::BlockMean, spec, &p, vec![&k.buffer, kmean], items));
-            let p = BlockParams { q_heads: op.q_heads as u32, ..p };
-            let bufs = vec![&q.buffer, kmean, rank_buf];
-            dispatches.push(Dispatch::items(Kernel::MobaGate, spec, &p, bufs, rows * nb));
+            dispatches.push(Dispatch::items(Kernel::BlockMean, stat_spec, &p, vec![&k.buffer, kmean], items));
+            if !fused {
+                let p = BlockParams { q_heads: op.q_heads as u32, ..p };
+                let bufs = vec![&q.buffer, kmean, rank_buf];
+                dispatches.push(Dispatch::items(Kernel::MobaGate, stat_spec, &p, bufs, rows * nb));
+            }
         }
         let sel = op.select_params();
-        let bufs = vec![rank_buf, &selected.buffer];
-        dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, rows));
+        let shape;
+        if fused {
+            let words = [(op.q_heads / op.kv_heads) as u32, op.dim as u32];
+            shape = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(name),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let kmean = kmean.as_ref().unwrap_or(&self.dummy_read);
+            let bufs = vec![rank_buf, &selected.buffer, &q.buffer, kmean, &shape];
+            dispatches.push(Dispatch::rows(Kernel::MobaSelect, stat_spec, &sel, bufs, rows));
+        } else {
+            let bufs = vec![rank_buf, &selected.buffer];
+            dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, rows));
+        }
         let p = AttentionParams {
             causal: 1,
             scale: op.scale,
@@ -413,7 +675,14 @@ impl Backend for Wgpu {
             ..attention_rows(op.q_heads, op.kv_heads, op.seq, op.seq, op.dim)
         };
         let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &selected.buffer, &out.buffer, &lse.buffer];
-        dispatches.push(Dispatch::rows(Kernel::AttentionBlocks, att_spec, &p, bufs, rows));
+        // Query tiles visit the union of their rows' blocks; the bitmap holds PREFILL_MAX_NB.
+        match self.prefill_spec(name, op.dtype, op.dim)? {
+            Some(pspec) if nb <= PREFILL_MAX_NB => {
+                let groups = op.q_heads * op.seq.div_ceil(PREFILL_BQ);
+                dispatches.push(Dispatch::rows(Kernel::PrefillBlocks, pspec, &p, bufs, groups));
+            }
+            _ => dispatches.push(Dispatch::rows(Kernel::AttentionBlocks, att_spec, &p, bufs, rows)),
+        }
         self.run(name, &dispatches)
     }
 
@@ -480,7 +749,19 @@ impl Backend for Wgpu {
         ops::check(op, &[q, k, v, out, lse])?;
         self.require(op.dtype)?;
         let spec = self.attention_spec(AttentionDense::NAME, op.dtype, op.dim)?;
+        if op.q_len == 1 {
+            let (name, hq, hkv) = (AttentionDense::NAME, op.q_heads, op.kv_heads);
+            if let Some(plan) = self.decode_plan(name, op.dtype, op.dim, hq, hkv, true, op.kv_len)? {
+                let d = self.decode_dispatches(Kernel::DecodeDense, &plan, op.params(), q, k, v, None, out, lse);
+                return self.run(name, &d);
+            }
+        }
         let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &self.dummy_read, &out.buffer, &lse.buffer];
+        if let Some(pspec) = self.prefill_spec(AttentionDense::NAME, op.dtype, op.dim)? {
+            let groups = op.q_heads * op.q_len.div_ceil(PREFILL_BQ);
+            let d = Dispatch::rows(Kernel::PrefillDense, pspec, &op.params(), bufs, groups);
+            return self.run(AttentionDense::NAME, &[d]);
+        }
         let d = Dispatch::rows(Kernel::AttentionDense, spec, &op.params(), bufs, op.q_heads * op.q_len);
         self.run(AttentionDense::NAME, &[d])
     }
@@ -498,6 +779,12 @@ impl Backend for Wgpu {
         ops::check(op, &[q, k, v, idx, out, lse])?;
         self.require(op.dtype)?;
         let spec = self.attention_spec(AttentionSparse::NAME, op.dtype, op.dim)?;
+        let (name, hq, hkv) = (AttentionSparse::NAME, op.q_heads, op.kv_heads);
+        let shared = op.idx_heads != op.q_heads;
+        if let Some(plan) = self.decode_plan(name, op.dtype, op.dim, hq, hkv, shared, op.n_idx)? {
+            let d = self.decode_dispatches(Kernel::DecodeSparse, &plan, op.params(), q, k, v, Some(idx), out, lse);
+            return self.run(name, &d);
+        }
         let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &idx.buffer, &out.buffer, &lse.buffer];
         let d = Dispatch::rows(Kernel::AttentionSparse, spec, &op.params(), bufs, op.q_heads);
         self.run(AttentionSparse::NAME, &[d])
