@@ -6,6 +6,8 @@
 //! a failure. On an adapter whose binding limit exceeds these sizes the kernels run unchunked
 //! (still a valid check, not of the chunking).
 
+#![cfg(feature = "wgpu")]
+
 mod common;
 
 use common::{compare, run_on, Case, Rng};
