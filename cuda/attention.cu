@@ -27,10 +27,10 @@
 //   attention_blocks (p, q[Hq,T,D], k, v [Hkv,T,D], sel[Hq,T,n_idx] i32, out[Hq,T,D], lse[Hq,T])
 //                          MoBA prefill: tokens of the selected blocks, causal (j <= query position)
 //   attention_merge        (p, part_out, part_lse, out, lse)   one warp per query row
-//
-// TODO(perf): the prefill paths stream K/V per warp through L1/L2; an MMA (tensor core) path
-// tiles Q x K in shared memory per block of query rows. Decode does not yet share one K/V load
-// across a GQA group's query heads.
+// Faster paths further down (the host picks them where they apply, the kernels above stay the
+// general case and the f32 path): attention_decode_g* + attention_merge_rows (decode, one K/V
+// load per GQA group, D in {32, 64, 128, 256}); attention_prefill_mma / attention_blocks_mma
+// (tensor cores, f16/bf16, D in {64, 128}).
 
 #ifndef KVS_KT
 #define KVS_KT 8
@@ -294,3 +294,626 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
     }
     if (lane == 0) lse[row] = any ? m + logf(total) : KVS_NEG_INF;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decode (one query row per head): GQA-grouped flash-decoding.
+//
+// attention_decode_g{1,2,4,8} (p, q[Hq,D], k, v [Hkv,T,D], idx, hmask, counts, out[Hq,D], lse[Hq],
+//                              part_out, part_lse, mode, hpc)
+//   mode 0: dense over keys 0..kv_len (idx, hmask unused);
+//   mode 1: the tokens of idx's row (as attention_sparse; block_size tokens per entry);
+//   mode 2: as 1, and entry e of the row is attended by head h0+g only if bit g of hmask[row][e]
+//           is set, g counted from the kv head's first query head (a kv head's union of its query heads' blocks, for per-query-head Quest).
+//   One CTA per (split = blockIdx.x, head chunk = blockIdx.y): the chunk is `hpc` consecutive
+//   query heads of one kv head (hpc <= GM), so every K/V row is loaded once for all of them
+//   (decode is bytes-bound; reloading per query head multiplies the bytes by the group size).
+//   The idx row is idx[kvh] (idx_heads == kv_heads or mode 2) or idx[h0] (hpc == 1).
+// Only for D == 32 * KVS_DPL with KVS_DPL <= 8 (D = 32, 64, 128, 256): each 16-byte vector of a
+// row goes to one lane, DEC_LR lanes cover a row, a warp covers DEC_RPW rows per load and
+// DEC_U loads per tile, all issued before the first use. Every lane group (DEC_LR lanes) keeps
+// its own online-softmax state over the rows it reads; groups and then warps merge by
+// log-sum-exp at the end, so the hot loop has no cross-group traffic besides the dot-product
+// shuffles. Splits past the live length are empty and write lse = -inf, which the merge skips:
+// the launch shape depends on the split count, not on kv_len.
+// ---------------------------------------------------------------------------------------------
+#if KVS_DPL <= 8
+#if defined(KVS_STORE_F32)
+#define DEC_VE 4
+#else
+#define DEC_VE 8
+#endif
+#define DEC_D (32 * KVS_DPL)
+#define DEC_DV (DEC_D / DEC_VE)
+#define DEC_LR (DEC_DV < 32 ? DEC_DV : 32)
+#define DEC_VPL (DEC_DV / DEC_LR)
+#define DEC_RPW (32 / DEC_LR)
+#define DEC_CPL (DEC_VE * DEC_VPL)
+#define DEC_U (DEC_VPL >= 2 ? 2 : 4)
+#define DEC_WARPS 4
+
+struct __attribute__((aligned(16))) kvs_u4 {
+    u32 x, y, z, w;
+};
+
+// 16-byte read-only load; the address must be 16-byte aligned (D * sizeof(store_t) is a multiple
+// of 16 on this path and cudarc allocations are 256-byte aligned).
+__device__ __forceinline__ kvs_u4 ldg16(const void* ptr) {
+    kvs_u4 r;
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
+    return r;
+}
+
+// The DEC_VE storage values of one 16-byte vector, widened to f32 (element 0 in the low bits).
+__device__ __forceinline__ void vec_widen(const kvs_u4& w, float* f) {
+#if defined(KVS_STORE_F32)
+    f[0] = __uint_as_float(w.x);
+    f[1] = __uint_as_float(w.y);
+    f[2] = __uint_as_float(w.z);
+    f[3] = __uint_as_float(w.w);
+#elif defined(KVS_STORE_BF16)
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(ws[i] << 16);
+        f[2 * i + 1] = __uint_as_float(ws[i] & 0xffff0000u);
+    }
+#else
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = kvs_h2f((unsigned short)(ws[i] & 0xffffu));
+        f[2 * i + 1] = kvs_h2f((unsigned short)(ws[i] >> 16));
+    }
+#endif
+}
+
+// Element offset of this lane's vector i within a row.
+__device__ __forceinline__ u32 dec_col(u32 lr, int i) { return (lr + DEC_LR * (u32)i) * DEC_VE; }
+
+template <int GM>
+__device__ __forceinline__ void decode_body(const AttentionParams& p, const store_t* __restrict__ q,
+                                            const store_t* __restrict__ k, const store_t* __restrict__ v,
+                                            const int* __restrict__ idx, const u32* __restrict__ hmask,
+                                            const u32* __restrict__ counts, store_t* __restrict__ out,
+                                            float* __restrict__ lse, float* __restrict__ part_out,
+                                            float* __restrict__ part_lse, u32 mode, u32 hpc) {
+    __shared__ float s_m[DEC_WARPS][GM];
+    __shared__ float s_l[DEC_WARPS][GM];
+    __shared__ float s_acc[DEC_WARPS][GM][DEC_D];
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 rg = lane / DEC_LR;  // row group within the warp
+    const u32 lr = lane % DEC_LR;  // lane within the row
+    const u32 splits = max(p.splits, 1u);
+    const u32 split = blockIdx.x;
+    const u32 h0 = blockIdx.y * hpc;
+    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
+    const u32 bs = max(p.block_size, 1u);
+    const u32 n_key_blocks = (p.kv_len + bs - 1u) / bs;
+    const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
+    const u32* mrow = hmask + kvh * p.n_idx;  // read in mode 2 only
+    const u32 gbit0 = h0 - kvh * (p.q_heads / p.kv_heads);  // hmask bit of head h0
+
+    float qf[GM][DEC_CPL];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+#pragma unroll
+        for (int i = 0; i < DEC_VPL; ++i) {
+            if ((u32)g < hpc) {
+                vec_widen(ldg16(q + (h0 + (u32)g) * DEC_D + dec_col(lr, i)), &qf[g][i * DEC_VE]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < DEC_VE; ++e) qf[g][i * DEC_VE + e] = 0.0f;
+            }
+        }
+    }
+    float m[GM], l[GM], acc[GM][DEC_CPL];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        m[g] = KVS_NEG_INF;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DEC_CPL; ++c) acc[g][c] = 0.0f;
+    }
+
+    u32 n0, n1;
+    // Mode 2 splits the live entries of the union (counts[kvh] <= n_idx), not its capacity, so
+    // the splits stay balanced when the group's selections overlap.
+    const u32 live_entries = mode == 2u ? min(counts[kvh], p.n_idx) : p.n_idx;
+    split_range(mode == 0u ? p.kv_len : live_entries * bs, splits, split, &n0, &n1);
+    const store_t* kh = k + kvh * p.kv_len * DEC_D;
+    const store_t* vh = v + kvh * p.kv_len * DEC_D;
+    const u32 tile = DEC_RPW * DEC_U;
+    for (u32 base = n0 + warp * tile; base < n1; base += DEC_WARPS * tile) {  // warp-uniform
+        int j[DEC_U];
+        u32 hm[DEC_U];
+#pragma unroll
+        for (int u = 0; u < DEC_U; ++u) {
+            const u32 n = base + (u32)u * DEC_RPW + rg;
+            j[u] = -1;
+            hm[u] = 0xffffffffu;
+            if (n < n1) {
+                if (mode == 0u) {
+                    j[u] = (int)n;
+                } else {
+                    const u32 ent = n / bs;
+                    const int e = irow[ent];
+                    if (e >= 0 && (u32)e < n_key_blocks) {
+                        const u32 jj = (u32)e * bs + (n - ent * bs);
+                        if (jj < p.kv_len) {
+                            j[u] = (int)jj;
+                            if (mode == 2u) hm[u] = mrow[ent];
+                        }
+                    }
+                }
+            }
+        }
+        // All loads of the tile before any use: K and V rows in flight together.
+        kvs_u4 kw[DEC_U][DEC_VPL], vw[DEC_U][DEC_VPL];
+#pragma unroll
+        for (int u = 0; u < DEC_U; ++u) {
+#pragma unroll
+            for (int i = 0; i < DEC_VPL; ++i) {
+                if (j[u] >= 0) {
+                    const u32 off = (u32)j[u] * DEC_D + dec_col(lr, i);
+                    kw[u][i] = ldg16(kh + off);
+                    vw[u][i] = ldg16(vh + off);
+                } else {
+                    kw[u][i] = kvs_u4{0u, 0u, 0u, 0u};
+                    vw[u][i] = kvs_u4{0u, 0u, 0u, 0u};
+                }
+            }
+        }
+        float s[DEC_U][GM];
+#pragma unroll
+        for (int u = 0; u < DEC_U; ++u) {
+            float kf[DEC_CPL];
+#pragma unroll
+            for (int i = 0; i < DEC_VPL; ++i) vec_widen(kw[u][i], &kf[i * DEC_VE]);
+#pragma unroll
+            for (int g = 0; g < GM; ++g) {
+                float d = 0.0f;
+#pragma unroll
+                for (int c = 0; c < DEC_CPL; ++c) d += qf[g][c] * kf[c];
+                s[u][g] = d;
+            }
+        }
+        // Sum over the DEC_LR lanes of each row (xor offsets below DEC_LR stay inside the group).
+#pragma unroll
+        for (int o = DEC_LR / 2; o > 0; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < DEC_U; ++u) {
+#pragma unroll
+                for (int g = 0; g < GM; ++g) s[u][g] += __shfl_xor_sync(KVS_FULL_MASK, s[u][g], o);
+            }
+        }
+        float m_new[GM];
+        bool live[GM];
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            float tile_max = KVS_NEG_INF;
+#pragma unroll
+            for (int u = 0; u < DEC_U; ++u) {
+                const bool ok = j[u] >= 0 && (mode != 2u || ((hm[u] >> (gbit0 + (u32)g)) & 1u) != 0u);
+                s[u][g] = ok ? s[u][g] * p.scale : KVS_NEG_INF;
+                // NaN-propagating max, as attend_tokens.
+                tile_max = (s[u][g] > tile_max || s[u][g] != s[u][g]) ? s[u][g] : tile_max;
+            }
+            // A tile with no live key for this head leaves its state untouched (as attend_tokens).
+            live[g] = tile_max != KVS_NEG_INF;
+            m_new[g] = live[g] ? fmaxf(m[g], tile_max) : m[g];
+            const float corr = live[g] ? expf(m[g] - m_new[g]) : 1.0f;
+            l[g] *= corr;
+#pragma unroll
+            for (int c = 0; c < DEC_CPL; ++c) acc[g][c] *= corr;
+        }
+#pragma unroll
+        for (int u = 0; u < DEC_U; ++u) {
+            float vf[DEC_CPL];
+#pragma unroll
+            for (int i = 0; i < DEC_VPL; ++i) vec_widen(vw[u][i], &vf[i * DEC_VE]);
+#pragma unroll
+            for (int g = 0; g < GM; ++g) {
+                // s is -inf exactly for masked rows; a live tile's -inf logit adds 0 (expf(-inf)).
+                if (live[g] && s[u][g] != KVS_NEG_INF) {
+                    const float pr = expf(s[u][g] - m_new[g]);
+                    l[g] += pr;
+#pragma unroll
+                    for (int c = 0; c < DEC_CPL; ++c) acc[g][c] += pr * vf[c];
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GM; ++g) m[g] = m_new[g];
+    }
+
+    // Merge the row groups of the warp (xor offsets DEC_LR .. 16 pair lanes with the same columns).
+#pragma unroll
+    for (int o = DEC_LR; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            const float m2 = __shfl_xor_sync(KVS_FULL_MASK, m[g], o);
+            const float l2 = __shfl_xor_sync(KVS_FULL_MASK, l[g], o);
+            float a2[DEC_CPL];
+#pragma unroll
+            for (int c = 0; c < DEC_CPL; ++c) a2[c] = __shfl_xor_sync(KVS_FULL_MASK, acc[g][c], o);
+            const float mm = fmaxf(m[g], m2);
+            if (mm != KVS_NEG_INF) {  // both empty: nothing to do
+                const float wa = expf(m[g] - mm);
+                const float wb = expf(m2 - mm);
+                l[g] = l[g] * wa + l2 * wb;
+#pragma unroll
+                for (int c = 0; c < DEC_CPL; ++c) acc[g][c] = acc[g][c] * wa + a2[c] * wb;
+                m[g] = mm;
+            }
+        }
+    }
+    if (rg == 0u) {
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+#pragma unroll
+            for (int i = 0; i < DEC_VPL; ++i) {
+#pragma unroll
+                for (int e = 0; e < DEC_VE; ++e) s_acc[warp][g][dec_col(lr, i) + e] = acc[g][i * DEC_VE + e];
+            }
+            if (lr == 0u) {
+                s_m[warp][g] = m[g];
+                s_l[warp][g] = l[g];
+            }
+        }
+    }
+    __syncthreads();
+    // Merge the warps: one thread per (head, column).
+    for (u32 t = threadIdx.x; t < hpc * DEC_D; t += blockDim.x) {
+        const u32 g = t / DEC_D;
+        const u32 d = t - g * DEC_D;
+        float mm = KVS_NEG_INF;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) mm = (s_m[w][g] > mm || s_m[w][g] != s_m[w][g]) ? s_m[w][g] : mm;
+        float tot = 0.0f;
+        float a = 0.0f;
+        if (mm != KVS_NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; ++w) {
+                if (s_m[w][g] == KVS_NEG_INF) continue;  // empty warp
+                const float wt = expf(s_m[w][g] - mm);
+                tot += s_l[w][g] * wt;
+                a += s_acc[w][g][d] * wt;
+            }
+        }
+        const bool any = tot != 0.0f;  // NaN propagates
+        const float o = any ? a / tot : 0.0f;
+        const float row_lse = any ? mm + logf(tot) : KVS_NEG_INF;
+        const u32 h = h0 + g;
+        if (splits <= 1u) {
+            store_f(out, h * DEC_D + d, o);
+            if (d == 0u) lse[h] = row_lse;
+        } else {
+            const u32 ps = h * splits + split;
+            part_out[ps * DEC_D + d] = o;
+            if (d == 0u) part_lse[ps] = row_lse;
+        }
+    }
+}
+
+#define KVS_DECODE_ENTRY(GM)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) attention_decode_g##GM(                     \
+        const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,                \
+        const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
+        const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
+        float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc) {          \
+        decode_body<GM>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc);             \
+    }
+KVS_DECODE_ENTRY(1)
+KVS_DECODE_ENTRY(2)
+KVS_DECODE_ENTRY(4)
+KVS_DECODE_ENTRY(8)
+#endif  // KVS_DPL <= 8
+
+// attention_merge_rows (p, part_out[rows,splits,D], part_lse[rows,splits], out, lse)
+//   The split-K merge of attention_merge with one CTA (KVS_MERGE_THREADS threads) per row: the
+//   split weights go to shared memory once, and each column's sum over splits is cut into
+//   blockDim/D interleaved slices so that many partial loads are in flight (a warp per row, as
+//   attention_merge does, walks 60+ splits one L2 round trip at a time). splits <= 256.
+#define KVS_MERGE_THREADS 512
+#define KVS_MERGE_MAX_SPLITS 256
+extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
+    attention_merge_rows(const AttentionParams p, const float* __restrict__ part_out,
+                         const float* __restrict__ part_lse, store_t* __restrict__ out, float* __restrict__ lse) {
+    __shared__ float s_w[KVS_MERGE_MAX_SPLITS];
+    __shared__ float s_red[KVS_MERGE_THREADS];
+    const u32 row = blockIdx.x;
+    const u32 splits = min(max(p.splits, 1u), (u32)KVS_MERGE_MAX_SPLITS);
+    const float* pl = part_lse + row * splits;
+    // NaN-propagating max of the split lse (every warp computes it; no barrier needed).
+    float m = KVS_NEG_INF;
+    for (u32 s = threadIdx.x & 31u; s < splits; s += 32u) m = (pl[s] > m || pl[s] != pl[s]) ? pl[s] : m;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float y = __shfl_xor_sync(KVS_FULL_MASK, m, o);
+        m = (y > m || y != y) ? y : m;
+    }
+    for (u32 s = threadIdx.x; s < splits; s += blockDim.x) {
+        // Empty splits (lse = -inf) weigh 0 and are skipped below, as in attention_merge.
+        s_w[s] = (m == KVS_NEG_INF || pl[s] == KVS_NEG_INF) ? 0.0f : expf(pl[s] - m);
+    }
+    __syncthreads();
+    float total = 0.0f;
+    for (u32 s = 0; s < splits; ++s) total += s_w[s];  // same order in every thread
+    const bool any = total != 0.0f;                    // NaN propagates
+    const float inv = any ? 1.0f / total : 0.0f;
+    const u32 slices = p.dim <= blockDim.x ? blockDim.x / p.dim : 1u;
+    const u32 step = p.dim <= blockDim.x ? p.dim : blockDim.x;  // columns per pass
+    for (u32 c0 = 0; c0 < p.dim; c0 += step) {
+        const u32 t = threadIdx.x;
+        const u32 r = t / p.dim;
+        const u32 d = c0 + (t - r * p.dim);
+        float a = 0.0f;
+        if (r < slices && d < p.dim) {
+            const float* po = part_out + (row * splits) * p.dim + d;
+#pragma unroll 4
+            for (u32 s = r; s < splits; s += slices) {
+                const float w = s_w[s];
+                if (w != 0.0f) a += w * po[s * p.dim];
+            }
+        }
+        s_red[t] = a;
+        __syncthreads();
+        if (r == 0u && d < p.dim) {
+            float sum = 0.0f;
+            for (u32 q2 = 0; q2 < slices; ++q2) sum += s_red[q2 * p.dim + (t - r * p.dim)];
+            store_f(out, row * p.dim + d, sum * inv);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) lse[row] = any ? m + logf(total) : KVS_NEG_INF;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core prefill (f16 / bf16 storage, D = 64 or 128): attention_prefill_mma
+//   (p, q[Hq,Tq,D], k, v [Hkv,Tk,D], out[Hq,Tq,D], lse[Hq,Tq])   dense, causal or not
+// One CTA (4 warps) per (64 query rows, query head); each warp owns 16 rows. K/V tiles of 64 keys
+// are staged in shared memory (rows padded by 8 elements so the fragment reads hit 32 distinct
+// banks); S = Q K^T and O += P V run on mma.sync m16n8k16 (f32 accumulators), with Q's fragments
+// in registers for the whole key loop, the online softmax (base 2, f32) on the S fragments in
+// registers, and P re-packed from the S accumulators into A fragments without a trip through
+// shared memory. Causal masks are applied only to tiles that cross a row's limit. P is rounded to
+// the storage type before P V (as flash attention does): error of the order of the storage
+// rounding, not f32's.
+// ---------------------------------------------------------------------------------------------
+#if (KVS_DPL == 2 || KVS_DPL == 4) && !defined(KVS_STORE_F32)
+#define PF_D (32 * KVS_DPL)
+#define PF_BM 64
+#define PF_BN 64
+#define PF_LD (PF_D + 8)
+
+// MMA helpers (kvs_mma16816, kvs_pack2, kvs_ldsm_x2_trans, kvs_ld2): common.cuh.
+
+// MOBA: keys come from the selected blocks (sel[Hq, Tq, n_idx], block_size a multiple of PF_BN,
+// ceil(kv_len / block_size) <= PF_MAX_NB): the CTA visits the union of its 64 rows' blocks, in
+// ascending order, and each row keeps only its own blocks (a 64-bit row set per block in shared
+// memory) on top of the causal limit, as attention_blocks does.
+#define PF_MAX_NB 1024
+template <bool MOBA>
+__device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const store_t* __restrict__ q,
+                                                 const store_t* __restrict__ k, const store_t* __restrict__ v,
+                                                 const int* __restrict__ sel, store_t* __restrict__ out,
+                                                 float* __restrict__ lse) {
+    __shared__ __attribute__((aligned(16))) store_t ks[PF_BN][PF_LD];
+    __shared__ __attribute__((aligned(16))) store_t vs[PF_BN][PF_LD];
+    __shared__ u32 rows_lo[MOBA ? PF_MAX_NB : 1];  // bit i: row r0 + i selected the block
+    __shared__ u32 rows_hi[MOBA ? PF_MAX_NB : 1];  // bit i: row r0 + 32 + i
+    const u32 tid = threadIdx.x;
+    const u32 lane = tid & 31u;
+    const u32 warp = tid >> 5;
+    const u32 gq = lane >> 2;  // fragment row (and key / column group)
+    const u32 tg = lane & 3u;  // thread in the group
+    const u32 h = blockIdx.y;
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    // Heaviest (latest) causal tiles first, so the short ones fill the tail of the grid.
+    const u32 r0 = (gridDim.x - 1u - blockIdx.x) * PF_BM;
+    const u32 ra = r0 + warp * 16u + gq;  // this thread's two rows: ra and ra + 8
+    const u32 rb = ra + 8u;
+    // Keys visible to row r: j < lim(r) (bottom-right aligned when causal), as attention_dense.
+    const long long off = (long long)p.kv_len - (long long)p.q_len;
+    auto lim = [&](u32 r) -> u32 {
+        if (p.causal == 0u) return p.kv_len;
+        const long long e = off + (long long)r + 1;
+        return e <= 0 ? 0u : (e < (long long)p.kv_len ? (u32)e : p.kv_len);
+    };
+    const u32 lim_a = lim(ra), lim_b = lim(rb);
+    const u32 last_row = min(r0 + PF_BM, p.q_len) - 1u;
+    const u32 key_end = lim(last_row);  // no row of the tile sees a key at or past this
+    const u32 tile_lim_min = lim(r0);   // every row sees the keys below this
+
+    u32 qa[PF_D / 16][4];
+    {
+        const store_t* qh = q + h * p.q_len * PF_D;
+#pragma unroll
+        for (int kk = 0; kk < PF_D / 16; ++kk) {
+            const u32 c = (u32)kk * 16u + tg * 2u;
+            qa[kk][0] = ra < p.q_len ? kvs_ld2(qh + ra * PF_D + c) : 0u;
+            qa[kk][1] = rb < p.q_len ? kvs_ld2(qh + rb * PF_D + c) : 0u;
+            qa[kk][2] = ra < p.q_len ? kvs_ld2(qh + ra * PF_D + c + 8u) : 0u;
+            qa[kk][3] = rb < p.q_len ? kvs_ld2(qh + rb * PF_D + c + 8u) : 0u;
+        }
+    }
+    const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
+    float o[PF_D / 8][4];
+#pragma unroll
+    for (int n = 0; n < PF_D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_a = KVS_NEG_INF, m_b = KVS_NEG_INF, l_a = 0.0f, l_b = 0.0f;
+
+    const store_t* kh = k + kvh * p.kv_len * PF_D;
+    const store_t* vh = v + kvh * p.kv_len * PF_D;
+    const u32 bs = max(p.block_size, 1u);
+    const u32 n_key_blocks = (p.kv_len + bs - 1u) / bs;
+    const u32 bit_a = warp * 16u + gq;  // rows ra, rb in the tile's row sets
+    const u32 bit_b = bit_a + 8u;
+    if (MOBA) {
+        for (u32 b = tid; b < n_key_blocks; b += blockDim.x) rows_lo[b] = rows_hi[b] = 0u;
+        __syncthreads();
+        const u32 n_rows = last_row + 1u - r0;
+        for (u32 e = tid; e < n_rows * p.n_idx; e += blockDim.x) {
+            const u32 i = e / p.n_idx;
+            const int b = sel[(h * p.q_len + r0 + i) * p.n_idx + (e - i * p.n_idx)];
+            if (b >= 0 && (u32)b < n_key_blocks) atomicOr(i < 32u ? &rows_lo[b] : &rows_hi[b], 1u << (i & 31u));
+        }
+        __syncthreads();
+    }
+    // Dense: key tiles 0, 64, ...; MOBA: the tiles of each block some row of the tile selected.
+    u32 blk = 0u, sub = 0u;
+    for (u32 j0 = 0;;) {
+        if (MOBA) {
+            // Next (block, 64-key sub-tile) with a selecting row; the row sets are in shared
+            // memory, so every thread takes the same path.
+            while (blk < n_key_blocks) {
+                const bool any_row = (rows_lo[blk] | rows_hi[blk]) != 0u;
+                if (any_row && sub * PF_BN < bs && blk * bs + sub * PF_BN < key_end) break;
+                ++blk;
+                sub = 0u;
+            }
+            if (blk >= n_key_blocks) break;
+            j0 = blk * bs + sub * PF_BN;
+            ++sub;
+        } else if (j0 >= key_end) {
+            break;
+        }
+        __syncthreads();  // the previous tile's fragments are read
+        // Stage K and V rows j0 .. j0+63 (zeros past kv_len): 16-byte chunks, PF_D/8 per row.
+        for (u32 c = tid; c < PF_BN * (PF_D / 8u); c += blockDim.x) {
+            const u32 r = c / (PF_D / 8u);
+            const u32 col = (c - r * (PF_D / 8u)) * 8u;
+            kvs_u4 kx = kvs_u4{0u, 0u, 0u, 0u}, vx = kvs_u4{0u, 0u, 0u, 0u};
+            if (j0 + r < p.kv_len) {
+                kx = *reinterpret_cast<const kvs_u4*>(kh + (j0 + r) * PF_D + col);
+                vx = *reinterpret_cast<const kvs_u4*>(vh + (j0 + r) * PF_D + col);
+            }
+            *reinterpret_cast<kvs_u4*>(&ks[r][col]) = kx;
+            *reinterpret_cast<kvs_u4*>(&vs[r][col]) = vx;
+        }
+        __syncthreads();
+        float s[PF_BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < PF_D / 16; ++kk) {
+#pragma unroll
+            for (int n = 0; n < PF_BN / 8; ++n) {
+                const store_t* kr = &ks[n * 8 + gq][kk * 16 + tg * 2u];
+                kvs_mma16816(s[n], qa[kk], kvs_ld2(kr), kvs_ld2(kr + 8));
+            }
+        }
+        // Uniform over the CTA: only tiles crossing a row's limit (or, for MoBA, a block some
+        // row did not select) pay for the per-element mask.
+        bool take_a = true, take_b = true;
+        bool masked = j0 + PF_BN > tile_lim_min;
+        if (MOBA) {
+            const u32 blk_of = j0 / bs;
+            const u32 lo = rows_lo[blk_of], hi = rows_hi[blk_of];
+            take_a = ((bit_a < 32u ? lo >> bit_a : hi >> (bit_a - 32u)) & 1u) != 0u;
+            take_b = ((bit_b < 32u ? lo >> bit_b : hi >> (bit_b - 32u)) & 1u) != 0u;
+            masked = masked || lo != 0xffffffffu || hi != 0xffffffffu;
+        }
+        const u32 cap_a = take_a ? lim_a : 0u, cap_b = take_b ? lim_b : 0u;
+        float mx_a = KVS_NEG_INF, mx_b = KVS_NEG_INF;
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const u32 key = j0 + (u32)n * 8u + tg * 2u + (u32)e;
+                float xa = s[n][e] * sl2, xb = s[n][2 + e] * sl2;
+                if (masked) {
+                    xa = key < cap_a ? xa : KVS_NEG_INF;
+                    xb = key < cap_b ? xb : KVS_NEG_INF;
+                }
+                s[n][e] = xa;
+                s[n][2 + e] = xb;
+                mx_a = fmaxf(mx_a, xa);
+                mx_b = fmaxf(mx_b, xb);
+            }
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        // A row with no visible key yet keeps m = -inf; subtract 0 then so that exp2(-inf) = 0.
+        const float mu_a = mn_a == KVS_NEG_INF ? 0.0f : mn_a;
+        const float mu_b = mn_b == KVS_NEG_INF ? 0.0f : mn_b;
+        const float ca = exp2f(m_a - mu_a), cb = exp2f(m_b - mu_b);
+        m_a = mn_a;
+        m_b = mn_b;
+        l_a *= ca;
+        l_b *= cb;
+#pragma unroll
+        for (int n = 0; n < PF_D / 8; ++n) {
+            o[n][0] *= ca;
+            o[n][1] *= ca;
+            o[n][2] *= cb;
+            o[n][3] *= cb;
+        }
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; ++n) {
+            s[n][0] = exp2f(s[n][0] - mu_a);
+            s[n][1] = exp2f(s[n][1] - mu_a);
+            s[n][2] = exp2f(s[n][2] - mu_b);
+            s[n][3] = exp2f(s[n][3] - mu_b);
+            l_a += s[n][0] + s[n][1];
+            l_b += s[n][2] + s[n][3];
+        }
+#pragma unroll
+        for (int kk = 0; kk < PF_BN / 16; ++kk) {
+            // The S accumulators of key columns 16kk .. 16kk+15 are exactly P's A fragment.
+            const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), kvs_pack2(s[2 * kk][2], s[2 * kk][3]),
+                               kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               kvs_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < PF_D / 8; ++n) {
+                u32 b0, b1;
+                kvs_ldsm_x2_trans(b0, b1, &vs[kk * 16 + (lane & 15u)][n * 8]);
+                kvs_mma16816(o[n], pa, b0, b1);
+            }
+        }
+        if (!MOBA) j0 += PF_BN;
+    }
+    // Row sums: each of the 4 threads of a row holds a quarter of the columns.
+    l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 1);
+    l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 2);
+    l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 1);
+    l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 2);
+    const float ln2 = 0.6931471805599453f;
+    const u32 rows[2] = {ra, rb};
+    const float ls[2] = {l_a, l_b};
+    const float ms[2] = {m_a, m_b};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const u32 r = rows[half];
+        if (r >= p.q_len) continue;
+        const bool any = ls[half] != 0.0f;
+        const float inv = any ? 1.0f / ls[half] : 0.0f;
+        const u32 base = (h * p.q_len + r) * PF_D + tg * 2u;
+#pragma unroll
+        for (int n = 0; n < PF_D / 8; ++n) {
+            store_f(out, base + (u32)n * 8u, o[n][2 * half] * inv);
+            store_f(out, base + (u32)n * 8u + 1u, o[n][2 * half + 1] * inv);
+        }
+        if (tg == 0u) lse[h * p.q_len + r] = any ? ms[half] * ln2 + logf(ls[half]) : KVS_NEG_INF;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_prefill_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                          const store_t* __restrict__ v, store_t* __restrict__ out, float* __restrict__ lse) {
+    prefill_mma_body<false>(p, q, k, v, (const int*)0, out, lse);
+}
+
+// attention_blocks_mma (p, q, k, v, sel, out, lse): attention_blocks on tensor cores (see
+// prefill_mma_body's MOBA notes for the limits the host checks).
+extern "C" __global__ void __launch_bounds__(128)
+    attention_blocks_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                         const store_t* __restrict__ v, const int* __restrict__ sel, store_t* __restrict__ out,
+                         float* __restrict__ lse) {
+    prefill_mma_body<true>(p, q, k, v, sel, out, lse);
+}
+#endif  // tensor-core prefill

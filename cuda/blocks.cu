@@ -99,3 +99,127 @@ extern "C" __global__ void moba_gate(const BlockParams p, const store_t* __restr
         if (lane == 0) gate[row * p.nb + b] = s;
     }
 }
+
+// quest_scores_grouped (p, q[Hq,D], kmin, kmax [Hkv,NB,D], scores[Hq,NB] f32, hpc, lanes)
+//   The scores of quest_scores, with one CTA per (run of blocks = blockIdx.x, chunk of `hpc`
+//   query heads of one kv head = blockIdx.y): every statistics row is read once for the whole
+//   chunk, with 16-byte loads; `lanes` = D / (16 / sizeof(store_t)) lanes cover a row (a power
+//   of two <= 32, checked by the host), so a warp covers 32 / lanes rows per load. hpc <= 8.
+//   Per lane the products are summed over its vector in channel order, then across lanes by an
+//   xor butterfly: the same terms as quest_scores, in another order (f32 rounding only).
+#if defined(KVS_STORE_F32)
+#define QS_VE 4
+#else
+#define QS_VE 8
+#endif
+#define QS_GM 8
+#define QS_U 4
+
+struct __attribute__((aligned(16))) qs_u4 {
+    u32 x, y, z, w;
+};
+
+__device__ __forceinline__ qs_u4 qs_ldg16(const void* ptr) {
+    qs_u4 r;
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
+    return r;
+}
+
+__device__ __forceinline__ void qs_widen(const qs_u4& w, float* f) {
+#if defined(KVS_STORE_F32)
+    f[0] = __uint_as_float(w.x);
+    f[1] = __uint_as_float(w.y);
+    f[2] = __uint_as_float(w.z);
+    f[3] = __uint_as_float(w.w);
+#elif defined(KVS_STORE_BF16)
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(ws[i] << 16);
+        f[2 * i + 1] = __uint_as_float(ws[i] & 0xffff0000u);
+    }
+#else
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = kvs_h2f((unsigned short)(ws[i] & 0xffffu));
+        f[2 * i + 1] = kvs_h2f((unsigned short)(ws[i] >> 16));
+    }
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    quest_scores_grouped(const BlockParams p, const store_t* __restrict__ q, const store_t* __restrict__ kmin,
+                         const store_t* __restrict__ kmax, float* __restrict__ scores, const u32 hpc,
+                         const u32 lanes) {
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 n_warps = blockDim.x >> 5;
+    const u32 rg = lane / lanes;
+    const u32 lr = lane - rg * lanes;
+    const u32 rpw = 32u / lanes;
+    const u32 h0 = blockIdx.y * hpc;
+    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
+    const u32 per_cta = (p.nb + gridDim.x - 1u) / gridDim.x;
+    const u32 b0 = blockIdx.x * per_cta;
+    const u32 b1 = min(b0 + per_cta, p.nb);
+    const u32 col = lr * QS_VE;
+    float qf[QS_GM][QS_VE];
+#pragma unroll
+    for (int g = 0; g < QS_GM; ++g) {
+        if ((u32)g < hpc) {
+            qs_widen(qs_ldg16(q + (h0 + (u32)g) * p.dim + col), qf[g]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < QS_VE; ++e) qf[g][e] = 0.0f;
+        }
+    }
+    const store_t* lo = kmin + kvh * p.nb * p.dim;
+    const store_t* hi = kmax + kvh * p.nb * p.dim;
+    const u32 tile = rpw * QS_U;
+    for (u32 base = b0 + warp * tile; base < b1; base += n_warps * tile) {  // warp-uniform
+        qs_u4 wl[QS_U], wh[QS_U];
+#pragma unroll
+        for (int u = 0; u < QS_U; ++u) {
+            const u32 b = base + (u32)u * rpw + rg;
+            if (b < b1) {
+                wl[u] = qs_ldg16(lo + b * p.dim + col);
+                wh[u] = qs_ldg16(hi + b * p.dim + col);
+            } else {
+                wl[u] = qs_u4{0u, 0u, 0u, 0u};
+                wh[u] = qs_u4{0u, 0u, 0u, 0u};
+            }
+        }
+        float s[QS_U][QS_GM];
+#pragma unroll
+        for (int u = 0; u < QS_U; ++u) {
+            float fl[QS_VE], fh[QS_VE];
+            qs_widen(wl[u], fl);
+            qs_widen(wh[u], fh);
+#pragma unroll
+            for (int g = 0; g < QS_GM; ++g) {
+                float a = 0.0f;
+#pragma unroll
+                for (int e = 0; e < QS_VE; ++e) a += fmaxf(qf[g][e] * fh[e], qf[g][e] * fl[e]);
+                s[u][g] = a;
+            }
+        }
+        for (u32 o = lanes >> 1; o > 0u; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < QS_U; ++u) {
+#pragma unroll
+                for (int g = 0; g < QS_GM; ++g) s[u][g] += __shfl_xor_sync(KVS_FULL_MASK, s[u][g], o);
+            }
+        }
+        if (lr == 0u) {
+#pragma unroll
+            for (int u = 0; u < QS_U; ++u) {
+                const u32 b = base + (u32)u * rpw + rg;
+#pragma unroll
+                for (int g = 0; g < QS_GM; ++g) {
+                    if (b < b1 && (u32)g < hpc) scores[(h0 + (u32)g) * p.nb + b] = s[u][g];
+                }
+            }
+        }
+    }
+}

@@ -175,17 +175,37 @@ __device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr,
             }
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if (threadIdx.x < 32u) {
             // Walk the digits from the largest: skip whole bins while they hold fewer than the
-            // items still needed; the bin where the count is reached holds the threshold.
-            u32 rem = s_rem;
-            u32 d = 255u;
-            while (d > 0u && hist[d] < rem) {
-                rem -= hist[d];
-                --d;
+            // items still needed; the bin where the count is reached holds the threshold. The
+            // walk is cut in 32 runs of 8 bins (lane l: bins 255-8l down to 248-8l): a prefix sum
+            // over the runs finds the run where the count is reached, one lane walks it. Same
+            // result as the serial walk, including its stop at bin 0 when the count is never
+            // reached.
+            const u32 lane = threadIdx.x;
+            const u32 top = 255u - 8u * lane;
+            u32 run = 0u;
+#pragma unroll
+            for (u32 i = 0; i < 8u; ++i) run += hist[top - i];
+            u32 incl = run;  // inclusive prefix over lanes 0..lane (largest digits first)
+#pragma unroll
+            for (u32 o = 1; o < 32u; o <<= 1) {
+                const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
+                if (lane >= o) incl += y;
             }
-            s_prefix = prefix | (d << shift);
-            s_rem = rem;
+            const u32 rem0 = s_rem;
+            const u32 hit = __ballot_sync(KVS_FULL_MASK, incl >= rem0);
+            const u32 owner = hit != 0u ? (u32)(__ffs(hit) - 1) : 31u;
+            if (lane == owner) {
+                u32 rem = rem0 - (incl - run);  // items still needed when this run starts
+                u32 d = top;
+                for (u32 i = 0; i < 7u && d > 0u && hist[d] < rem; ++i) {
+                    rem -= hist[d];
+                    --d;
+                }
+                s_prefix = prefix | (d << shift);
+                s_rem = rem;
+            }
         }
         mask |= 255u << shift;
     }
@@ -198,24 +218,49 @@ __device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr,
 // Writes every kept item (forced, or eligible and above the threshold, or among the first
 // `take_eq` eligible items equal to it) in ascending index order to out[0..], at most `cap`
 // entries; returns how many were kept (every thread).
+// Each thread classifies KVS_COMPACT_ITEMS consecutive items per round, so a round covers
+// blockDim * KVS_COMPACT_ITEMS items for the price of two block scans (the scans and their
+// barriers, not the loads, bound this pass on long rows).
+#define KVS_COMPACT_ITEMS 8
 template <class Src>
 __device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 thr, u32 take_eq, int* out,
                                   u32 cap) {
     u32 written = 0u;
     u32 eq_seen = 0u;
-    for (u32 base = 0; base < n; base += blockDim.x) {
-        const u32 i = base + threadIdx.x;
-        const bool valid = i < n;
-        const bool f = valid && src.forced(i);
-        const bool e = valid && !f && have_chosen && src.eligible(i);
-        const u32 k = e ? src.key(i) : 0u;
-        const bool eq = e && k == thr;
+    for (u32 base = 0; base < n; base += blockDim.x * KVS_COMPACT_ITEMS) {
+        const u32 i0 = base + threadIdx.x * KVS_COMPACT_ITEMS;
+        u32 above = 0u;  // bit u: item i0 + u is kept regardless of ties (forced or key > thr)
+        u32 equal = 0u;  // bit u: item i0 + u competes with key == thr
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
+            const u32 i = i0 + u;
+            const bool valid = i < n;
+            const bool f = valid && src.forced(i);
+            const bool e = valid && !f && have_chosen && src.eligible(i);
+            const u32 k = e ? src.key(i) : 0u;
+            if (f || (e && k > thr)) above |= 1u << u;
+            if (e && k == thr) equal |= 1u << u;
+        }
         u32 eq_total;
-        const u32 eq_rank = block_exclusive_scan(eq ? 1u : 0u, &eq_total) + eq_seen;
-        const bool take = f || (e && (k > thr || (eq && eq_rank < take_eq)));
+        // Items equal to the threshold are kept lowest index first: rank = equal items before.
+        u32 eq_rank = block_exclusive_scan((u32)__popc(equal), &eq_total) + eq_seen;
+        u32 take = above;
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
+            if ((equal >> u) & 1u) {
+                if (eq_rank < take_eq) take |= 1u << u;
+                ++eq_rank;
+            }
+        }
         u32 take_total;
-        const u32 pos = block_exclusive_scan(take ? 1u : 0u, &take_total) + written;
-        if (take && pos < cap) out[pos] = (int)i;
+        u32 pos = block_exclusive_scan((u32)__popc(take), &take_total) + written;
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
+            if ((take >> u) & 1u) {
+                if (pos < cap) out[pos] = (int)(i0 + u);
+                ++pos;
+            }
+        }
         written += take_total;
         eq_seen += eq_total;
     }
@@ -280,3 +325,48 @@ __device__ bool block_sort_desc_stable(u32* ka, u32* va, u32* kb, u32* vb, u32 m
     }
     return in_a;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core helpers for 16-bit storage (mma.sync m16n8k16, f32 accumulators; sm_80+), shared
+// by the prefill attention and the SnapKV scoring kernels.
+// ---------------------------------------------------------------------------------------------
+#if defined(KVS_STORE_F16) || defined(KVS_STORE_BF16)
+// c += a * b for one m16n8k16 tile (a: 4 regs of 2 elements, b: 2 regs, c: 4 f32).
+__device__ __forceinline__ void kvs_mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if defined(KVS_STORE_BF16)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two f32 rounded to the storage type, `lo` in the low half (the element with the lower index).
+__device__ __forceinline__ u32 kvs_pack2(float lo, float hi) {
+    u32 r;
+#if defined(KVS_STORE_BF16)
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+    return r;
+}
+
+// Two 8x8 16-bit matrices from shared memory, transposed (B fragments of P V from row-major V):
+// lanes 0-7 address the rows of the first matrix, lanes 8-15 those of the second.
+__device__ __forceinline__ void kvs_ldsm_x2_trans(u32& r0, u32& r1, const store_t* smem_row) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+// Two consecutive 16-bit elements as one word (4-byte aligned: even element offset).
+__device__ __forceinline__ u32 kvs_ld2(const store_t* p) { return *reinterpret_cast<const u32*>(p); }
+#endif

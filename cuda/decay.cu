@@ -14,8 +14,10 @@
 // RoPE angles are computed in f64 (pos * base^(-2i/D)), as the reference does; the rotation of
 // the f32 value is done in f64 and rounded once.
 //
-// TODO(perf): decay_scan and ratplus_kv walk the sequence serially per lane; a chunked parallel
-// scan with f32 carries would expose more parallelism for few lanes and long sequences.
+// decay_scan and ratplus_kv walk the sequence serially per lane; with few lanes the host uses
+// the chunked scans at the end of this file instead (decay_scan_* / ratplus_kv_*).
+// TODO(perf): the chunked scans read the inputs twice (5 passes of bytes against the floor's 3);
+// a one-pass form (decoupled look-back between runs) would reach the floor.
 
 __device__ __forceinline__ double rope_inv_freq(u32 i, u32 dim, float base) {
     return pow((double)base, -(2.0 * (double)i) / (double)dim);
@@ -122,4 +124,189 @@ extern "C" __global__ void ratplus_step(const DecayParams p, const store_t* __re
     rope_rotate(ka, kb, (double)p.pos0 * rope_inv_freq(i, p.inner, p.base), &ya, &yb);
     store_f(k_rope, a, ya);
     store_f(k_rope, b, yb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked scans: the serial kernels above give one thread per channel, so a few thousand lanes
+// leave most SMs idle. The chunked form cuts seq into `n_chunks` runs of `chunk` steps, one CTA
+// row per run (blockIdx.y), and composes the runs through their affine maps
+// h_end = A * h_start + B (A = product of the gates, B = the run scanned from 0):
+//   1. *_chunks: A, B of every (run, lane) (reads x/k/v and g once);
+//   2. *_carry:  one thread per lane walks the runs, replacing B by the run's starting state;
+//   3. *_apply:  each run rescanned from its starting state, writing the outputs (and RoPE).
+// The rescan is the serial recurrence itself, so only the run-start states differ from the
+// serial kernel's, by f32 rounding of the composition. Lanes are contiguous channels:
+// every access is coalesced across the warp. Scratch: `ab` = [n_states, 2, n_chunks, lanes] f32.
+// ---------------------------------------------------------------------------------------------
+
+// [t0, t1) of run `c`.
+__device__ __forceinline__ void run_range(u32 seq, u32 chunk, u32 c, u32* t0, u32* t1) {
+    *t0 = min(c * chunk, seq);
+    *t1 = min(*t0 + chunk, seq);
+}
+
+extern "C" __global__ void decay_scan_chunks(const DecayParams p, const store_t* __restrict__ x,
+                                             const float* __restrict__ g, float* __restrict__ ab, const u32 chunk) {
+    const u32 lanes = p.outer * p.inner;
+    const u32 lane = blockIdx.x * blockDim.x + threadIdx.x;
+    if (lane >= lanes) return;
+    const u32 c = blockIdx.y;
+    const u32 n_chunks = gridDim.y;
+    const u32 o = lane / p.inner;
+    const u32 ch = lane - o * p.inner;
+    u32 t0, t1;
+    run_range(p.seq, chunk, c, &t0, &t1);
+    float a = 1.0f, b = 0.0f;
+    u32 i = (o * p.seq + t0) * p.inner + ch;
+#pragma unroll 8
+    for (u32 t = t0; t < t1; ++t, i += p.inner) {
+        const float gi = g[i];
+        b = gi * b + (1.0f - gi) * load_f(x, i);
+        a *= gi;
+    }
+    ab[c * lanes + lane] = a;
+    ab[(n_chunks + c) * lanes + lane] = b;
+}
+
+// One thread per lane: B of run c becomes the state entering run c (h0 enters run 0).
+extern "C" __global__ void decay_scan_carry(const DecayParams p, const float* __restrict__ h0, float* __restrict__ ab,
+                                            const u32 n_chunks) {
+    const u32 lanes = p.outer * p.inner;
+    const u32 lane = blockIdx.x * blockDim.x + threadIdx.x;
+    if (lane >= lanes) return;
+    float h = h0[lane];
+    for (u32 c = 0; c < n_chunks; ++c) {
+        const float a = ab[c * lanes + lane];
+        float* bp = ab + (n_chunks + c) * lanes + lane;
+        const float b = *bp;
+        *bp = h;
+        h = a * h + b;
+    }
+}
+
+extern "C" __global__ void decay_scan_apply(const DecayParams p, const store_t* __restrict__ x,
+                                            const float* __restrict__ g, const float* __restrict__ ab,
+                                            store_t* __restrict__ y, const u32 chunk) {
+    const u32 lanes = p.outer * p.inner;
+    const u32 lane = blockIdx.x * blockDim.x + threadIdx.x;
+    if (lane >= lanes) return;
+    const u32 c = blockIdx.y;
+    const u32 n_chunks = gridDim.y;
+    const u32 o = lane / p.inner;
+    const u32 ch = lane - o * p.inner;
+    u32 t0, t1;
+    run_range(p.seq, chunk, c, &t0, &t1);
+    float h = ab[(n_chunks + c) * lanes + lane];
+    u32 i = (o * p.seq + t0) * p.inner + ch;
+#pragma unroll 8
+    for (u32 t = t0; t < t1; ++t, i += p.inner) {
+        const float gi = g[i];
+        h = gi * h + (1.0f - gi) * load_f(x, i);
+        store_f(y, i, h);
+    }
+}
+
+// RAT+ (k, v, g) -> (k~, v~, RoPE(k~)), chunked: lane = (head, i < D/2) as ratplus_kv, g read
+// once for k and v; four states per lane (k_a, k_b, v_a, v_b: k and v at channels i and
+// i + D/2), so `ab` is [4 states][2][n_chunks][lanes]: state s's A at (2s * n_chunks + c) *
+// lanes + lane, B at ((2s + 1) * n_chunks + c) * lanes + lane. States start at 0 (ratplus_kv has
+// no h0).
+#define RKV_STATES 4
+__device__ __forceinline__ u32 rkv_at(u32 s, u32 ab_sel, u32 n_chunks, u32 c, u32 lanes, u32 lane) {
+    return ((2u * s + ab_sel) * n_chunks + c) * lanes + lane;
+}
+
+extern "C" __global__ void ratplus_kv_chunks(const DecayParams p, const store_t* __restrict__ k,
+                                             const store_t* __restrict__ v, const float* __restrict__ g,
+                                             float* __restrict__ ab, const u32 chunk) {
+    const u32 half = p.inner / 2u;
+    const u32 lanes = p.outer * half;
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= lanes) return;
+    const u32 c = blockIdx.y;
+    const u32 n_chunks = gridDim.y;
+    const u32 h = e / half;
+    const u32 i = e - h * half;
+    u32 t0, t1;
+    run_range(p.seq, chunk, c, &t0, &t1);
+    float pa = 1.0f, pb = 1.0f, ka = 0.0f, kb = 0.0f, va = 0.0f, vb = 0.0f;
+    u32 a = (h * p.seq + t0) * p.inner + i;
+#pragma unroll 4
+    for (u32 t = t0; t < t1; ++t, a += p.inner) {
+        const u32 b = a + half;
+        const float ga = g[a];
+        const float gb = g[b];
+        ka = ga * ka + (1.0f - ga) * load_f(k, a);
+        kb = gb * kb + (1.0f - gb) * load_f(k, b);
+        va = ga * va + (1.0f - ga) * load_f(v, a);
+        vb = gb * vb + (1.0f - gb) * load_f(v, b);
+        pa *= ga;
+        pb *= gb;
+    }
+    // States k_a, k_b, v_a, v_b (gates a, b, a, b).
+    const float as[RKV_STATES] = {pa, pb, pa, pb};
+    const float bs[RKV_STATES] = {ka, kb, va, vb};
+#pragma unroll
+    for (u32 s = 0; s < RKV_STATES; ++s) {
+        ab[rkv_at(s, 0u, n_chunks, c, lanes, e)] = as[s];
+        ab[rkv_at(s, 1u, n_chunks, c, lanes, e)] = bs[s];
+    }
+}
+
+extern "C" __global__ void ratplus_kv_carry(const DecayParams p, float* __restrict__ ab, const u32 n_chunks) {
+    const u32 lanes = p.outer * (p.inner / 2u);
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= lanes) return;
+#pragma unroll
+    for (u32 s = 0; s < RKV_STATES; ++s) {
+        float hs = 0.0f;
+        for (u32 c = 0; c < n_chunks; ++c) {
+            const float a = ab[rkv_at(s, 0u, n_chunks, c, lanes, e)];
+            float* bp = ab + rkv_at(s, 1u, n_chunks, c, lanes, e);
+            const float b = *bp;
+            *bp = hs;
+            hs = a * hs + b;
+        }
+    }
+}
+
+extern "C" __global__ void ratplus_kv_apply(const DecayParams p, const store_t* __restrict__ k,
+                                            const store_t* __restrict__ v, const float* __restrict__ g,
+                                            const float* __restrict__ ab, store_t* __restrict__ k_tilde,
+                                            store_t* __restrict__ v_tilde, store_t* __restrict__ k_rope,
+                                            const u32 chunk) {
+    const u32 half = p.inner / 2u;
+    const u32 lanes = p.outer * half;
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= lanes) return;
+    const u32 c = blockIdx.y;
+    const u32 n_chunks = gridDim.y;
+    const u32 h = e / half;
+    const u32 i = e - h * half;
+    u32 t0, t1;
+    run_range(p.seq, chunk, c, &t0, &t1);
+    const double inv_freq = rope_inv_freq(i, p.inner, p.base);
+    float hk_a = ab[rkv_at(0u, 1u, n_chunks, c, lanes, e)];
+    float hk_b = ab[rkv_at(1u, 1u, n_chunks, c, lanes, e)];
+    float hv_a = ab[rkv_at(2u, 1u, n_chunks, c, lanes, e)];
+    float hv_b = ab[rkv_at(3u, 1u, n_chunks, c, lanes, e)];
+    u32 a = (h * p.seq + t0) * p.inner + i;
+#pragma unroll 4
+    for (u32 t = t0; t < t1; ++t, a += p.inner) {
+        const u32 b = a + half;
+        const float ga = g[a];
+        const float gb = g[b];
+        hk_a = ga * hk_a + (1.0f - ga) * load_f(k, a);
+        hk_b = gb * hk_b + (1.0f - gb) * load_f(k, b);
+        hv_a = ga * hv_a + (1.0f - ga) * load_f(v, a);
+        hv_b = gb * hv_b + (1.0f - gb) * load_f(v, b);
+        store_f(k_tilde, a, hk_a);
+        store_f(k_tilde, b, hk_b);
+        store_f(v_tilde, a, hv_a);
+        store_f(v_tilde, b, hv_b);
+        float ya, yb;
+        rope_rotate(hk_a, hk_b, (double)(p.pos0 + t) * inv_freq, &ya, &yb);
+        store_f(k_rope, a, ya);
+        store_f(k_rope, b, yb);
+    }
 }

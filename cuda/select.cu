@@ -57,3 +57,42 @@ extern "C" __global__ void select_blocks(const SelectParams p, const u32* __rest
     // Blocks after the current one are neither forced nor candidates.
     block_select_row(src, src.current + 1u, p.n_blocks, selected + r * p.width, p.width);
 }
+
+// quest_union (p, selected[Hkv*G, width] i32, uidx[Hkv, cap] i32, umask[Hkv, cap] u32,
+//              ucount[Hkv] u32, group, cap)
+//   One CTA per kv head: the union of the selected blocks of its `group` query heads (group <= 32),
+//   ascending, with bit g of umask set when query head kvh*group + g selected the block; padded
+//   with -1 / 0 to `cap` entries; ucount = the union's size. The grouped decode then reads each
+//   block once for the whole group instead of once per query head. Dynamic shared memory: p.nb
+//   words (a bit set of heads per block).
+extern "C" __global__ void quest_union(const SelectParams p, const int* __restrict__ selected, int* __restrict__ uidx,
+                                       u32* __restrict__ umask, u32* __restrict__ ucount, const u32 group,
+                                       const u32 cap) {
+    extern __shared__ u32 heads_of[];
+    const u32 kvh = blockIdx.x;
+    for (u32 b = threadIdx.x; b < p.nb; b += blockDim.x) heads_of[b] = 0u;
+    __syncthreads();
+    const int* sel = selected + kvh * group * p.width;
+    for (u32 e = threadIdx.x; e < group * p.width; e += blockDim.x) {
+        const int b = sel[e];
+        if (b >= 0 && (u32)b < p.nb) atomicOr(&heads_of[b], 1u << (e / p.width));
+    }
+    __syncthreads();
+    u32 written = 0u;
+    for (u32 base = 0; base < p.nb; base += blockDim.x) {
+        const u32 b = base + threadIdx.x;
+        const u32 bits = b < p.nb ? heads_of[b] : 0u;
+        u32 total;
+        const u32 pos = block_exclusive_scan(bits != 0u ? 1u : 0u, &total) + written;
+        if (bits != 0u && pos < cap) {
+            uidx[kvh * cap + pos] = (int)b;
+            umask[kvh * cap + pos] = bits;
+        }
+        written += total;
+    }
+    for (u32 e = written + threadIdx.x; e < cap; e += blockDim.x) {
+        uidx[kvh * cap + e] = -1;
+        umask[kvh * cap + e] = 0u;
+    }
+    if (threadIdx.x == 0) ucount[kvh] = min(written, cap);
+}

@@ -210,3 +210,97 @@ extern "C" __global__ void snapkv_keep_all(const SnapKvParams p, int* __restrict
     if (e >= p.out_heads * p.seq) return;
     kept[e] = (int)(e % p.seq);
 }
+
+// snapkv_colsum_mma (p, q_obs, k, row_lse, colsum): snapkv_colsum on tensor cores (f16/bf16,
+// D = 64 or 128, window a multiple of 16). One CTA (4 warps) per (64 prefix keys, kv head): the
+// key tile is staged once in shared memory for the whole group; warp w takes query heads
+// w, w + 4, ... of the group and, per 16 window rows, S = Q K^T on mma.sync, then
+// exp(scale * s - lse) summed over the rows in registers (fixed order: deterministic sums).
+// The row lse comes from pass 1 (snapkv_lse, or attention_prefill_mma with q = q_obs, v = k).
+#if (KVS_DPL == 2 || KVS_DPL == 4) && (defined(KVS_STORE_F16) || defined(KVS_STORE_BF16))
+#define SC_D (32 * KVS_DPL)
+#define SC_BN 64
+#define SC_LD (SC_D + 8)
+extern "C" __global__ void __launch_bounds__(128)
+    snapkv_colsum_mma(const SnapKvParams p, const store_t* __restrict__ q_obs, const store_t* __restrict__ k,
+                      const float* __restrict__ row_lse, float* __restrict__ colsum) {
+    __shared__ __attribute__((aligned(16))) store_t ks[SC_BN][SC_LD];
+    const u32 tid = threadIdx.x;
+    const u32 lane = tid & 31u;
+    const u32 warp = tid >> 5;
+    const u32 gq = lane >> 2;
+    const u32 tg = lane & 3u;
+    const u32 kvh = blockIdx.y;
+    const u32 j0 = blockIdx.x * SC_BN;
+    const u32 group = p.q_heads / p.kv_heads;
+    const store_t* kh = k + kvh * p.seq * SC_D;
+    for (u32 c = tid; c < SC_BN * (SC_D / 8u); c += blockDim.x) {
+        const u32 r = c / (SC_D / 8u);
+        const u32 col = (c - r * (SC_D / 8u)) * 8u;
+        u32 w4[4] = {0u, 0u, 0u, 0u};
+        if (j0 + r < p.n_prefix) {
+            const u32* src = reinterpret_cast<const u32*>(kh + (j0 + r) * SC_D + col);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) w4[i] = src[i];
+        }
+        u32* dst = reinterpret_cast<u32*>(&ks[r][col]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dst[i] = w4[i];
+    }
+    __syncthreads();
+    const float log2e = 1.4426950408889634f;
+    const float sl2 = p.scale * log2e;
+    for (u32 hg = warp; hg < group; hg += blockDim.x >> 5) {  // warp-uniform
+        const u32 h = kvh * group + hg;
+        float col[SC_BN / 8][2];
+#pragma unroll
+        for (int n = 0; n < SC_BN / 8; ++n) col[n][0] = col[n][1] = 0.0f;
+        for (u32 m0 = 0; m0 < p.window; m0 += 16u) {
+            const u32 ra = m0 + gq;
+            const u32 rb = ra + 8u;
+            const store_t* qa_row = q_obs + (h * p.window + ra) * SC_D;
+            const store_t* qb_row = q_obs + (h * p.window + rb) * SC_D;
+            float s[SC_BN / 8][4];
+#pragma unroll
+            for (int n = 0; n < SC_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < SC_D / 16; ++kk) {
+                const u32 c = (u32)kk * 16u + tg * 2u;
+                const u32 a[4] = {kvs_ld2(qa_row + c), kvs_ld2(qb_row + c), kvs_ld2(qa_row + c + 8u),
+                                  kvs_ld2(qb_row + c + 8u)};
+#pragma unroll
+                for (int n = 0; n < SC_BN / 8; ++n) {
+                    const store_t* kr = &ks[n * 8 + gq][kk * 16 + tg * 2u];
+                    kvs_mma16816(s[n], a, kvs_ld2(kr), kvs_ld2(kr + 8));
+                }
+            }
+            const float la = row_lse[h * p.window + ra] * log2e;
+            const float lb = row_lse[h * p.window + rb] * log2e;
+#pragma unroll
+            for (int n = 0; n < SC_BN / 8; ++n) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) col[n][e] += exp2f(s[n][e] * sl2 - la) + exp2f(s[n][2 + e] * sl2 - lb);
+            }
+        }
+        // Sum the 8 row groups of the warp (lanes with the same tg hold the same columns).
+#pragma unroll
+        for (int n = 0; n < SC_BN / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+#pragma unroll
+                for (int o = 4; o < 32; o <<= 1) col[n][e] += __shfl_xor_sync(KVS_FULL_MASK, col[n][e], o);
+            }
+        }
+        if (gq == 0u) {
+#pragma unroll
+            for (int n = 0; n < SC_BN / 8; ++n) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const u32 j = j0 + (u32)n * 8u + tg * 2u + (u32)e;
+                    if (j < p.n_prefix) colsum[h * p.n_prefix + j] = col[n][e];
+                }
+            }
+        }
+    }
+}
+#endif  // tensor-core colsum

@@ -84,15 +84,66 @@ impl Family {
         match self {
             Family::Random => &["pcg_hash", "random_key", "random_select"],
             Family::Topk => &["topk"],
-            Family::Decay => &["decay_scan", "decay_step", "rope", "ratplus_kv", "ratplus_step"],
-            Family::Blocks => &["block_minmax", "block_mean", "block_mean_f32", "quest_scores", "moba_gate"],
-            Family::Select => &["select_keys", "select_blocks"],
-            Family::Attention => &["attention_dense", "attention_sparse", "attention_blocks", "attention_merge"],
-            Family::SnapKv => {
-                &["snapkv_lse", "snapkv_colsum", "snapkv_pool", "snapkv_keys", "snapkv_select", "snapkv_keep_all"]
+            Family::Decay => &[
+                "decay_scan",
+                "decay_step",
+                "rope",
+                "ratplus_kv",
+                "ratplus_step",
+                "decay_scan_chunks",
+                "decay_scan_carry",
+                "decay_scan_apply",
+                "ratplus_kv_chunks",
+                "ratplus_kv_carry",
+                "ratplus_kv_apply",
+            ],
+            Family::Blocks => {
+                &["block_minmax", "block_mean", "block_mean_f32", "quest_scores", "quest_scores_grouped", "moba_gate"]
             }
+            Family::Select => &["select_keys", "select_blocks", "quest_union"],
+            Family::Attention => &[
+                "attention_dense",
+                "attention_sparse",
+                "attention_blocks",
+                "attention_merge",
+                "attention_merge_rows",
+                "attention_decode_g1",
+                "attention_decode_g2",
+                "attention_decode_g4",
+                "attention_decode_g8",
+                "attention_prefill_mma",
+                "attention_blocks_mma",
+            ],
+            Family::SnapKv => &[
+                "snapkv_lse",
+                "snapkv_colsum",
+                "snapkv_pool",
+                "snapkv_keys",
+                "snapkv_select",
+                "snapkv_keep_all",
+                "snapkv_colsum_mma",
+            ],
             Family::HitRate => &["hit_rate"],
         }
+    }
+
+    /// Whether `entry` exists in the module of `spec`: the grouped decode kernels are compiled only
+    /// for head dims up to [`DECODE_MAX_DPL`] slots per lane (their register tiles grow with D),
+    /// the tensor-core prefill only where [`prefill_mma_fits`].
+    pub(crate) fn has_entry(self, spec: &Spec, entry: &str) -> bool {
+        if entry == "snapkv_colsum_mma" {
+            return prefill_mma_fits(spec);
+        }
+        if self != Family::Attention {
+            return true;
+        }
+        if entry.starts_with("attention_decode_") {
+            return spec.dpl <= DECODE_MAX_DPL;
+        }
+        if entry == "attention_prefill_mma" || entry == "attention_blocks_mma" {
+            return prefill_mma_fits(spec);
+        }
+        true
     }
 
     /// Whether the family's kernels are specialised on the storage dtype.
@@ -118,6 +169,16 @@ const FLOAT_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// Head-dim slots per lane that kernels are compiled for: `D <= 32 * dpl`.
 const DPL_CHOICES: [u32; 6] = [1, 2, 4, 8, 16, 32];
+
+/// Largest `dpl` with the grouped decode kernels (`attention_decode_g*`, D = 32 * dpl <= 256).
+pub(crate) const DECODE_MAX_DPL: u32 = 8;
+
+/// Whether the module of `spec` has the tensor-core kernels (`attention_prefill_mma`,
+/// `attention_blocks_mma`, `snapkv_colsum_mma`): f16/bf16 storage (the MMA operand types) and
+/// D = 64 or 128 (dpl 2 or 4).
+pub(crate) fn prefill_mma_fits(spec: &Spec) -> bool {
+    matches!(spec.dtype, Some(DType::F16 | DType::BF16)) && matches!(spec.dpl, 2 | 4)
+}
 
 /// Largest head dim the register-resident kernels (attention, SnapKV) accept.
 pub(crate) const MAX_HEAD_DIM: usize = 32 * 32;
@@ -289,7 +350,7 @@ fn compile_checked(family: Family, spec: &Spec, arch: &str) -> Result<(String, u
         write("cu", &assemble(family, spec))?;
         write("ptx", &text)?;
     }
-    for entry in family.entries() {
+    for entry in family.entries().iter().filter(|e| family.has_entry(spec, e)) {
         if !text.contains(&format!(".entry {entry}(")) {
             return Err(Error::Nvrtc {
                 kernel: format!("{} [{}] for {arch}", family.name(), spec.label()),

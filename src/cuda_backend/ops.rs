@@ -21,6 +21,77 @@ const ROW_WARPS: u32 = 4;
 const LSE_WARPS: u32 = 8;
 /// Rows of decode attention below which keys are split across blocks (per SM).
 const ROWS_PER_SM: usize = 8;
+/// Threads of the grouped decode kernels (`DEC_WARPS` warps in `cuda/attention.cu`).
+const DECODE_THREADS: u32 = 128;
+/// Resident CTAs per SM assumed for the grouped decode kernel when the occupancy query fails.
+const DECODE_CTAS_PER_SM: usize = 4;
+/// Fewest keys per decode split, and the most splits (`KVS_MERGE_MAX_SPLITS` bounds the merge).
+const DECODE_MIN_KEYS: usize = 128;
+const DECODE_MAX_SPLITS: usize = 256;
+/// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
+const QUEST_UNION_MAX_NB: usize = 12 * 1024;
+/// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
+const MERGE_THREADS: u32 = 512;
+
+/// Run-time switches read once: `KVSPARSE_CUDA_LEGACY=1` routes decode back to the one-warp-per-row
+/// kernels (to time both in one GPU run); `KVSPARSE_CUDA_EXPERIMENTAL=1` enables the paths not yet
+/// validated on a GPU.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == "1")
+}
+
+fn legacy() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_LEGACY"))
+}
+
+fn experimental() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_EXPERIMENTAL"))
+}
+
+/// Query rows per CTA of the tensor-core prefill (`PF_BM`, also its key tile `PF_BN`), its
+/// threads, and the most key blocks its MoBA variant keeps row sets for (`PF_MAX_NB`).
+const PREFILL_ROWS: u32 = 64;
+const PREFILL_THREADS: u32 = 128;
+const PREFILL_MAX_NB: usize = 1024;
+
+/// Whether prefill goes to the tensor-core kernels: opt-in (`KVSPARSE_CUDA_EXPERIMENTAL=1`) until
+/// a GPU run has validated them; f16/bf16, D = 64 or 128.
+fn prefill_mma_on(spec: Spec, dim: usize) -> bool {
+    experimental() && super::kernels::prefill_mma_fits(&spec) && dim == 32 * spec.dpl as usize
+}
+
+/// Whether the grouped decode kernels cover this head: D = 32 * dpl with dpl <= 8 (one 16-byte
+/// vector per lane, D in {32, 64, 128, 256}).
+fn decode_fits(spec: Spec, dim: usize) -> bool {
+    !legacy() && spec.dpl <= super::kernels::DECODE_MAX_DPL && dim == 32 * spec.dpl as usize
+}
+
+/// Query heads one decode CTA serves: the largest divisor of the group size that is at most 8
+/// (the kernels' register tiles), and its kernel `attention_decode_g{1,2,4,8}`.
+fn decode_chunk(group: usize) -> (usize, &'static str) {
+    let hpc = (1..=group.min(8)).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1);
+    let entry = match hpc.next_power_of_two() {
+        1 => "attention_decode_g1",
+        2 => "attention_decode_g2",
+        4 => "attention_decode_g4",
+        _ => "attention_decode_g8",
+    };
+    (hpc, entry)
+}
+
+/// How the decode kernel finds its keys (`mode` of `attention_decode_g*`).
+#[derive(Clone, Copy)]
+enum DecodeKeys<'a> {
+    /// Keys 0..kv_len.
+    Dense,
+    /// The index rows (block_size tokens per entry); per query head when `idx_heads == q_heads`.
+    Sparse(&'a CudaSlice<u8>),
+    /// A kv head's index row shared by its group (`quest_union`): indices, a per-entry bit mask
+    /// of the heads that attend it ([Hkv, n_idx] u32) and the live entries per row ([Hkv] u32).
+    Masked(&'a CudaSlice<u8>, &'a CudaSlice<u8>, &'a CudaSlice<u8>),
+}
 
 /// One thread per element, `n >= 1`.
 fn elementwise(n: usize) -> LaunchConfig {
@@ -72,6 +143,200 @@ impl Cuda {
         target.div_ceil(rows).min(keys.div_ceil(128)).clamp(1, 64) as u32
     }
 
+    /// Runs of the chunked scans for `lanes` independent recurrences over `seq` steps: enough
+    /// (run, lane-tile) CTAs for about 8 per SM, runs of at least 64 steps; `(1, seq)` means the
+    /// serial kernel (already enough lanes, or too short a sequence).
+    fn scan_runs(&self, lanes: usize, seq: usize) -> (usize, usize) {
+        if legacy() {
+            return (1, seq);
+        }
+        let tiles = lanes.div_ceil(ELEMENTWISE as usize).max(1);
+        let want = (8 * self.sm_count as usize).div_ceil(tiles);
+        let n = want.min(seq / 64).max(1);
+        if n <= 1 {
+            return (1, seq);
+        }
+        let chunk = seq.div_ceil(n);
+        (seq.div_ceil(chunk), chunk)
+    }
+
+    /// SnapKV passes 1 and 2 on tensor cores: the window rows' lse by `attention_prefill_mma`
+    /// (q = q_obs, k = v = the keys, causal bottom-right: window query i sees keys 0..=T-w+i,
+    /// exactly `snapkv_lse`'s rows; its attention output goes to scratch), then
+    /// `snapkv_colsum_mma`. The caller checks `prefill_mma_on` and window % 16 == 0.
+    fn snapkv_scores_mma(
+        &self,
+        op: &SnapKvCompress,
+        spec: Spec,
+        q_obs: &CudaBuffer,
+        k: &CudaBuffer,
+        row_lse: &mut CudaSlice<u8>,
+        colsum: &mut CudaSlice<u8>,
+    ) -> Result<()> {
+        let sp = op.params();
+        let window = sp.window as usize;
+        let ap = AttentionParams {
+            q_heads: sp.q_heads,
+            kv_heads: sp.kv_heads,
+            q_len: sp.window,
+            kv_len: sp.seq,
+            dim: sp.dim,
+            causal: 1,
+            scale: sp.scale,
+            idx_heads: sp.q_heads,
+            n_idx: 0,
+            block_size: 1,
+            splits: 1,
+            _pad0: 0,
+        };
+        let mut att_out = self.scratch(op.q_heads * window * op.dim * op.dtype.size())?;
+        let f = self.function(Family::Attention, spec, "attention_prefill_mma")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&ap).arg(&q_obs.slice).arg(&k.slice).arg(&k.slice).arg(&mut att_out).arg(&mut *row_lse);
+        let cfg = LaunchConfig {
+            grid_dim: (sp.window.div_ceil(PREFILL_ROWS), grid_y(SnapKvCompress::NAME, op.q_heads)?, 1),
+            block_dim: (PREFILL_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `attention_prefill_mma(p, q, k, v, out, lse)`; q = q_obs [Hq, w, D],
+        // k = v = k [Hkv, T, D] (checked; T > w), out = scratch sized Hq*w*D storage elements,
+        // lse = row_lse sized Hq*w f32 by the caller; f16/bf16, D in {64, 128}.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_prefill_mma (snapkv)", e))?;
+        let n_prefix = sp.n_prefix as usize;
+        let f = self.function(Family::SnapKv, spec, "snapkv_colsum_mma")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&sp).arg(&q_obs.slice).arg(&k.slice).arg(&*row_lse).arg(colsum);
+        let cfg = LaunchConfig {
+            grid_dim: ((n_prefix as u32).div_ceil(64), grid_y(SnapKvCompress::NAME, op.kv_heads)?, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `snapkv_colsum_mma(p, q_obs, k, row_lse, colsum)`; row_lse written
+        // above, colsum sized Hq*n_prefix f32 by the caller; window % 16 == 0 (checked by the
+        // caller) so every 16-row fragment lies inside the window; keys guarded by n_prefix.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_colsum_mma", e))?;
+        Ok(())
+    }
+
+    /// Grouped flash-decoding (`attention_decode_g*` then `attention_merge_rows`); `p` has
+    /// `q_len = 1` and, for index sets, `idx_heads`, `n_idx` and `block_size` set. The split
+    /// count depends on the device, the head counts and the key capacity only.
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &self,
+        spec: Spec,
+        mut p: AttentionParams,
+        keys: DecodeKeys<'_>,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+    ) -> Result<()> {
+        let (q_heads, kv_heads) = (p.q_heads as usize, p.kv_heads as usize);
+        let group = q_heads / kv_heads.max(1);
+        let shared = match keys {
+            DecodeKeys::Dense | DecodeKeys::Masked(..) => true,
+            DecodeKeys::Sparse(_) => p.idx_heads != p.q_heads || group == 1,
+        };
+        let (hpc, entry) = if shared { decode_chunk(group) } else { (1, "attention_decode_g1") };
+        let chunks = q_heads / hpc;
+        let capacity = match keys {
+            DecodeKeys::Dense => p.kv_len as usize,
+            _ => p.n_idx as usize * p.block_size.max(1) as usize,
+        };
+        let f = self.function(Family::Attention, spec, entry)?;
+        // One full wave of resident CTAs (the register tile of g4/g8 allows 3 or 2 per SM), so
+        // no split waits for a second wave; every split has the same length.
+        let resident = f
+            .occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)
+            .map_or(DECODE_CTAS_PER_SM, |n| (n as usize).max(1));
+        let target = resident * self.sm_count as usize;
+        p.splits = (target / chunks).min(capacity.div_ceil(DECODE_MIN_KEYS)).clamp(1, DECODE_MAX_SPLITS) as u32;
+        let (mode, idx, hmask, counts) = match keys {
+            // Unused pointers still need a valid device address: q stands in.
+            DecodeKeys::Dense => (0u32, &q.slice, &q.slice, &q.slice),
+            DecodeKeys::Sparse(i) => (1, i, &q.slice, &q.slice),
+            DecodeKeys::Masked(i, m, c) => (2, i, m, c),
+        };
+        let parts = if p.splits > 1 { q_heads * p.splits as usize } else { 1 };
+        let mut part_out = self.scratch(4 * parts * p.dim as usize)?;
+        let mut part_lse = self.scratch(4 * parts)?;
+        let hpc32 = hpc as u32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx).arg(hmask).arg(counts);
+        b.arg(&mut out.slice).arg(&mut lse.slice).arg(&mut part_out).arg(&mut part_lse).arg(&mode).arg(&hpc32);
+        let cfg = LaunchConfig {
+            grid_dim: (p.splits, chunks as u32, 1),
+            block_dim: (DECODE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `attention_decode_g*(p, q, k, v, idx, hmask, counts, out, lse,
+        // part_out, part_lse, mode, hpc)`; q/out [Hq, D], k/v [Hkv, T, D], lse [Hq] checked by
+        // the caller, D = 32 * dpl of the module (decode_fits), idx [idx_heads, n_idx] i32 is
+        // read in modes 1 and 2, hmask [Hkv, n_idx] u32 and counts [Hkv] u32 in mode 2 only
+        // (checked or written by the caller);
+        // hpc divides the group and is at most the kernel's GM; part buffers hold Hq*splits rows
+        // when splits > 1; chunks*hpc = Hq <= 65535 grid rows (problem caps); every token is
+        // checked against T and the split range.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
+        if p.splits > 1 {
+            let f = self.function(Family::Attention, spec, "attention_merge_rows")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&part_out).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
+            let cfg =
+                LaunchConfig { grid_dim: (p.q_heads, 1, 1), block_dim: (MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: matches `attention_merge_rows(p, part_out, part_lse, out, lse)`; the
+            // partials hold Hq*splits rows (splits <= 256) written by the decode launch above on
+            // this stream; out/lse hold Hq*D and Hq elements; one CTA per row (q_len = 1).
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_merge_rows", e))?;
+        }
+        Ok(())
+    }
+
+    /// Quest block scores `[Hq, NB]` f32 from block min/max: `quest_scores_grouped` (each
+    /// statistics row read once per group, 16-byte loads) when a row splits into a power-of-two
+    /// number (<= 32) of 16-byte vectors, else the one-warp-per-(head, block) `quest_scores`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_quest_scores(
+        &self,
+        op: &QuestScores,
+        q: &CudaSlice<u8>,
+        kmin: &CudaSlice<u8>,
+        kmax: &CudaSlice<u8>,
+        scores: &mut CudaSlice<u8>,
+    ) -> Result<()> {
+        let p = op.params();
+        let ve = 16 / op.dtype.size();
+        let lanes = op.dim / ve;
+        let group = op.q_heads / op.kv_heads.max(1);
+        if !legacy() && op.dim.is_multiple_of(ve) && lanes.is_power_of_two() && lanes <= 32 && op.nb > 0 {
+            let (hpc, _) = decode_chunk(group);
+            let chunks = op.q_heads / hpc;
+            // About four CTAs per SM in all, each over a run of at least 32 blocks.
+            let runs = (4 * self.sm_count as usize).div_ceil(chunks).min(op.nb.div_ceil(32)).max(1);
+            let (hpc32, lanes32) = (hpc as u32, lanes as u32);
+            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores_grouped")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(q).arg(kmin).arg(kmax).arg(scores).arg(&hpc32).arg(&lanes32);
+            let cfg =
+                LaunchConfig { grid_dim: (runs as u32, chunks as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: matches `quest_scores_grouped(p, q, kmin, kmax, scores, hpc, lanes)`; q
+            // [Hq, D], kmin/kmax [Hkv, NB, D] in the module's dtype, scores [Hq, NB] f32 (checked
+            // or sized by the caller); D = lanes * 16 bytes (16-byte aligned rows), hpc <= 8
+            // divides the group, blocks guarded against NB.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("quest_scores_grouped", e))?;
+            return Ok(());
+        }
+        let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(q).arg(kmin).arg(kmax).arg(scores);
+        // SAFETY: matches `quest_scores(p, q, kmin, kmax, scores)`; q [Hq, D], kmin/kmax
+        // [Hkv, NB, D], scores [Hq, NB] f32 (checked or sized by the caller); guarded row < Hq*NB.
+        unsafe { b.launch(warp_rows(op.q_heads * op.nb, 1)) }.map_err(|e| device_err("quest_scores", e))?;
+        Ok(())
+    }
+
     /// Launches the sparse (index-set) decode attention with split-K and merge.
     /// `p` must have `q_len = 1`, `idx_heads`, `n_idx`, `block_size` set; `splits` is chosen here.
     #[allow(clippy::too_many_arguments)]
@@ -86,6 +351,9 @@ impl Cuda {
         out: &mut CudaBuffer,
         lse: &mut CudaBuffer,
     ) -> Result<()> {
+        if decode_fits(spec, p.dim as usize) {
+            return self.decode(spec, p, DecodeKeys::Sparse(idx), q, k, v, out, lse);
+        }
         let rows = p.q_heads as usize;
         let keys = p.n_idx as usize * p.block_size.max(1) as usize;
         p.splits = self.splits(rows, keys);
@@ -280,6 +548,35 @@ impl Backend for Cuda {
     ) -> Result<()> {
         ops::check(op, &[x, g, h0, y])?;
         let p = op.params();
+        let lanes = op.outer * op.inner;
+        let (n_chunks, chunk) = self.scan_runs(lanes, op.seq);
+        if n_chunks > 1 {
+            let spec = Spec::dtype(op.dtype);
+            let mut ab = self.scratch(4 * 2 * n_chunks * lanes)?;
+            let grid = ((lanes as u32).div_ceil(ELEMENTWISE), n_chunks as u32, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (ELEMENTWISE, 1, 1), shared_mem_bytes: 0 };
+            let (chunk32, n32) = (chunk as u32, n_chunks as u32);
+            let f = self.function(Family::Decay, spec, "decay_scan_chunks")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&x.slice).arg(&g.slice).arg(&mut ab).arg(&chunk32);
+            // SAFETY: matches `decay_scan_chunks(p, x, g, ab, chunk)`; x, g [outer, seq, inner]
+            // (checked), ab sized 2*n_chunks*lanes f32 here, n_chunks = grid rows, runs clipped
+            // to seq, lanes guarded.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("decay_scan_chunks", e))?;
+            let f = self.function(Family::Decay, spec, "decay_scan_carry")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&h0.slice).arg(&mut ab).arg(&n32);
+            // SAFETY: matches `decay_scan_carry(p, h0, ab, n_chunks)`; h0 [lanes] f32 (checked),
+            // ab written above; lanes guarded.
+            unsafe { b.launch(elementwise(lanes)) }.map_err(|e| device_err("decay_scan_carry", e))?;
+            let f = self.function(Family::Decay, spec, "decay_scan_apply")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&x.slice).arg(&g.slice).arg(&ab).arg(&mut y.slice).arg(&chunk32);
+            // SAFETY: matches `decay_scan_apply(p, x, g, ab, y, chunk)`; y as x (checked), ab
+            // holds the run-start states written by the carry pass; same grid as the first pass.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("decay_scan_apply", e))?;
+            return Ok(());
+        }
         let f = self.function(Family::Decay, Spec::dtype(op.dtype), "decay_scan")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&x.slice).arg(&g.slice).arg(&h0.slice).arg(&mut y.slice);
@@ -333,6 +630,35 @@ impl Backend for Cuda {
     ) -> Result<()> {
         ops::check(op, &[k, v, g, k_tilde, v_tilde, k_rope])?;
         let p = op.params();
+        let lanes = op.heads * op.dim / 2;
+        let (n_chunks, chunk) = self.scan_runs(lanes, op.seq);
+        if n_chunks > 1 {
+            let spec = Spec::dtype(op.dtype);
+            // [4 states][A, B][n_chunks][lanes] (RKV_STATES in cuda/decay.cu).
+            let mut ab = self.scratch(4 * 4 * 2 * n_chunks * lanes)?;
+            let grid = ((lanes as u32).div_ceil(ELEMENTWISE), n_chunks as u32, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (ELEMENTWISE, 1, 1), shared_mem_bytes: 0 };
+            let (chunk32, n32) = (chunk as u32, n_chunks as u32);
+            let f = self.function(Family::Decay, spec, "ratplus_kv_chunks")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&k.slice).arg(&v.slice).arg(&g.slice).arg(&mut ab).arg(&chunk32);
+            // SAFETY: matches `ratplus_kv_chunks(p, k, v, g, ab, chunk)`; k, v, g [H, T, D]
+            // (checked, D even), ab sized 8*n_chunks*lanes f32 here; lanes and runs guarded.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("ratplus_kv_chunks", e))?;
+            let f = self.function(Family::Decay, spec, "ratplus_kv_carry")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&mut ab).arg(&n32);
+            // SAFETY: matches `ratplus_kv_carry(p, ab, n_chunks)`; ab written above; lanes guarded.
+            unsafe { b.launch(elementwise(lanes)) }.map_err(|e| device_err("ratplus_kv_carry", e))?;
+            let f = self.function(Family::Decay, spec, "ratplus_kv_apply")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&k.slice).arg(&v.slice).arg(&g.slice).arg(&ab);
+            b.arg(&mut k_tilde.slice).arg(&mut v_tilde.slice).arg(&mut k_rope.slice).arg(&chunk32);
+            // SAFETY: matches `ratplus_kv_apply(p, k, v, g, ab, k_tilde, v_tilde, k_rope, chunk)`;
+            // outputs [H, T, D] (checked), ab holds the run-start states; same grid as above.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("ratplus_kv_apply", e))?;
+            return Ok(());
+        }
         let f = self.function(Family::Decay, Spec::dtype(op.dtype), "ratplus_kv")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&k.slice).arg(&v.slice).arg(&g.slice);
@@ -408,14 +734,7 @@ impl Backend for Cuda {
         scores: &mut CudaBuffer,
     ) -> Result<()> {
         ops::check(op, &[q, kmin, kmax, scores])?;
-        let p = op.params();
-        let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p).arg(&q.slice).arg(&kmin.slice).arg(&kmax.slice).arg(&mut scores.slice);
-        // SAFETY: matches `quest_scores(p, q, kmin, kmax, scores)`; q [Hq, D], kmin/kmax
-        // [Hkv, NB, D], scores [Hq, NB] f32 (checked); guarded row < Hq*NB.
-        unsafe { b.launch(warp_rows(op.q_heads * op.nb, 1)) }.map_err(|e| device_err("quest_scores", e))?;
-        Ok(())
+        self.launch_quest_scores(op, &q.slice, &kmin.slice, &kmax.slice, &mut scores.slice)
     }
 
     fn quest_decode(
@@ -460,19 +779,52 @@ impl Backend for Cuda {
                     (&computed.0, &computed.1)
                 }
             };
-            let sp =
-                QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype }.params();
-            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&sp).arg(&q.slice).arg(kmin).arg(kmax).arg(&mut ranking.slice);
-            // SAFETY: matches `quest_scores(p, q, kmin, kmax, scores)`; q [Hq, D] (checked),
-            // kmin/kmax [Hkv, NB, D] (checked when cached, written above otherwise), ranking =
-            // scores [Hq, NB] f32 (checked); guarded row < Hq*NB.
-            unsafe { b.launch(warp_rows(op.q_heads * nb, 1)) }.map_err(|e| device_err("quest_scores", e))?;
+            let sop = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype };
+            // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB].
+            self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut ranking.slice)?;
         }
         // 3. forced top-k block selection per query head (keys filled first for random).
         self.select(&op.select_params(), ranking, selected)?;
-        // 4. attention over every token of the selected blocks.
+        // 4. attention over every token of the selected blocks: with GQA, over the union of the
+        // group's blocks, each block read once for the group (per-head masks keep each query
+        // head on its own selection).
+        let group = op.q_heads / op.kv_heads;
+        if group > 1 && group <= 32 && nb <= QUEST_UNION_MAX_NB && decode_fits(head, op.dim) {
+            let cap = nb.min(group * op.n_sel());
+            let mut uidx = self.scratch(4 * op.kv_heads * cap)?;
+            let mut umask = self.scratch(4 * op.kv_heads * cap)?;
+            let mut ucount = self.scratch(4 * op.kv_heads)?;
+            let sp = op.select_params();
+            let (group32, cap32) = (group as u32, cap as u32);
+            let f = self.function(Family::Select, Spec::NONE, "quest_union")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&sp).arg(&selected.slice).arg(&mut uidx).arg(&mut umask).arg(&mut ucount).arg(&group32).arg(&cap32);
+            let cfg = LaunchConfig {
+                grid_dim: (op.kv_heads as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 4 * nb as u32,
+            };
+            // SAFETY: matches `quest_union(p, selected, uidx, umask, ucount, group, cap)`;
+            // selected [Hq, width] i32 written by select_blocks above (Hq = Hkv * group), uidx /
+            // umask sized Hkv*cap and ucount Hkv here, every entry below cap written; block ids
+            // checked against nb; nb words of dynamic shared memory (<= 48 KiB); group <= 32.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("quest_union", e))?;
+            let p = AttentionParams {
+                q_heads: op.q_heads as u32,
+                kv_heads: op.kv_heads as u32,
+                q_len: 1,
+                kv_len: op.seq as u32,
+                dim: op.dim as u32,
+                causal: 0,
+                scale: op.scale,
+                idx_heads: op.kv_heads as u32,
+                n_idx: cap32,
+                block_size: bs as u32,
+                splits: 1,
+                _pad0: 0,
+            };
+            return self.decode(head, p, DecodeKeys::Masked(&uidx, &umask, &ucount), q, k, v, out, lse);
+        }
         let mut p = AttentionSparse {
             q_heads: op.q_heads,
             kv_heads: op.kv_heads,
@@ -564,6 +916,23 @@ impl Backend for Cuda {
             splits: 1,
             _pad0: 0,
         };
+        if prefill_mma_on(head, op.dim) && bs.is_multiple_of(PREFILL_ROWS as usize) && nb <= PREFILL_MAX_NB {
+            let f = self.function(Family::Attention, head, "attention_blocks_mma")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&selected.slice);
+            b.arg(&mut out.slice).arg(&mut lse.slice);
+            let cfg = LaunchConfig {
+                grid_dim: ((op.seq as u32).div_ceil(PREFILL_ROWS), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
+                block_dim: (PREFILL_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `attention_blocks_mma(p, q, k, v, sel, out, lse)`; as
+            // attention_blocks below, plus: f16/bf16 with D in {64, 128} (prefill_mma_on), block
+            // size a multiple of the 64-key tile and NB <= PF_MAX_NB (the kernel's shared row
+            // sets); one CTA per 64 query rows and head.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_blocks_mma", e))?;
+            return Ok(());
+        }
         let f = self.function(Family::Attention, head, "attention_blocks")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&selected.slice);
@@ -606,28 +975,32 @@ impl Backend for Cuda {
             Selector::Score => {
                 let mut row_lse = self.scratch(4 * op.q_heads * window)?;
                 let mut colsum = self.scratch(4 * op.q_heads * n_prefix)?;
-                // Pass 1: log-sum-exp of every window query's causal row.
-                let f = self.function(Family::SnapKv, spec, "snapkv_lse")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&q_obs.slice).arg(&k.slice).arg(&mut row_lse);
-                let cfg = LaunchConfig {
-                    grid_dim: ((op.q_heads * window) as u32, 1, 1),
-                    block_dim: (32 * LSE_WARPS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: matches `snapkv_lse(p, q_obs, k, row_lse)`; q_obs [Hq, w, D],
-                // k [Hkv, T, D] (checked, T > capacity > w), row_lse sized Hq*w f32 here; one
-                // block per (head, window query), keys clipped to T-w+i.
-                unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_lse", e))?;
-                // Pass 2: column sums of the window attention over the prefix keys.
-                let f = self.function(Family::SnapKv, spec, "snapkv_colsum")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&q_obs.slice).arg(&k.slice).arg(&row_lse).arg(&mut colsum);
-                let mut cfg = warp_rows(n_prefix, 1);
-                cfg.grid_dim.1 = grid_y(SnapKvCompress::NAME, op.q_heads)?;
-                // SAFETY: matches `snapkv_colsum(p, q_obs, k, row_lse, colsum)`; row_lse written
-                // above, colsum sized Hq*n_prefix f32 here; guarded j < n_prefix, h < Hq.
-                unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_colsum", e))?;
+                if prefill_mma_on(spec, op.dim) && window.is_multiple_of(16) {
+                    self.snapkv_scores_mma(op, spec, q_obs, k, &mut row_lse, &mut colsum)?;
+                } else {
+                    // Pass 1: log-sum-exp of every window query's causal row.
+                    let f = self.function(Family::SnapKv, spec, "snapkv_lse")?;
+                    let mut b = self.stream.launch_builder(&f);
+                    b.arg(&p).arg(&q_obs.slice).arg(&k.slice).arg(&mut row_lse);
+                    let cfg = LaunchConfig {
+                        grid_dim: ((op.q_heads * window) as u32, 1, 1),
+                        block_dim: (32 * LSE_WARPS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: matches `snapkv_lse(p, q_obs, k, row_lse)`; q_obs [Hq, w, D],
+                    // k [Hkv, T, D] (checked, T > capacity > w), row_lse sized Hq*w f32 here; one
+                    // block per (head, window query), keys clipped to T-w+i.
+                    unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_lse", e))?;
+                    // Pass 2: column sums of the window attention over the prefix keys.
+                    let f = self.function(Family::SnapKv, spec, "snapkv_colsum")?;
+                    let mut b = self.stream.launch_builder(&f);
+                    b.arg(&p).arg(&q_obs.slice).arg(&k.slice).arg(&row_lse).arg(&mut colsum);
+                    let mut cfg = warp_rows(n_prefix, 1);
+                    cfg.grid_dim.1 = grid_y(SnapKvCompress::NAME, op.q_heads)?;
+                    // SAFETY: matches `snapkv_colsum(p, q_obs, k, row_lse, colsum)`; row_lse written
+                    // above, colsum sized Hq*n_prefix f32 here; guarded j < n_prefix, h < Hq.
+                    unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_colsum", e))?;
+                }
                 // Pooling and group combination into the scores output.
                 let f = self.function(Family::SnapKv, spec, "snapkv_pool")?;
                 let mut b = self.stream.launch_builder(&f);
@@ -667,6 +1040,26 @@ impl Backend for Cuda {
         ops::check(op, &[q, k, v, out, lse])?;
         let spec = head_spec(AttentionDense::NAME, op.dtype, op.dim)?;
         let mut p = op.params();
+        if op.q_len == 1 && decode_fits(spec, op.dim) {
+            // One query per head: causal or not, it sees every key.
+            return self.decode(spec, p, DecodeKeys::Dense, q, k, v, out, lse);
+        }
+        if op.q_len > 1 && prefill_mma_on(spec, op.dim) {
+            let f = self.function(Family::Attention, spec, "attention_prefill_mma")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&mut out.slice).arg(&mut lse.slice);
+            let cfg = LaunchConfig {
+                grid_dim: ((op.q_len as u32).div_ceil(PREFILL_ROWS), grid_y(AttentionDense::NAME, op.q_heads)?, 1),
+                block_dim: (PREFILL_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `attention_prefill_mma(p, q, k, v, out, lse)`; q/out [Hq, Tq, D],
+            // k/v [Hkv, Tk, D], lse [Hq, Tq] (checked) in f16/bf16 with D = 32 * dpl in {64, 128}
+            // (prefill_mma_on: 16-byte aligned rows); one CTA per 64 query rows and head, rows
+            // guarded against Tq and keys against Tk; static shared memory under 48 KiB.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_prefill_mma", e))?;
+            return Ok(());
+        }
         let rows = op.q_heads * op.q_len;
         p.splits = self.splits(rows, op.kv_len);
         let parts = if p.splits > 1 { rows * p.splits as usize } else { 1 };
