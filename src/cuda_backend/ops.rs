@@ -33,9 +33,10 @@ const QUEST_UNION_MAX_NB: usize = 12 * 1024;
 /// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
 const MERGE_THREADS: u32 = 512;
 
-/// Run-time switches read once: `KVSPARSE_CUDA_LEGACY=1` routes decode back to the one-warp-per-row
-/// kernels (to time both in one GPU run); `KVSPARSE_CUDA_EXPERIMENTAL=1` enables the paths not yet
-/// validated on a GPU.
+/// Run-time switches read once: `KVSPARSE_CUDA_LEGACY=1` routes decode and the scans back to the
+/// first, one-warp-per-row kernels, and `KVSPARSE_CUDA_NO_MMA=1` routes prefill and SnapKV
+/// scoring back from the tensor-core kernels to the CUDA-core ones (to time both in one GPU run,
+/// and as a fallback should a device misbehave).
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim() == "1")
 }
@@ -45,9 +46,9 @@ fn legacy() -> bool {
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_LEGACY"))
 }
 
-fn experimental() -> bool {
+fn tensor_cores() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_EXPERIMENTAL"))
+    *FLAG.get_or_init(|| !env_flag("KVSPARSE_CUDA_NO_MMA"))
 }
 
 /// Query rows per CTA of the tensor-core prefill (`PF_BM`, also its key tile `PF_BN`), its
@@ -56,10 +57,10 @@ const PREFILL_ROWS: u32 = 64;
 const PREFILL_THREADS: u32 = 128;
 const PREFILL_MAX_NB: usize = 1024;
 
-/// Whether prefill goes to the tensor-core kernels: opt-in (`KVSPARSE_CUDA_EXPERIMENTAL=1`) until
-/// a GPU run has validated them; f16/bf16, D = 64 or 128.
+/// Whether prefill goes to the tensor-core kernels (validated on an H100 on 2026-11-28: golden
+/// cases and the equivalence suite): f16/bf16, D = 64 or 128, unless `KVSPARSE_CUDA_NO_MMA=1`.
 fn prefill_mma_on(spec: Spec, dim: usize) -> bool {
-    experimental() && super::kernels::prefill_mma_fits(&spec) && dim == 32 * spec.dpl as usize
+    tensor_cores() && super::kernels::prefill_mma_fits(&spec) && dim == 32 * spec.dpl as usize
 }
 
 /// Whether the grouped decode kernels cover this head: D = 32 * dpl with dpl <= 8 (one 16-byte
