@@ -367,10 +367,41 @@ __device__ __forceinline__ void vec_widen(const kvs_u4& w, float* f) {
 #endif
 }
 
+// K/V loads of the tuned decode entries (`attention_decode_t*`, KVSPARSE_CUDA_DECODE_TUNE=1):
+// streaming, since every K/V byte is read exactly once per decode call. L1 no_allocate keeps the
+// rows out of L1, and an L2 evict_first policy (createpolicy, sm_80+) keeps them from pushing
+// out the partials, q and the index rows. Same bits as ldg16: only the cache behaviour differs.
+__device__ __forceinline__ u64 kvs_policy_evict_first() {
+    u64 pol = 0ull;
+#if __CUDA_ARCH__ >= 800
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+#endif
+    return pol;
+}
+
+__device__ __forceinline__ kvs_u4 ldg16_stream(const void* ptr, u64 pol) {
+    kvs_u4 r;
+#if __CUDA_ARCH__ >= 800
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(ptr), "l"(pol));
+#else
+    (void)pol;
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
+#endif
+    return r;
+}
+
+template <bool STREAM>
+__device__ __forceinline__ kvs_u4 ldg16_kv(const void* ptr, u64 pol) {
+    if (STREAM) return ldg16_stream(ptr, pol);
+    return ldg16(ptr);
+}
+
 // Element offset of this lane's vector i within a row.
 __device__ __forceinline__ u32 dec_col(u32 lr, int i) { return (lr + DEC_LR * (u32)i) * DEC_VE; }
 
-template <int GM>
+template <int GM, bool STREAM>
 __device__ __forceinline__ void decode_body(const AttentionParams& p, const store_t* __restrict__ q,
                                             const store_t* __restrict__ k, const store_t* __restrict__ v,
                                             const int* __restrict__ idx, const u32* __restrict__ hmask,
@@ -424,6 +455,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
     const store_t* kh = k + kvh * p.kv_len * DEC_D;
     const store_t* vh = v + kvh * p.kv_len * DEC_D;
     const u32 tile = DEC_RPW * DEC_U;
+    const u64 pol = STREAM ? kvs_policy_evict_first() : 0ull;
     for (u32 base = n0 + warp * tile; base < n1; base += DEC_WARPS * tile) {  // warp-uniform
         int j[DEC_U];
         u32 hm[DEC_U];
@@ -456,8 +488,8 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
             for (int i = 0; i < DEC_VPL; ++i) {
                 if (j[u] >= 0) {
                     const u32 off = (u32)j[u] * DEC_D + dec_col(lr, i);
-                    kw[u][i] = ldg16(kh + off);
-                    vw[u][i] = ldg16(vh + off);
+                    kw[u][i] = ldg16_kv<STREAM>(kh + off, pol);
+                    vw[u][i] = ldg16_kv<STREAM>(vh + off, pol);
                 } else {
                     kw[u][i] = kvs_u4{0u, 0u, 0u, 0u};
                     vw[u][i] = kvs_u4{0u, 0u, 0u, 0u};
@@ -602,12 +634,30 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
         float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc) {          \
-        decode_body<GM>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc);             \
+        decode_body<GM, false>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc);      \
     }
 KVS_DECODE_ENTRY(1)
 KVS_DECODE_ENTRY(2)
 KVS_DECODE_ENTRY(4)
 KVS_DECODE_ENTRY(8)
+
+// attention_decode_t{1,2,4,8}: the same kernels tuned for bandwidth at long contexts (opt-in,
+// KVSPARSE_CUDA_DECODE_TUNE=1; same arguments, same arithmetic in the same order, so the same
+// bits): at least 4 resident CTAs per SM (ptxas caps the registers at
+// 65536 / (128 * 4) = 128, from 157 for g4 bf16 D128) and streaming K/V loads (ldg16_stream).
+// t8 keeps 2 CTAs per SM (its 8-head tile spills at 128 registers; g8 uses 251).
+#define KVS_DECODE_TUNED(GM, CTAS)                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS, CTAS) attention_decode_t##GM(               \
+        const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,                \
+        const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
+        const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
+        float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc) {          \
+        decode_body<GM, true>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc);       \
+    }
+KVS_DECODE_TUNED(1, 4)
+KVS_DECODE_TUNED(2, 4)
+KVS_DECODE_TUNED(4, 4)
+KVS_DECODE_TUNED(8, 2)
 #endif  // KVS_DPL <= 8
 
 // attention_merge_rows (p, part_out[rows,splits,D], part_lse[rows,splits], out, lse)

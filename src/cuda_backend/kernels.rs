@@ -83,7 +83,7 @@ impl Family {
     pub(crate) fn entries(self) -> &'static [&'static str] {
         match self {
             Family::Random => &["pcg_hash", "random_key", "random_select"],
-            Family::Topk => &["topk"],
+            Family::Topk => &["topk", "topk_hist", "topk_gather", "topk_sort_runs", "topk_merge_runs"],
             Family::Decay => &[
                 "decay_scan",
                 "decay_step",
@@ -111,6 +111,10 @@ impl Family {
                 "attention_decode_g2",
                 "attention_decode_g4",
                 "attention_decode_g8",
+                "attention_decode_t1",
+                "attention_decode_t2",
+                "attention_decode_t4",
+                "attention_decode_t8",
                 "attention_prefill_mma",
                 "attention_blocks_mma",
             ],

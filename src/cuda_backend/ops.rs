@@ -28,8 +28,22 @@ const DECODE_CTAS_PER_SM: usize = 4;
 /// Fewest keys per decode split, and the most splits (`KVS_MERGE_MAX_SPLITS` bounds the merge).
 const DECODE_MIN_KEYS: usize = 128;
 const DECODE_MAX_SPLITS: usize = 256;
+/// Waves of resident CTAs and fewest keys per split of the tuned decode (`KVSPARSE_CUDA_DECODE_TUNE=1`).
+const DECODE_TUNE_WAVES: usize = 4;
+const DECODE_TUNE_MIN_KEYS: usize = 512;
 /// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
 const QUEST_UNION_MAX_NB: usize = 12 * 1024;
+/// Tuned top-k (`KVSPARSE_CUDA_TOPK_TUNE=1`): threads of `topk_hist` / `topk_gather`, items per
+/// thread and round of the gather (`KVS_COMPACT_ITEMS`), fewest items per CTA, the sorted run
+/// (`TOPK_RUN`) and the sort's threads (`TOPK_SORT_THREADS`) in `cuda/topk.cu`.
+const TOPK_THREADS: u32 = 256;
+const TOPK_GATHER_ITEMS: usize = 8;
+const TOPK_MIN_SLICE: usize = 2048;
+const TOPK_RUN: usize = 4096;
+const TOPK_SORT_THREADS: u32 = 1024;
+/// Most rows for the tuned top-k (its scratch holds 5 KiB of histograms per row and CTA); more
+/// rows go to `topk` (one CTA per row already fills the device).
+const TOPK_TUNE_MAX_ROWS: usize = 4096;
 /// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
 const MERGE_THREADS: u32 = 512;
 
@@ -44,6 +58,22 @@ fn env_flag(name: &str) -> bool {
 fn legacy() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_LEGACY"))
+}
+
+/// `KVSPARSE_CUDA_DECODE_TUNE=1`: the grouped decode goes to `attention_decode_t*` (at least 4
+/// CTAs per SM, streaming K/V loads) with about [`DECODE_TUNE_WAVES`] waves of splits (opt-in,
+/// for timing beside the default; same results).
+fn decode_tune() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_DECODE_TUNE"))
+}
+
+/// `KVSPARSE_CUDA_TOPK_TUNE=1`: top-k by several CTAs per row (`topk_hist`, `topk_gather`) and a
+/// shared-memory bitonic sort with merge passes (`topk_sort_runs`, `topk_merge_runs`) instead of
+/// the one-CTA-per-row `topk` (opt-in, for timing beside the default; same results).
+fn topk_tune() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_TOPK_TUNE"))
 }
 
 fn tensor_cores() -> bool {
@@ -70,16 +100,25 @@ fn decode_fits(spec: Spec, dim: usize) -> bool {
 }
 
 /// Query heads one decode CTA serves: the largest divisor of the group size that is at most 8
-/// (the kernels' register tiles), and its kernel `attention_decode_g{1,2,4,8}`.
+/// (the kernels' register tiles), and its kernel `attention_decode_g{1,2,4,8}` (or the tuned
+/// `attention_decode_t{1,2,4,8}` under `KVSPARSE_CUDA_DECODE_TUNE=1`).
 fn decode_chunk(group: usize) -> (usize, &'static str) {
     let hpc = (1..=group.min(8)).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1);
-    let entry = match hpc.next_power_of_two() {
-        1 => "attention_decode_g1",
-        2 => "attention_decode_g2",
-        4 => "attention_decode_g4",
-        _ => "attention_decode_g8",
-    };
-    (hpc, entry)
+    (hpc, decode_entry(hpc))
+}
+
+/// The decode kernel for `hpc` query heads per CTA.
+fn decode_entry(hpc: usize) -> &'static str {
+    match (hpc.next_power_of_two(), decode_tune()) {
+        (1, false) => "attention_decode_g1",
+        (2, false) => "attention_decode_g2",
+        (4, false) => "attention_decode_g4",
+        (_, false) => "attention_decode_g8",
+        (1, true) => "attention_decode_t1",
+        (2, true) => "attention_decode_t2",
+        (4, true) => "attention_decode_t4",
+        (_, true) => "attention_decode_t8",
+    }
 }
 
 /// How the decode kernel finds its keys (`mode` of `attention_decode_g*`).
@@ -240,7 +279,7 @@ impl Cuda {
             DecodeKeys::Dense | DecodeKeys::Masked(..) => true,
             DecodeKeys::Sparse(_) => p.idx_heads != p.q_heads || group == 1,
         };
-        let (hpc, entry) = if shared { decode_chunk(group) } else { (1, "attention_decode_g1") };
+        let (hpc, entry) = if shared { decode_chunk(group) } else { (1, decode_entry(1)) };
         let chunks = q_heads / hpc;
         let capacity = match keys {
             DecodeKeys::Dense => p.kv_len as usize,
@@ -253,7 +292,18 @@ impl Cuda {
             .occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)
             .map_or(DECODE_CTAS_PER_SM, |n| (n as usize).max(1));
         let target = resident * self.sm_count as usize;
-        p.splits = (target / chunks).min(capacity.div_ceil(DECODE_MIN_KEYS)).clamp(1, DECODE_MAX_SPLITS) as u32;
+        let one_wave = (target / chunks).min(capacity.div_ceil(DECODE_MIN_KEYS));
+        let splits = if decode_tune() {
+            // Up to DECODE_TUNE_WAVES waves at long contexts: CTAs that finish early (SMs differ
+            // in clock and memory contention) pick up more splits instead of idling through the
+            // slowest CTA's tail; splits of at least DECODE_TUNE_MIN_KEYS keys keep the per-CTA
+            // fixed cost (q load, the cross-warp merge, the partial write) small against the
+            // keys' bytes. Never fewer splits than the default.
+            (DECODE_TUNE_WAVES * target).div_ceil(chunks).min(capacity.div_ceil(DECODE_TUNE_MIN_KEYS)).max(one_wave)
+        } else {
+            one_wave
+        };
+        p.splits = splits.clamp(1, DECODE_MAX_SPLITS) as u32;
         let (mode, idx, hmask, counts) = match keys {
             // Unused pointers still need a valid device address: q stands in.
             DecodeKeys::Dense => (0u32, &q.slice, &q.slice, &q.slice),
@@ -397,6 +447,84 @@ impl Cuda {
         Ok(())
     }
 
+    /// Top-k with several CTAs per row (`KVSPARSE_CUDA_TOPK_TUNE=1`; see `cuda/topk.cu`): four
+    /// histogram passes (`topk_hist`), the kept pairs (`topk_gather`), a bitonic sort of runs of
+    /// up to `TOPK_RUN` pairs (`topk_sort_runs`) and merge passes (`topk_merge_runs`).
+    fn topk_tuned(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
+        let p = op.params();
+        let (rows, n, m) = (op.rows, op.n, op.out_k());
+        // CTAs per row: about two per SM over all rows, each over a slice of at least
+        // TOPK_MIN_SLICE items (a whole number of gather rounds).
+        let want = (2 * self.sm_count as usize).div_ceil(rows).max(1);
+        let round = TOPK_THREADS as usize * TOPK_GATHER_ITEMS;
+        let slice = n.div_ceil(want).max(TOPK_MIN_SLICE).div_ceil(round) * round;
+        let ctas = n.div_ceil(slice).max(1);
+        let rows_y = grid_y(TopK::NAME, rows)?;
+        let mut ghist = self.scratch(4 * 1024 * rows)?;
+        let mut counter = self.scratch(4 * rows)?;
+        self.stream.memset_zeros(&mut ghist).map_err(|e| device_err("memset topk histograms", e))?;
+        self.stream.memset_zeros(&mut counter).map_err(|e| device_err("memset topk counters", e))?;
+        let mut lhist = self.scratch(4 * 256 * ctas * rows)?;
+        let mut pairs_a = self.scratch(8 * m * rows)?;
+        let mut pairs_b = self.scratch(8 * m * rows)?;
+        let (ctas32, slice32) = (ctas as u32, slice as u32);
+        let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let f = self.function(Family::Topk, Spec::NONE, "topk_hist")?;
+        for pass in 0u32..4 {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&scores.slice).arg(&mut ghist).arg(&mut lhist).arg(&ctas32).arg(&slice32).arg(&pass);
+            // SAFETY: matches `topk_hist(p, scores, ghist, lhist, ctas, slice, pass)`; scores
+            // [R*n] f32 (checked), ghist R*1024 u32 zeroed above, lhist R*ctas*256 u32 (written
+            // whole by pass 3); CTA c reads items [c*slice, min(n, (c+1)*slice)).
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_hist", e))?;
+        }
+        let f = self.function(Family::Topk, Spec::NONE, "topk_gather")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&scores.slice).arg(&ghist).arg(&lhist).arg(&mut counter).arg(&mut pairs_a);
+        b.arg(&ctas32).arg(&slice32);
+        // SAFETY: matches `topk_gather(p, scores, ghist, lhist, counter, pairs, ctas, slice)`;
+        // histograms written by the four passes above, counter R u32 zeroed above, pairs R*out_k
+        // u64; every write position is checked against out_k.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_gather", e))?;
+        let runs = m.div_ceil(TOPK_RUN);
+        let direct = u32::from(runs == 1);
+        let run32 = TOPK_RUN as u32;
+        let f = self.function(Family::Topk, Spec::NONE, "topk_sort_runs")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&mut pairs_a).arg(&mut indices.slice).arg(&run32).arg(&direct);
+        let cfg = LaunchConfig {
+            grid_dim: (runs as u32, rows_y, 1),
+            block_dim: (TOPK_SORT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `topk_sort_runs(p, pairs, indices, run, direct)`; pairs R*out_k u64
+        // written whole by topk_gather (exactly out_k kept per row), indices [R*out_k] i32
+        // (checked); run = TOPK_RUN, the kernel's shared tile.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sort_runs", e))?;
+        let f = self.function(Family::Topk, Spec::NONE, "topk_merge_runs")?;
+        let mut run = TOPK_RUN;
+        let mut in_a = true;
+        while run < m {
+            let last = u32::from(2 * run >= m);
+            let run32 = run as u32;
+            let (src, dst) = if in_a { (&pairs_a, &mut pairs_b) } else { (&pairs_b, &mut pairs_a) };
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(src).arg(dst).arg(&mut indices.slice).arg(&run32).arg(&last);
+            let cfg = LaunchConfig {
+                grid_dim: ((m as u32).div_ceil(ELEMENTWISE), rows_y, 1),
+                block_dim: (ELEMENTWISE, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `topk_merge_runs(p, src, dst, indices, run, last)`; src and dst
+            // are R*out_k u64 (src sorted in runs of `run` by the previous launch), indices
+            // [R*out_k] i32 (checked); guarded i < out_k, r < R.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_merge_runs", e))?;
+            in_a = !in_a;
+            run *= 2;
+        }
+        Ok(())
+    }
+
     /// `select_blocks` (after `select_keys` for the random selector, which fills `ranking`).
     fn select(&self, sp: &SelectParams, ranking: &mut CudaBuffer, selected: &mut CudaBuffer) -> Result<()> {
         if sp.selector == 1 {
@@ -527,6 +655,9 @@ impl Backend for Cuda {
 
     fn topk(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
         ops::check(op, &[scores, indices])?;
+        if topk_tune() && op.rows <= TOPK_TUNE_MAX_ROWS {
+            return self.topk_tuned(op, scores, indices);
+        }
         let p = op.params();
         let mut scratch = self.scratch(4 * 4 * op.rows * op.out_k())?;
         let f = self.function(Family::Topk, Spec::NONE, "topk")?;
