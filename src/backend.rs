@@ -96,7 +96,8 @@ pub trait Backend {
         self.synchronize()?;
         Ok(t0.elapsed())
     }
-    /// How [`Backend::time`] measures: `host-clock`, `cuda-events` or `wgpu-timestamps`.
+    /// How [`Backend::time`] measures: `host-clock`, `cuda-events`, `wgpu-pass-timestamps` (kernel
+    /// passes only) or `wgpu-timestamps` (first to last submit).
     fn timer_kind(&self) -> &'static str {
         "host-clock"
     }

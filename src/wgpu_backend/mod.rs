@@ -4,10 +4,10 @@
 mod ops;
 mod pipeline;
 
+mod reuse;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-
-use wgpu::util::DeviceExt;
 
 use crate::{DType, DeviceBuffer, Error, HostData, Result};
 use pipeline::{Access, Kernel, Spec};
@@ -28,13 +28,17 @@ fn too_large(what: impl Into<String>) -> Error {
 /// the adapter name, e.g. `llvmpipe`) and `WGPU_POWER_PREF`; `KVSPARSE_WGPU_NO_SUBGROUPS` turns
 /// subgroups off (the kernels' workgroup-memory fallbacks) and `KVSPARSE_WGPU_CHUNK_BYTES=N`
 /// binds every buffer above N bytes in chunks of N (to test the chunked kernels);
-/// `KVSPARSE_WGPU_UNCHECKED` drops naga's runtime checks in the decode, prefill, decay and
-/// top-k kernels (opt-in, for measuring what the checks cost). The device gets the adapter's real
+/// the decode, prefill, decay and top-k kernels run without naga's runtime checks unless
+/// `KVSPARSE_WGPU_CHECKED=1` turns them back on (see `Wgpu::pipeline` for why that is safe);
+/// `KVSPARSE_WGPU_SPAN_TIMER` makes [`crate::Backend::time`] measure the whole span instead of
+/// the passes (see there). The device gets the adapter's real
 /// limits and, where the adapter has them, `SHADER_F16` (needed for f16 buffers), timestamp
 /// queries and subgroups. f32 and bf16 (packed two per `u32`) work everywhere.
 ///
 /// Op methods record their kernels into one command encoder and submit without waiting;
-/// [`crate::Backend::download`] and [`crate::Backend::synchronize`] wait.
+/// [`crate::Backend::download`] and [`crate::Backend::synchronize`] wait. The hot path allocates
+/// nothing on the device once warm: params go through one reused uniform buffer, intermediate
+/// buffers come from a pool and bind groups are cached (see `reuse.rs` for why reuse is safe).
 ///
 /// ```no_run
 /// use kvsparse::{ops::TopK, Backend, DType, HostData, Wgpu};
@@ -60,16 +64,21 @@ pub struct Wgpu {
     pipelines: RwLock<HashMap<(Kernel, Spec), Arc<Pipeline>>>,
     /// Stand-ins for bindings an entry point declares but a call does not need (one per access
     /// kind: a buffer may not be bound read-only and read-write in the same dispatch).
-    dummy_read: wgpu::Buffer,
-    dummy_write: wgpu::Buffer,
+    dummy_read: reuse::Tracked,
+    dummy_write: reuse::Tracked,
+    /// Params, scratch pool, bind groups and the pass timer (see `reuse.rs`).
+    reuse: reuse::Reuse,
     /// Errors wgpu reports outside an error scope (and device loss); surfaced by the next call.
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// `KVSPARSE_WGPU_CHUNK_BYTES`: bind buffers above this many bytes in chunks of it (tests
     /// run every kernel's chunked form with small buffers); else the adapter's binding limit.
     chunk_override: Option<u64>,
-    /// `KVSPARSE_WGPU_UNCHECKED`: compile the hot families without naga's runtime bounds
-    /// checks, loop bounding and division checks (to measure what they cost).
+    /// Compile the families marked `unchecked_ok` without naga's runtime bounds checks, loop
+    /// bounding and division checks: the default; `KVSPARSE_WGPU_CHECKED=1` keeps the checks.
     unchecked: bool,
+    /// `KVSPARSE_WGPU_SPAN_TIMER`: time with the span between two timestamps (host gaps
+    /// included) even where pass timestamps work.
+    span_timer: bool,
 }
 
 impl std::fmt::Debug for Wgpu {
@@ -93,6 +102,17 @@ pub struct WgpuBuffer {
     buffer: wgpu::Buffer,
     dtype: DType,
     len: usize,
+    /// Identity in the bind group cache; dropping the buffer evicts its bind groups.
+    id: u64,
+    groups: std::sync::Weak<reuse::GroupCache>,
+}
+
+impl Drop for WgpuBuffer {
+    fn drop(&mut self) {
+        if let Some(groups) = self.groups.upgrade() {
+            groups.evict(self.id);
+        }
+    }
 }
 
 impl WgpuBuffer {
@@ -100,6 +120,11 @@ impl WgpuBuffer {
     /// bind it in their own passes.
     pub fn raw(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    /// The buffer as a binding of a dispatch.
+    fn buf(&self) -> Buf<'_> {
+        Buf { raw: &self.buffer, id: self.id }
     }
 }
 
@@ -211,7 +236,9 @@ impl Wgpu {
                 mapped_at_creation: false,
             })
         };
-        let (dummy_read, dummy_write) = (dummy("kvsparse dummy read"), dummy("kvsparse dummy write"));
+        let (dummy_read, dummy_write) =
+            (reuse::Tracked::new(dummy("kvsparse dummy read")), reuse::Tracked::new(dummy("kvsparse dummy write")));
+        let reuse = reuse::Reuse::new(&device);
         Ok(Wgpu {
             _instance: instance,
             _adapter: adapter,
@@ -223,13 +250,22 @@ impl Wgpu {
             pipelines: RwLock::new(HashMap::new()),
             dummy_read,
             dummy_write,
+            reuse,
             uncaptured,
             chunk_override: std::env::var("KVSPARSE_WGPU_CHUNK_BYTES")
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .map(|b| b.max(256) / 256 * 256),
-            unchecked: std::env::var_os("KVSPARSE_WGPU_UNCHECKED").is_some(),
+            unchecked: !std::env::var("KVSPARSE_WGPU_CHECKED").is_ok_and(|v| !v.is_empty() && v != "0"),
+            span_timer: std::env::var_os("KVSPARSE_WGPU_SPAN_TIMER").is_some(),
         })
+    }
+
+    /// Frees what the backend keeps between op calls: idle scratch buffers of composite ops
+    /// and cached bind groups (which hold the buffers they bind). Later calls allocate again.
+    pub fn trim(&self) {
+        self.reuse.groups.clear();
+        self.reuse.pool.clear(&self.reuse.groups);
     }
 
     /// The adapter: name, vendor, device type, driver, backend.
@@ -333,10 +369,42 @@ impl Wgpu {
         })
     }
 
-    /// An intermediate buffer of a composite op (allocated per call for now; the decoder
-    /// will keep and reuse them).
-    fn scratch(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
-        self.new_buffer(bytes.div_ceil(4).max(1) * 4, wgpu::BufferUsages::STORAGE, false, what)
+    /// An intermediate buffer of a composite op of at least `bytes` bytes (`STORAGE | COPY_DST`),
+    /// from the pool when one of its size class is idle; it goes back to the pool when the
+    /// returned guard drops, which is after the op's submission (see `reuse.rs`). Its contents
+    /// are whatever an earlier call left: kernels initialise every scratch word they read.
+    fn scratch(&self, bytes: u64, what: &str) -> Result<reuse::Scratch<'_>> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let size = self.size_class(bytes.div_ceil(4).max(1) * 4);
+        if let Some(s) = self.reuse.pool.take(size, usage) {
+            return Ok(s);
+        }
+        let buffer = match self.new_buffer(size, usage, false, what) {
+            Ok(b) => b,
+            // Idle pooled buffers may be what fills the device: free them and try once more.
+            Err(Error::Device { .. }) if self.reuse.pool.idle_bytes() > 0 => {
+                self.reuse.pool.clear(&self.reuse.groups);
+                self.new_buffer(size, usage, false, what)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.reuse.pool.wrap(buffer, size, usage))
+    }
+
+    /// The size a scratch of `bytes` is allocated with, so that nearby sizes share pooled
+    /// buffers: a power of two up to 64 KiB, above that a multiple of 1/16 of the next power
+    /// of two (at most 6.25% more). Never more chunks (see `chunk_bytes`) than `bytes` needs,
+    /// nor more than the adapter's `max_buffer_size`.
+    fn size_class(&self, bytes: u64) -> u64 {
+        let p = bytes.next_power_of_two();
+        let mut size = if p <= 1 << 16 { p.max(256) } else { bytes.div_ceil(p / 16) * (p / 16) };
+        let (limit, chunk) = (self.binding_limit(), self.chunk_bytes());
+        if bytes <= limit {
+            size = size.min(limit / 4 * 4);
+        } else {
+            size = size.min(bytes.div_ceil(chunk) * chunk);
+        }
+        size.min(self.limits.max_buffer_size / 4 * 4).max(bytes)
     }
 
     /// The cached pipeline of `kernel` for `spec`, compiled on first use.
@@ -352,7 +420,7 @@ impl Wgpu {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
+                has_dynamic_offset: true,
                 min_binding_size: None,
             },
             count: None,
@@ -388,11 +456,16 @@ impl Wgpu {
             source: wgpu::ShaderSource::Wgsl(shader.as_str().into()),
         };
         let module = if self.unchecked && kernel.family().unchecked_ok {
-            // SAFETY: opt-in (KVSPARSE_WGPU_UNCHECKED) for the families marked `unchecked_ok`,
-            // whose every index is derived from validated shapes (ops::check) and bounded by
-            // them, with the awkward sizes, chunked bindings and both reduction paths exercised
-            // by the equivalence suite; loops are bounded by the same shapes and divisors are
-            // validated non-zero.
+            // SAFETY: the default for the families marked `unchecked_ok` (decode, prefill, decay
+            // and top-k; `KVSPARSE_WGPU_CHECKED=1` keeps naga's checks). Every index of these
+            // kernels is guarded explicitly in the shader against the bounds it derives from
+            // validated shapes (ops::check: buffer lengths match the shapes, so an index below
+            // the shape's bound is inside its binding), chunked bindings are indexed within the
+            // chunk sizes the host binds, loops are bounded by the same shapes and divisors are
+            // validated non-zero. The equivalence suite runs these kernels on awkward sizes
+            // (non-multiples of the workgroup, tile and chunk sizes), on the chunked-binding
+            // path (KVSPARSE_WGPU_CHUNK_BYTES) and on both reduction paths, against the CPU
+            // reference. Families whose safety rests on a runtime check stay checked.
             unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
         } else {
             self.device.create_shader_module(desc)
@@ -438,7 +511,7 @@ impl Wgpu {
         let mut chunks = 1u64;
         let mut split_slots = 0u32;
         for (i, b) in d.buffers.iter().enumerate() {
-            if b.size() <= limit {
+            if b.raw.size() <= limit {
                 continue;
             }
             split_slots |= 1 << (i + 1);
@@ -447,11 +520,11 @@ impl Wgpu {
                     "{op}: {} binds a buffer of {} bytes in slot {}, which cannot be split and exceeds \
                      max_storage_buffer_binding_size {limit}",
                     d.kernel.label(),
-                    b.size(),
+                    b.raw.size(),
                     i + 1
                 )));
             }
-            chunks = chunks.max(b.size().div_ceil(chunk));
+            chunks = chunks.max(b.raw.size().div_ceil(chunk));
         }
         if chunks == 1 {
             return Ok(d.spec);
@@ -490,56 +563,101 @@ impl Wgpu {
             planned.push((self.pipeline(d.kernel, spec)?, spec, x as u32, y as u32));
         }
         let chunk = self.chunk_bytes();
-        self.scoped(op, || {
-            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
-            let mut groups = Vec::with_capacity(planned.len());
-            for (d, (p, spec, _, _)) in dispatches.iter().filter(|d| d.groups > 0).zip(&planned) {
-                let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(op),
-                    contents: &d.params,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
-                let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-                for (i, b) in d.buffers.iter().enumerate() {
-                    let slot = i as u32 + 1;
-                    if spec.chunks_of(slot) <= 1 || !d.kernel.chunked().contains(&slot) {
-                        entries.push(wgpu::BindGroupEntry { binding: slot, resource: b.as_entire_binding() });
-                        continue;
-                    }
-                    let dummy = match d.kernel.bindings()[i] {
-                        Access::Read | Access::Read4 => &self.dummy_read,
-                        Access::Write => &self.dummy_write,
-                    };
-                    for j in 0..spec.chunks_of(slot) as u64 {
-                        let offset = j * chunk;
-                        // Chunks past the end of a smaller buffer are never indexed: bind a stand-in.
-                        let resource = if offset < b.size() {
-                            let size = std::num::NonZeroU64::new(chunk.min(b.size() - offset));
-                            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size })
-                        } else {
-                            dummy.as_entire_binding()
-                        };
-                        entries
-                            .push(wgpu::BindGroupEntry { binding: slot + pipeline::CHUNK_SLOTS * j as u32, resource });
-                    }
-                }
-                groups.push(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(op),
-                    layout: &p.layout,
-                    entries: &entries,
-                }));
+        let live: Vec<&Dispatch<'_>> = dispatches.iter().filter(|d| d.groups > 0).collect();
+        for d in &live {
+            if d.params.len() as u64 > reuse::PARAM_SLOT {
+                return Err(device_error(format!("{op}: params of {} exceed a slot", d.kernel.label())));
             }
+        }
+        let result = self.scoped(op, || {
+            let mut encoder = self.encoder(op);
+            // Held until the submission: no other call writes the params buffer in between.
+            let params = self.reuse.params(&self.device, live.len().max(1) as u64);
+            let slot = reuse::PARAM_SLOT as usize;
+            let mut bytes = vec![0u8; live.len() * slot];
+            for (i, d) in live.iter().enumerate() {
+                bytes[i * slot..i * slot + d.params.len()].copy_from_slice(&d.params);
+            }
+            if !bytes.is_empty() {
+                self.queue.write_buffer(&params.buffer.buffer, 0, &bytes);
+            }
+            let mut groups = Vec::with_capacity(planned.len());
+            for (d, (p, spec, _, _)) in live.iter().zip(&planned) {
+                let key = reuse::GroupKey {
+                    kernel: d.kernel,
+                    spec: *spec,
+                    params: params.buffer.id,
+                    buffers: d.buffers.iter().map(|b| b.id).collect(),
+                };
+                groups
+                    .push(self.reuse.groups.get(key, || self.bind_group(op, d, p, spec, &params.buffer.buffer, chunk)));
+            }
+            let timer = self.reuse.timer().as_mut().map(|t| t.next_pair(&self.device));
             {
-                let mut pass = encoder
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
-                for ((p, _, x, y), group) in planned.iter().zip(&groups) {
+                let timestamp_writes = timer.as_ref().map(|(set, i)| wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(*i),
+                    end_of_pass_write_index: Some(*i + 1),
+                });
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes });
+                for (i, ((p, _, x, y), group)) in planned.iter().zip(&groups).enumerate() {
                     pass.set_pipeline(&p.pipeline);
-                    pass.set_bind_group(0, group, &[]);
+                    pass.set_bind_group(0, group, &[(i as u64 * reuse::PARAM_SLOT) as u32]);
                     pass.dispatch_workgroups(*x, *y, 1);
                 }
             }
             self.queue.submit([encoder.finish()]);
+            drop(params);
             Ok(())
+        });
+        if result.is_err() {
+            // A group created in a failed scope may be invalid: never hand it out again.
+            self.reuse.groups.clear();
+        }
+        result
+    }
+
+    /// The bind group of dispatch `d` on pipeline `p`: params slot (dynamic offset), then each
+    /// buffer whole or, for a chunked slot, as chunks of `chunk` bytes.
+    fn bind_group(
+        &self,
+        op: &str,
+        d: &Dispatch<'_>,
+        p: &Pipeline,
+        spec: &Spec,
+        params: &wgpu::Buffer,
+        chunk: u64,
+    ) -> wgpu::BindGroup {
+        let uniform =
+            wgpu::BufferBinding { buffer: params, offset: 0, size: std::num::NonZeroU64::new(reuse::PARAM_SLOT) };
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) }];
+        for (i, b) in d.buffers.iter().enumerate() {
+            let (slot, b) = (i as u32 + 1, b.raw);
+            if spec.chunks_of(slot) <= 1 || !d.kernel.chunked().contains(&slot) {
+                entries.push(wgpu::BindGroupEntry { binding: slot, resource: b.as_entire_binding() });
+                continue;
+            }
+            let dummy = match d.kernel.bindings()[i] {
+                Access::Read | Access::Read4 => &self.dummy_read.buffer,
+                Access::Write => &self.dummy_write.buffer,
+            };
+            for j in 0..spec.chunks_of(slot) as u64 {
+                let offset = j * chunk;
+                // Chunks past the end of a smaller buffer are never indexed: bind a stand-in.
+                let resource = if offset < b.size() {
+                    let size = std::num::NonZeroU64::new(chunk.min(b.size() - offset));
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size })
+                } else {
+                    dummy.as_entire_binding()
+                };
+                entries.push(wgpu::BindGroupEntry { binding: slot + pipeline::CHUNK_SLOTS * j as u32, resource });
+            }
+        }
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(op),
+            layout: &p.layout,
+            entries: &entries,
         })
     }
 
@@ -562,7 +680,7 @@ impl Wgpu {
             buffer.unmap();
             Ok(())
         })?;
-        Ok(WgpuBuffer { buffer, dtype, len })
+        Ok(WgpuBuffer { buffer, dtype, len, id: reuse::next_id(), groups: Arc::downgrade(&self.reuse.groups) })
     }
 
     /// Copies the first `size` bytes of `src` (a `COPY_SRC` buffer) to the host, after the
@@ -611,7 +729,15 @@ impl Wgpu {
         let size = src.buffer.size().min(dst.buffer.size());
         self.scoped("copy_buffer", || {
             let mut encoder = self.encoder("copy_buffer");
+            // Timed like a pass (the pass timer runs only where timestamps work inside encoders).
+            let timer = self.reuse.timer().as_mut().map(|t| t.next_pair(&self.device));
+            if let Some((set, i)) = &timer {
+                encoder.write_timestamp(set, *i);
+            }
             encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, size);
+            if let Some((set, i)) = &timer {
+                encoder.write_timestamp(set, *i + 1);
+            }
             self.queue.submit([encoder.finish()]);
             Ok(())
         })
@@ -620,6 +746,65 @@ impl Wgpu {
     /// Whether [`crate::Backend::time`] can use timestamp queries between submissions.
     fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    }
+
+    /// Whether [`crate::Backend::time`] sums pass timestamps (copies are timed with timestamps
+    /// written in their encoder, hence the same features as the span).
+    fn has_pass_timestamps(&self) -> bool {
+        self.has_timestamps() && !self.span_timer
+    }
+
+    /// Device time of the work `f` records: the sum over its compute passes (one per op call)
+    /// and buffer copies of end minus beginning timestamp.
+    fn time_passes(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        {
+            let mut timer = self.reuse.timer();
+            if timer.is_some() {
+                return Err(device_error("time: already timing (nested calls of time)"));
+            }
+            *timer = Some(reuse::PassTimer { sets: std::mem::take(&mut *self.reuse.spare_sets()), pairs: 0 });
+        }
+        let result = f();
+        let timer = self.reuse.timer().take();
+        let Some(timer) = timer else {
+            return Err(device_error("time: the pass timer went missing"));
+        };
+        let pairs = timer.pairs;
+        let sets = timer.sets;
+        let measured = result.and_then(|()| self.resolve_passes(&sets, pairs));
+        *self.reuse.spare_sets() = sets;
+        measured
+    }
+
+    /// Reads back the first `pairs` timestamp pairs of `sets` and sums their durations.
+    fn resolve_passes(&self, sets: &[wgpu::QuerySet], pairs: u32) -> Result<std::time::Duration> {
+        if pairs == 0 {
+            return Ok(std::time::Duration::ZERO);
+        }
+        let used = pairs.div_ceil(reuse::TIMER_PAIRS) as u64;
+        let set_bytes = 16 * reuse::TIMER_PAIRS as u64;
+        let resolve = self.new_buffer(
+            used * set_bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            false,
+            "time",
+        )?;
+        let mut encoder = self.encoder("time");
+        for (s, set) in sets.iter().take(used as usize).enumerate() {
+            let n = (pairs - s as u32 * reuse::TIMER_PAIRS).min(reuse::TIMER_PAIRS);
+            encoder.resolve_query_set(set, 0..2 * n, &resolve, s as u64 * set_bytes);
+        }
+        let bytes = self.read_back("time", encoder, &resolve, used * set_bytes)?;
+        let ticks: u64 = (0..pairs as usize)
+            .map(|p| {
+                let s = p / reuse::TIMER_PAIRS as usize;
+                let at = s * set_bytes as usize + 16 * (p % reuse::TIMER_PAIRS as usize);
+                let word = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or_default());
+                word(at + 8).saturating_sub(word(at))
+            })
+            .sum();
+        let ns = ticks as f64 * self.queue.get_timestamp_period() as f64;
+        Ok(std::time::Duration::from_nanos(ns.round() as u64))
     }
 
     /// Device time from a timestamp written before the work `f` submits to one written after it.
@@ -654,36 +839,81 @@ impl Wgpu {
     }
 }
 
+/// A buffer bound by a dispatch, with its identity in the bind group cache.
+#[derive(Clone, Copy)]
+struct Buf<'a> {
+    raw: &'a wgpu::Buffer,
+    id: u64,
+}
+
 /// One kernel launch of an op: pipeline, params bytes, storage buffers for bindings `1..`,
 /// and the number of workgroups (laid out as a 2-D grid when it exceeds one dimension).
 struct Dispatch<'a> {
     kernel: Kernel,
     spec: Spec,
     params: Vec<u8>,
-    buffers: Vec<&'a wgpu::Buffer>,
+    buffers: Vec<Buf<'a>>,
     groups: u64,
 }
 
 impl<'a> Dispatch<'a> {
     /// One invocation per item: `items` invocations rounded up to whole workgroups.
-    fn items<P: bytemuck::Pod>(
-        kernel: Kernel,
-        spec: Spec,
-        params: &P,
-        buffers: Vec<&'a wgpu::Buffer>,
-        items: usize,
-    ) -> Self {
+    fn items<P: bytemuck::Pod>(kernel: Kernel, spec: Spec, params: &P, buffers: Vec<Buf<'a>>, items: usize) -> Self {
         let groups = (items as u64).div_ceil(kernel.workgroup() as u64);
         Dispatch { kernel, spec, params: bytemuck::bytes_of(params).to_vec(), buffers, groups }
     }
     /// One workgroup per row.
-    fn rows<P: bytemuck::Pod>(
-        kernel: Kernel,
-        spec: Spec,
-        params: &P,
-        buffers: Vec<&'a wgpu::Buffer>,
-        rows: usize,
-    ) -> Self {
+    fn rows<P: bytemuck::Pod>(kernel: Kernel, spec: Spec, params: &P, buffers: Vec<Buf<'a>>, rows: usize) -> Self {
         Dispatch { kernel, spec, params: bytemuck::bytes_of(params).to_vec(), buffers, groups: rows as u64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::DecayScan;
+    use crate::{Backend, Cpu};
+
+    fn data(n: usize, seed: u32) -> HostData {
+        HostData::F32((0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0).collect())
+    }
+
+    /// Repeated calls of a composite op reuse its pooled scratch (whose stale contents must not
+    /// leak into results), `time` sums pass timestamps, and dropping a buffer evicts its groups.
+    #[test]
+    fn reuse_and_pass_timer() -> Result<()> {
+        let Ok(gpu) = Wgpu::new() else {
+            eprintln!("no wgpu adapter: skipped");
+            return Ok(());
+        };
+        let op = DecayScan::new(3, 700, 5, DType::F32)?;
+        let n = 3 * 700 * 5;
+        for seed in 0..3 {
+            let (x, g, h0) = (data(n, seed), data(n, seed + 7), data(15, seed + 11));
+            let mut want = Cpu.alloc(DType::F32, n)?;
+            let (cx, cg, ch) = (Cpu.upload(&x)?, Cpu.upload(&g)?, Cpu.upload(&h0)?);
+            Cpu.decay_scan(&op, &cx, &cg, &ch, &mut want)?;
+            let (wx, wg, wh) = (gpu.upload(&x)?, gpu.upload(&g)?, gpu.upload(&h0)?);
+            let mut y = gpu.alloc(DType::F32, n)?;
+            let t = gpu.time(&mut || gpu.decay_scan(&op, &wx, &wg, &wh, &mut y))?;
+            if gpu.timer_kind() == "wgpu-pass-timestamps" {
+                assert!(t > std::time::Duration::ZERO);
+            }
+            let (HostData::F32(got), HostData::F32(want)) = (gpu.download(&y)?, Cpu.download(&want)?) else {
+                panic!("f32 expected");
+            };
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            // The scan's chunk sums went back to the pool.
+            assert!(gpu.reuse.pool.idle_bytes() > 0);
+            let cached = gpu.reuse.groups.len();
+            drop(y);
+            assert!(gpu.reuse.groups.len() < cached);
+        }
+        assert!(gpu.time(&mut || gpu.time(&mut || Ok(())).map(|_| ())).is_err() || !gpu.has_pass_timestamps());
+        gpu.trim();
+        assert_eq!(gpu.reuse.pool.idle_bytes(), 0);
+        Ok(())
     }
 }

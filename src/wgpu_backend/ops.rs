@@ -6,7 +6,6 @@ use super::{Dispatch, Wgpu, WgpuBuffer, NAME};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams};
 use crate::{Backend, DType, Error, HostData, Result};
-use wgpu::util::DeviceExt;
 
 impl Wgpu {
     /// Rejects storage dtypes this adapter cannot compute with.
@@ -47,10 +46,10 @@ impl Wgpu {
 
 /// How a decode (one query per head) runs on decode.wgsl: kernel spec, splits of the key slots
 /// and the scratch for the splits' partial results.
-struct DecodePlan {
+struct DecodePlan<'a> {
     spec: Spec,
     splits: u32,
-    part: Option<wgpu::Buffer>,
+    part: Option<super::reuse::Scratch<'a>>,
 }
 
 /// Largest divisor of `g` not above 8: query heads a decode workgroup scores per K/V load
@@ -74,7 +73,7 @@ impl Wgpu {
         kv_heads: usize,
         shared: bool,
         slots: usize,
-    ) -> Result<Option<DecodePlan>> {
+    ) -> Result<Option<DecodePlan<'_>>> {
         if !dim.is_multiple_of(4) {
             return Ok(None);
         }
@@ -127,7 +126,7 @@ impl Wgpu {
     fn decode_dispatches<'a>(
         &'a self,
         kernel: Kernel,
-        plan: &'a DecodePlan,
+        plan: &'a DecodePlan<'a>,
         params: AttentionParams,
         q: &'a WgpuBuffer,
         k: &'a WgpuBuffer,
@@ -137,14 +136,14 @@ impl Wgpu {
         lse: &'a WgpuBuffer,
     ) -> Vec<Dispatch<'a>> {
         let p = AttentionParams { splits: plan.splits, ..params };
-        let part = plan.part.as_ref().unwrap_or(&self.dummy_write);
-        let idx = idx.map_or(&self.dummy_read, |b| &b.buffer);
+        let part = plan.part.as_ref().map_or(self.dummy_write.buf(), |s| s.buf());
+        let idx = idx.map_or(self.dummy_read.buf(), |b| b.buf());
         let units = p.q_heads as usize / plan.spec.group as usize;
-        let bufs = vec![&q.buffer, &k.buffer, &v.buffer, idx, &out.buffer, &lse.buffer, part];
+        let bufs = vec![q.buf(), k.buf(), v.buf(), idx, out.buf(), lse.buf(), part];
         let mut d = vec![Dispatch::rows(kernel, plan.spec, &p, bufs, units * plan.splits as usize)];
         if plan.splits > 1 {
-            let dr = &self.dummy_read;
-            let bufs = vec![dr, dr, dr, dr, &out.buffer, &lse.buffer, part];
+            let dr = self.dummy_read.buf();
+            let bufs = vec![dr, dr, dr, dr, out.buf(), lse.buf(), part];
             d.push(Dispatch::rows(Kernel::DecodeMerge, plan.spec, &p, bufs, p.q_heads as usize));
         }
         d
@@ -167,7 +166,7 @@ impl Wgpu {
         let aux = self.scratch(f32_bytes(op.rows * (TK_AUX_HEAD + 2 * nch)), TopK::NAME)?;
         let p = op.params();
         let spec = Spec::new(DType::F32);
-        let bufs = || vec![&scores.buffer, &indices.buffer, &sort, &aux];
+        let bufs = || vec![scores.buf(), indices.buf(), sort.buf(), aux.buf()];
         let (rows, chunks) = (op.rows, op.rows * nch);
         let mut d = vec![Dispatch::rows(Kernel::TkInit, spec, &p, bufs(), rows)];
         for _ in 0..4 {
@@ -288,7 +287,22 @@ impl Backend for Wgpu {
         }
         self.copy_bytes(src, dst)
     }
+    /// Device time of the work `f` submits.
+    ///
+    /// Where the adapter has timestamp queries (also inside encoders), the sum over every compute
+    /// pass `f` records (one per op call) of the timestamps written at the pass's beginning and
+    /// end, plus the same around each buffer copy: the kernels' execution, including the
+    /// barriers between the dispatches of one op, is counted; host work (recording, params
+    /// writes, submission), gaps between submissions, `write_buffer` staging copies, uploads
+    /// and downloads are not. `KVSPARSE_WGPU_SPAN_TIMER` (or, where pass timing is unavailable,
+    /// nothing) selects the span from a timestamp before the first submission to one after the
+    /// last instead, which includes the host gaps; without timestamp queries, the host clock
+    /// between two waits. [`Backend::timer_kind`] says which: `wgpu-pass-timestamps`,
+    /// `wgpu-timestamps` (span) or `host-clock`.
     fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        if self.has_pass_timestamps() {
+            return self.time_passes(f);
+        }
         if self.has_timestamps() {
             return self.time_with_queries(f);
         }
@@ -299,7 +313,9 @@ impl Backend for Wgpu {
         Ok(t0.elapsed())
     }
     fn timer_kind(&self) -> &'static str {
-        if self.has_timestamps() {
+        if self.has_pass_timestamps() {
+            "wgpu-pass-timestamps"
+        } else if self.has_timestamps() {
             "wgpu-timestamps"
         } else {
             "host-clock"
@@ -308,14 +324,13 @@ impl Backend for Wgpu {
 
     fn pcg_hash(&self, op: &PcgHash, v: &WgpuBuffer, hash: &mut WgpuBuffer) -> Result<()> {
         ops::check(op, &[v, hash])?;
-        let d =
-            Dispatch::items(Kernel::PcgHash, Spec::new(DType::F32), &op.params(), vec![&v.buffer, &hash.buffer], op.n);
+        let d = Dispatch::items(Kernel::PcgHash, Spec::new(DType::F32), &op.params(), vec![v.buf(), hash.buf()], op.n);
         self.run(PcgHash::NAME, &[d])
     }
 
     fn random_key(&self, op: &RandomKey, rows: &WgpuBuffer, idx: &WgpuBuffer, keys: &mut WgpuBuffer) -> Result<()> {
         ops::check(op, &[rows, idx, keys])?;
-        let bufs = vec![&rows.buffer, &idx.buffer, &keys.buffer];
+        let bufs = vec![rows.buf(), idx.buf(), keys.buf()];
         let d = Dispatch::items(Kernel::RandomKey, Spec::new(DType::F32), &op.params(), bufs, op.rows * op.n);
         self.run(RandomKey::NAME, &[d])
     }
@@ -329,7 +344,7 @@ impl Backend for Wgpu {
         selected: &mut WgpuBuffer,
     ) -> Result<()> {
         ops::check(op, &[rows, cand, keys, selected])?;
-        let bufs = vec![&rows.buffer, &cand.buffer, &keys.buffer, &selected.buffer];
+        let bufs = vec![rows.buf(), cand.buf(), keys.buf(), selected.buf()];
         let d = Dispatch::rows(Kernel::RandomSelect, Spec::new(DType::F32), &op.params(), bufs, op.rows);
         self.run(RandomSelect::NAME, &[d])
     }
@@ -344,7 +359,7 @@ impl Backend for Wgpu {
         }
         let scratch =
             if len > SORT_SMEM { Some(self.scratch(f32_bytes(2 * len * op.rows), TopK::NAME)?) } else { None };
-        let bufs = vec![&scores.buffer, &indices.buffer, scratch.as_ref().unwrap_or(&self.dummy_write)];
+        let bufs = vec![scores.buf(), indices.buf(), scratch.as_ref().map_or(self.dummy_write.buf(), |s| s.buf())];
         let d = Dispatch::rows(Kernel::Topk, Spec::new(DType::F32), &op.params(), bufs, op.rows);
         self.run(TopK::NAME, &[d])
     }
@@ -362,7 +377,7 @@ impl Backend for Wgpu {
         let spec = Spec::new(op.dtype);
         let lanes = op.outer * op.inner;
         if op.seq <= SCAN_L {
-            let bufs = vec![&x.buffer, &g.buffer, &h0.buffer, &y.buffer];
+            let bufs = vec![x.buf(), g.buf(), h0.buf(), y.buf()];
             let d = Dispatch::items(Kernel::DecayScan, spec, &op.params(), bufs, lanes);
             return self.run(DecayScan::NAME, &[d]);
         }
@@ -370,11 +385,11 @@ impl Backend for Wgpu {
         let n = lanes * op.seq.div_ceil(SCAN_L);
         let sums = self.scratch(f32_bytes(3 * n), DecayScan::NAME)?;
         let p = op.params();
-        let bufs = vec![&x.buffer, &g.buffer, &h0.buffer, &y.buffer, &sums];
-        let (dr, dw) = (&self.dummy_read, &self.dummy_write);
+        let bufs = vec![x.buf(), g.buf(), h0.buf(), y.buf(), sums.buf()];
+        let (dr, dw) = (self.dummy_read.buf(), self.dummy_write.buf());
         let d = [
             Dispatch::items(Kernel::ScanChunks, spec, &p, bufs.clone(), n),
-            Dispatch::items(Kernel::ScanCarry, spec, &p, vec![dr, dr, &h0.buffer, dw, &sums], lanes),
+            Dispatch::items(Kernel::ScanCarry, spec, &p, vec![dr, dr, h0.buf(), dw, sums.buf()], lanes),
             Dispatch::items(Kernel::ScanFinal, spec, &p, bufs, n),
         ];
         self.run(DecayScan::NAME, &d)
@@ -390,7 +405,7 @@ impl Backend for Wgpu {
     ) -> Result<()> {
         ops::check(op, &[x, g, h, h_new])?;
         self.require(op.dtype)?;
-        let bufs = vec![&x.buffer, &g.buffer, &h.buffer, &h_new.buffer];
+        let bufs = vec![x.buf(), g.buf(), h.buf(), h_new.buf()];
         let d = Dispatch::items(Kernel::DecayStep, Spec::new(op.dtype), &op.params(), bufs, op.lanes);
         self.run(DecayStep::NAME, &[d])
     }
@@ -398,7 +413,7 @@ impl Backend for Wgpu {
     fn rope(&self, op: &Rope, x: &WgpuBuffer, pos: &WgpuBuffer, y: &mut WgpuBuffer) -> Result<()> {
         ops::check(op, &[x, pos, y])?;
         self.require(op.dtype)?;
-        let bufs = vec![&x.buffer, &pos.buffer, &y.buffer];
+        let bufs = vec![x.buf(), pos.buf(), y.buf()];
         let pairs = op.heads * op.seq * (op.dim / 2);
         let d = Dispatch::items(Kernel::Rope, Spec::new(op.dtype), &op.params(), bufs, pairs);
         self.run(Rope::NAME, &[d])
@@ -420,18 +435,24 @@ impl Backend for Wgpu {
         let pairs = op.heads * (op.dim / 2);
         let p = op.params();
         if op.seq <= SCAN_L {
-            let bufs = vec![&k.buffer, &v.buffer, &g.buffer, &k_tilde.buffer, &v_tilde.buffer, &k_rope.buffer];
+            let bufs = vec![k.buf(), v.buf(), g.buf(), k_tilde.buf(), v_tilde.buf(), k_rope.buf()];
             let d = Dispatch::items(Kernel::RatplusKv, spec, &p, bufs, pairs);
             return self.run(RatplusKv::NAME, &[d]);
         }
         // Chunked: A, Bk, Bv, carry k, carry v per (head, chunk, d), see decay.wgsl.
         let nch = op.seq.div_ceil(SCAN_L);
         let sums = self.scratch(f32_bytes(5 * op.heads * nch * op.dim), RatplusKv::NAME)?;
-        let bufs = vec![&k.buffer, &v.buffer, &g.buffer, &k_tilde.buffer, &v_tilde.buffer, &k_rope.buffer, &sums];
-        let (dr, dw) = (&self.dummy_read, &self.dummy_write);
+        let bufs = vec![k.buf(), v.buf(), g.buf(), k_tilde.buf(), v_tilde.buf(), k_rope.buf(), sums.buf()];
+        let (dr, dw) = (self.dummy_read.buf(), self.dummy_write.buf());
         let d = [
             Dispatch::items(Kernel::RatplusChunks, spec, &p, bufs.clone(), pairs * nch),
-            Dispatch::items(Kernel::RatplusCarry, spec, &p, vec![dr, dr, dr, dw, dw, dw, &sums], op.heads * op.dim),
+            Dispatch::items(
+                Kernel::RatplusCarry,
+                spec,
+                &p,
+                vec![dr, dr, dr, dw, dw, dw, sums.buf()],
+                op.heads * op.dim,
+            ),
             Dispatch::items(Kernel::RatplusFinal, spec, &p, bufs, pairs * nch),
         ];
         self.run(RatplusKv::NAME, &d)
@@ -451,16 +472,7 @@ impl Backend for Wgpu {
     ) -> Result<()> {
         ops::check(op, &[k, v, g, hk, hv, hk_new, hv_new, k_rope])?;
         self.require(op.dtype)?;
-        let bufs = vec![
-            &k.buffer,
-            &v.buffer,
-            &g.buffer,
-            &hk.buffer,
-            &hv.buffer,
-            &hk_new.buffer,
-            &hv_new.buffer,
-            &k_rope.buffer,
-        ];
+        let bufs = vec![k.buf(), v.buf(), g.buf(), hk.buf(), hv.buf(), hk_new.buf(), hv_new.buf(), k_rope.buf()];
         let d = Dispatch::items(Kernel::RatplusStep, Spec::new(op.dtype), &op.params(), bufs, op.heads * (op.dim / 2));
         self.run(RatplusStep::NAME, &[d])
     }
@@ -475,7 +487,7 @@ impl Backend for Wgpu {
         ops::check(op, &[k, kmin, kmax])?;
         let s = &op.shape;
         self.require(s.dtype)?;
-        let bufs = vec![&k.buffer, &kmin.buffer, &kmax.buffer];
+        let bufs = vec![k.buf(), kmin.buf(), kmax.buf()];
         let d = Dispatch::items(Kernel::BlockMinmax, Spec::new(s.dtype), &s.params(), bufs, s.heads * s.nb() * s.dim);
         self.run(BlockMinmax::NAME, &[d])
     }
@@ -484,7 +496,7 @@ impl Backend for Wgpu {
         ops::check(op, &[k, kmean])?;
         let s = &op.shape;
         self.require(s.dtype)?;
-        let bufs = vec![&k.buffer, &kmean.buffer];
+        let bufs = vec![k.buf(), kmean.buf()];
         let d = Dispatch::items(Kernel::BlockMean, Spec::new(s.dtype), &s.params(), bufs, s.heads * s.nb() * s.dim);
         self.run(BlockMean::NAME, &[d])
     }
@@ -499,7 +511,7 @@ impl Backend for Wgpu {
     ) -> Result<()> {
         ops::check(op, &[q, kmin, kmax, scores])?;
         self.require(op.dtype)?;
-        let bufs = vec![&q.buffer, &kmin.buffer, &kmax.buffer, &scores.buffer];
+        let bufs = vec![q.buf(), kmin.buf(), kmax.buf(), scores.buf()];
         let d = Dispatch::items(Kernel::QuestScores, Spec::new(op.dtype), &op.params(), bufs, op.q_heads * op.nb);
         self.run(QuestScores::NAME, &[d])
     }
@@ -534,7 +546,7 @@ impl Backend for Wgpu {
             nb: nb as u32,
             ..Default::default()
         };
-        // Computed statistics stay in f32 (allocated per call for now); cached ones arrive in
+        // Computed statistics stay in f32 (pooled scratch); cached ones arrive in
         // the storage dtype. The random selector needs none.
         let computed = match (op.select.selector, stats) {
             (Selector::Score, None) => {
@@ -546,21 +558,27 @@ impl Backend for Wgpu {
         if let Some((kmin, kmax)) = &computed {
             let spec = Spec::new(op.dtype).with_stat(DType::F32);
             let items = op.kv_heads * nb * op.dim;
-            dispatches.push(Dispatch::items(Kernel::BlockMinmax, spec, &p, vec![&k.buffer, kmin, kmax], items));
+            dispatches.push(Dispatch::items(
+                Kernel::BlockMinmax,
+                spec,
+                &p,
+                vec![k.buf(), kmin.buf(), kmax.buf()],
+                items,
+            ));
         }
         let stat_bufs = match (&computed, stats) {
-            (Some((lo, hi)), _) => Some((lo, hi, DType::F32)),
-            (None, Some((lo, hi))) => Some((&lo.buffer, &hi.buffer, op.dtype)),
+            (Some((lo, hi)), _) => Some((lo.buf(), hi.buf(), DType::F32)),
+            (None, Some((lo, hi))) => Some((lo.buf(), hi.buf(), op.dtype)),
             (None, None) => None,
         };
         if let (Selector::Score, Some((kmin, kmax, stat))) = (op.select.selector, stat_bufs) {
             let spec = Spec::new(op.dtype).with_stat(stat);
             let p = BlockParams { q_heads: op.q_heads as u32, seq: 1, ..p };
-            let bufs = vec![&q.buffer, kmin, kmax, &ranking.buffer];
+            let bufs = vec![q.buf(), kmin, kmax, ranking.buf()];
             dispatches.push(Dispatch::items(Kernel::QuestScores, spec, &p, bufs, op.q_heads * nb));
         }
         let sel = op.select_params();
-        let bufs = vec![&ranking.buffer, &selected.buffer];
+        let bufs = vec![ranking.buf(), selected.buf()];
         dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, op.q_heads));
         let p = AttentionParams {
             causal: 1,
@@ -586,7 +604,7 @@ impl Backend for Wgpu {
                 lse,
             )),
             None => {
-                let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &selected.buffer, &out.buffer, &lse.buffer];
+                let bufs = vec![q.buf(), k.buf(), v.buf(), selected.buf(), out.buf(), lse.buf()];
                 dispatches.push(Dispatch::rows(Kernel::AttentionBlocks, att_spec, &p, bufs, op.q_heads));
             }
         }
@@ -618,16 +636,16 @@ impl Backend for Wgpu {
         let fused = ranking.is_none() && nb <= MAX_NB;
         let rank_scratch;
         let rank_buf = match &ranking {
-            Some(r) => &r.buffer,
-            None if fused => &self.dummy_write,
+            Some(r) => r.buf(),
+            None if fused => self.dummy_write.buf(),
             None => {
                 rank_scratch = self.scratch(f32_bytes(rows * nb), name)?;
-                &rank_scratch
+                rank_scratch.buf()
             }
         };
         let att_spec = self.attention_spec(name, op.dtype, op.dim)?;
         let mut dispatches = Vec::new();
-        // Block means in f32 (per call for now).
+        // Block means in f32 (pooled scratch).
         let kmean = match op.select.selector {
             Selector::Score => Some(self.scratch(f32_bytes(op.kv_heads * nb * op.dim), name)?),
             Selector::Random { .. } => None,
@@ -644,10 +662,10 @@ impl Backend for Wgpu {
                 ..Default::default()
             };
             let items = op.kv_heads * nb * op.dim;
-            dispatches.push(Dispatch::items(Kernel::BlockMean, stat_spec, &p, vec![&k.buffer, kmean], items));
+            dispatches.push(Dispatch::items(Kernel::BlockMean, stat_spec, &p, vec![k.buf(), kmean.buf()], items));
             if !fused {
                 let p = BlockParams { q_heads: op.q_heads as u32, ..p };
-                let bufs = vec![&q.buffer, kmean, rank_buf];
+                let bufs = vec![q.buf(), kmean.buf(), rank_buf];
                 dispatches.push(Dispatch::items(Kernel::MobaGate, stat_spec, &p, bufs, rows * nb));
             }
         }
@@ -655,16 +673,14 @@ impl Backend for Wgpu {
         let shape;
         if fused {
             let words = [(op.q_heads / op.kv_heads) as u32, op.dim as u32];
-            shape = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(name),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-            let kmean = kmean.as_ref().unwrap_or(&self.dummy_read);
-            let bufs = vec![rank_buf, &selected.buffer, &q.buffer, kmean, &shape];
+            // Written in queue order: after earlier users of the pooled buffer, before this call.
+            shape = self.scratch(8, name)?;
+            self.queue.write_buffer(shape.raw(), 0, bytemuck::cast_slice(&words));
+            let kmean = kmean.as_ref().map_or(self.dummy_read.buf(), |s| s.buf());
+            let bufs = vec![rank_buf, selected.buf(), q.buf(), kmean, shape.buf()];
             dispatches.push(Dispatch::rows(Kernel::MobaSelect, stat_spec, &sel, bufs, rows));
         } else {
-            let bufs = vec![rank_buf, &selected.buffer];
+            let bufs = vec![rank_buf, selected.buf()];
             dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, rows));
         }
         let p = AttentionParams {
@@ -674,7 +690,7 @@ impl Backend for Wgpu {
             block_size: bs as u32,
             ..attention_rows(op.q_heads, op.kv_heads, op.seq, op.seq, op.dim)
         };
-        let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &selected.buffer, &out.buffer, &lse.buffer];
+        let bufs = vec![q.buf(), k.buf(), v.buf(), selected.buf(), out.buf(), lse.buf()];
         // Query tiles visit the union of their rows' blocks; the bitmap holds PREFILL_MAX_NB.
         match self.prefill_spec(name, op.dtype, op.dim)? {
             Some(pspec) if nb <= PREFILL_MAX_NB => {
@@ -707,9 +723,9 @@ impl Backend for Wgpu {
         let bytes = 4 * (spec.head_dim as u64 + wg) + 4 * (256 + wg + 4);
         self.require_workgroup_memory(name, Kernel::SnapkvLse, &spec, bytes)?;
         let hs = op.out_heads();
-        let dw = &self.dummy_write;
+        let dw = self.dummy_write.buf();
         let Some(ranking) = ranking else {
-            let bufs = vec![&q_obs.buffer, &k.buffer, dw, dw, dw, &kept.buffer];
+            let bufs = vec![q_obs.buf(), k.buf(), dw, dw, dw, kept.buf()];
             let d = Dispatch::items(Kernel::SnapkvKeepAll, spec, &p, bufs, hs * op.seq);
             return self.run(name, &[d]);
         };
@@ -723,10 +739,10 @@ impl Backend for Wgpu {
             Selector::Random { .. } => None,
         };
         let (lse, col) = match &scratch {
-            Some((lse, col)) => (lse, col),
+            Some((lse, col)) => (lse.buf(), col.buf()),
             None => (dw, dw),
         };
-        let bufs = || vec![&q_obs.buffer, &k.buffer, lse, col, &ranking.buffer, &kept.buffer];
+        let bufs = || vec![q_obs.buf(), k.buf(), lse, col, ranking.buf(), kept.buf()];
         let mut dispatches = Vec::new();
         if scratch.is_some() {
             dispatches.push(Dispatch::rows(Kernel::SnapkvLse, spec, &p, bufs(), op.q_heads * w));
@@ -756,7 +772,7 @@ impl Backend for Wgpu {
                 return self.run(name, &d);
             }
         }
-        let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &self.dummy_read, &out.buffer, &lse.buffer];
+        let bufs = vec![q.buf(), k.buf(), v.buf(), self.dummy_read.buf(), out.buf(), lse.buf()];
         if let Some(pspec) = self.prefill_spec(AttentionDense::NAME, op.dtype, op.dim)? {
             let groups = op.q_heads * op.q_len.div_ceil(PREFILL_BQ);
             let d = Dispatch::rows(Kernel::PrefillDense, pspec, &op.params(), bufs, groups);
@@ -785,7 +801,7 @@ impl Backend for Wgpu {
             let d = self.decode_dispatches(Kernel::DecodeSparse, &plan, op.params(), q, k, v, Some(idx), out, lse);
             return self.run(name, &d);
         }
-        let bufs = vec![&q.buffer, &k.buffer, &v.buffer, &idx.buffer, &out.buffer, &lse.buffer];
+        let bufs = vec![q.buf(), k.buf(), v.buf(), idx.buf(), out.buf(), lse.buf()];
         let d = Dispatch::rows(Kernel::AttentionSparse, spec, &op.params(), bufs, op.q_heads);
         self.run(AttentionSparse::NAME, &[d])
     }
@@ -799,7 +815,7 @@ impl Backend for Wgpu {
         rate: &mut WgpuBuffer,
     ) -> Result<()> {
         ops::check(op, &[sel, gold, head_hit, rate])?;
-        let bufs = vec![&sel.buffer, &gold.buffer, &head_hit.buffer, &rate.buffer];
+        let bufs = vec![sel.buf(), gold.buf(), head_hit.buf(), rate.buf()];
         let d = Dispatch::rows(Kernel::HitRate, Spec::new(DType::F32), &op.params(), bufs, 1);
         self.run(HitRate::NAME, &[d])
     }
