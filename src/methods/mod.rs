@@ -109,41 +109,60 @@ impl Dense {
     }
 }
 
-/// Quest decode (SPEC §2): blocks of `block_size`, `budget` blocks including the forced first
-/// and local blocks, per query head.
+/// Block selection shared by Quest and MoBA: block size, budget, the forced blocks and how the
+/// other blocks compete (SPEC §2.3, §3.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockSelection {
+    /// Tokens per block (64 in the paper; 16 in Quest's own kernels).
+    pub block_size: usize,
+    /// Blocks attended (per head, and per query token for MoBA), forced ones included.
+    pub budget: Budget,
+    /// Whether block 0 is always kept (the paper: yes; official Quest and MoBA: no).
+    pub force_first: bool,
+    /// Local blocks always kept: the query's block and the `n_local - 1` before it (at least 1
+    /// for MoBA).
+    pub n_local: usize,
+    /// Candidates compete by score (Quest's bound, MoBA's gate) or by a random key ([`Random`]).
+    pub selector: Selector,
+}
+
+impl BlockSelection {
+    /// The paper's setting: block 64, the first and the local block forced, by score.
+    pub fn paper(budget: Budget) -> Self {
+        BlockSelection { block_size: 64, budget, force_first: true, n_local: 1, selector: Selector::Score }
+    }
+    /// The op-level config for a context of `seq` tokens (the budget resolved to blocks).
+    pub fn config(&self, seq: usize) -> Result<SelectConfig> {
+        Ok(SelectConfig {
+            block_size: self.block_size,
+            n_blocks: self.budget.units(seq, self.block_size)?,
+            force_first: self.force_first,
+            n_local: self.n_local,
+            selector: self.selector,
+        })
+    }
+}
+
+/// Quest decode (SPEC §2): blocks scored by the min/max bound of their keys, the budget's best
+/// plus the forced blocks attended, per query head.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quest {
-    /// Tokens per block (64 in the paper, 16 in the official Quest kernels).
-    pub block_size: usize,
-    /// Blocks attended per query head, forced ones included.
-    pub budget: Budget,
-    /// Whether block 0 is always kept.
-    pub force_first: bool,
-    /// Local blocks always kept: the query's block and the `n_local - 1` before it.
-    pub n_local: usize,
-    /// Candidates compete by the min/max bound or by a random key ([`Random::quest`]).
-    pub selector: Selector,
+    /// Which blocks are attended.
+    pub select: BlockSelection,
 }
 
 impl Quest {
     /// The paper's setting: block 64, first and local block forced, `budget` e.g. `Fraction(1/8)`.
     pub fn paper(budget: Budget) -> Self {
-        Quest { block_size: 64, budget, force_first: true, n_local: 1, selector: Selector::Score }
+        Quest { select: BlockSelection::paper(budget) }
     }
     /// The official Quest kernels: the current block forced, block 16.
     pub fn original(budget: Budget) -> Self {
-        Quest { block_size: 16, budget, force_first: false, n_local: 1, selector: Selector::Score }
+        Quest { select: BlockSelection { block_size: 16, force_first: false, ..BlockSelection::paper(budget) } }
     }
     /// The problem for context shape `s` (statistics computed in the call).
     pub fn problem(&self, s: Shape) -> Result<QuestDecode> {
-        let n_blocks = self.budget.units(s.seq, self.block_size)?;
-        let cfg = SelectConfig {
-            block_size: self.block_size,
-            n_blocks,
-            force_first: self.force_first,
-            n_local: self.n_local,
-            selector: self.selector,
-        };
+        let cfg = self.select.config(s.seq)?;
         QuestDecode::new(s.q_heads, s.kv_heads, s.seq, s.dim, cfg, default_scale(s.dim), s.dtype)
     }
     /// One decode step. `stats` are the cached `(kmin, kmax)` of `k`, or `None` to compute them.
@@ -180,40 +199,26 @@ impl Quest {
     }
 }
 
-/// MoBA prefill (SPEC §3).
+/// MoBA prefill (SPEC §3): past blocks routed per query token by the mean-key gate, attended
+/// causally with the forced first and local blocks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Moba {
-    /// Tokens per block (64 in the paper).
-    pub block_size: usize,
-    /// Blocks attended per query token and head, forced ones included.
-    pub budget: Budget,
-    /// Whether block 0 is always kept (the paper: yes; official MoBA: no).
-    pub force_first: bool,
-    /// Local blocks always kept: the token's own block and the `n_local - 1` before it; at
-    /// least 1.
-    pub n_local: usize,
-    /// Past blocks compete by the mean-key gate or by a random key ([`Random::moba`]).
-    pub selector: Selector,
+    /// Which blocks each query token attends (`n_local` at least 1).
+    pub select: BlockSelection,
 }
 
 impl Moba {
     /// The paper's setting: block 64, first and current block forced.
     pub fn paper(budget: Budget) -> Self {
-        Moba { block_size: 64, budget, force_first: true, n_local: 1, selector: Selector::Score }
+        Moba { select: BlockSelection::paper(budget) }
     }
     /// Official MoBA routing: only the current block forced.
     pub fn original(block_size: usize, budget: Budget) -> Self {
-        Moba { block_size, budget, force_first: false, n_local: 1, selector: Selector::Score }
+        Moba { select: BlockSelection { block_size, force_first: false, ..BlockSelection::paper(budget) } }
     }
     /// The problem for shape `s`.
     pub fn problem(&self, s: Shape) -> Result<MobaPrefill> {
-        let cfg = SelectConfig {
-            block_size: self.block_size,
-            n_blocks: self.budget.units(s.seq, self.block_size)?,
-            force_first: self.force_first,
-            n_local: self.n_local,
-            selector: self.selector,
-        };
+        let cfg = self.select.config(s.seq)?;
         MobaPrefill::new(s.q_heads, s.kv_heads, s.seq, s.dim, cfg, default_scale(s.dim), s.dtype)
     }
     /// Causal block-sparse prefill of `q[Hq, T, D]`.
@@ -319,12 +324,12 @@ pub struct Random {
 impl Random {
     /// Quest's budget and forced blocks, random candidates.
     pub fn quest(&self, mut q: Quest) -> Quest {
-        q.selector = Selector::Random { seed: self.seed };
+        q.select.selector = Selector::Random { seed: self.seed };
         q
     }
     /// MoBA's budget and forced blocks, random candidates.
     pub fn moba(&self, mut m: Moba) -> Moba {
-        m.selector = Selector::Random { seed: self.seed };
+        m.select.selector = Selector::Random { seed: self.seed };
         m
     }
     /// SnapKV's capacity and window, random prefix tokens.
