@@ -47,6 +47,8 @@ pub struct Preset {
     pub copy_bytes: usize,
     /// Top-k kernel rows `(rows, n, k)` (peers: torch.topk).
     pub topk_shapes: Vec<(usize, usize, usize)>,
+    /// Device warm-up (repeated copies) before anything is timed.
+    pub warmup: Duration,
 }
 
 impl Preset {
@@ -67,6 +69,7 @@ impl Preset {
             repeats: 50,
             copy_bytes: 1 << 30,
             topk_shapes: vec![(8, 2048, 128), (32, 2048, 128), (1, 131072, 2048), (8, 131072, 8192)],
+            warmup: Duration::from_secs(2),
         }
     }
     /// Long contexts: 32K and 128K, same layer as [`Preset::paper`].
@@ -89,6 +92,7 @@ impl Preset {
             repeats: 3,
             copy_bytes: 16 << 20,
             topk_shapes: vec![(8, 2048, 128)],
+            warmup: Duration::from_millis(100),
         }
     }
     /// Looks a preset up by name.
@@ -364,6 +368,13 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
     let words = p.copy_bytes / 4;
     let src = b.upload(&data(words, 1, DType::F32))?;
     let mut dst = b.alloc(DType::F32, words)?;
+    // Warm the device first: a GPU idling between small submissions sits in a low clock state,
+    // and the first rows timed would pay for it (seen through wgpu on an H100: the first context
+    // of a report ran 2.5-5x slower than the same rows timed later).
+    let warm_until = std::time::Instant::now() + p.warmup;
+    while std::time::Instant::now() < warm_until {
+        b.time(&mut || b.copy_buffer(&src, &mut dst))?;
+    }
     let (copy_t, _) = measure(b, p.repeats.min(20), &mut || b.copy_buffer(&src, &mut dst))?;
     drop((src, dst));
     let copy_bandwidth = 2.0 * (words * 4) as f64 / copy_t.as_secs_f64();
