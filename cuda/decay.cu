@@ -70,18 +70,20 @@ extern "C" __global__ void rope(const DecayParams p, const store_t* __restrict__
     store_f(y, a + half, yb);
 }
 
-extern "C" __global__ void ratplus_kv(const DecayParams p, const store_t* __restrict__ k, const store_t* __restrict__ v,
-                                      const float* __restrict__ g, store_t* __restrict__ k_tilde,
-                                      store_t* __restrict__ v_tilde, store_t* __restrict__ k_rope) {
+// Advances the RAT+ states of rotation pair `i` of head `h` over tokens t0..t1, writing k~, v~
+// and RoPE(k~) on the way; the serial kernel and the chunked scan's last pass share it. The
+// states `hk`, `hv` hold the pair (i, i + D/2) and are updated in place.
+__device__ __forceinline__ void ratplus_run(const DecayParams& p, const store_t* __restrict__ k,
+                                            const store_t* __restrict__ v, const float* __restrict__ g,
+                                            store_t* __restrict__ k_tilde, store_t* __restrict__ v_tilde,
+                                            store_t* __restrict__ k_rope, u32 h, u32 i, u32 t0, u32 t1,
+                                            float hk[2], float hv[2]) {
     const u32 half = p.inner / 2u;
-    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= p.outer * half) return;
-    const u32 h = e / half;
-    const u32 i = e - h * half;
     const double inv_freq = rope_inv_freq(i, p.inner, p.base);
-    float hk_a = 0.0f, hk_b = 0.0f, hv_a = 0.0f, hv_b = 0.0f;
-    u32 a = h * p.seq * p.inner + i;
-    for (u32 t = 0; t < p.seq; ++t, a += p.inner) {
+    float hk_a = hk[0], hk_b = hk[1], hv_a = hv[0], hv_b = hv[1];
+    u32 a = (h * p.seq + t0) * p.inner + i;
+#pragma unroll 4
+    for (u32 t = t0; t < t1; ++t, a += p.inner) {
         const u32 b = a + half;
         const float ga = g[a];
         const float gb = g[b];
@@ -98,6 +100,21 @@ extern "C" __global__ void ratplus_kv(const DecayParams p, const store_t* __rest
         store_f(k_rope, a, ya);
         store_f(k_rope, b, yb);
     }
+    hk[0] = hk_a;
+    hk[1] = hk_b;
+    hv[0] = hv_a;
+    hv[1] = hv_b;
+}
+
+extern "C" __global__ void ratplus_kv(const DecayParams p, const store_t* __restrict__ k, const store_t* __restrict__ v,
+                                      const float* __restrict__ g, store_t* __restrict__ k_tilde,
+                                      store_t* __restrict__ v_tilde, store_t* __restrict__ k_rope) {
+    const u32 half = p.inner / 2u;
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= p.outer * half) return;
+    const u32 h = e / half;
+    float hk[2] = {0.0f, 0.0f}, hv[2] = {0.0f, 0.0f};
+    ratplus_run(p, k, v, g, k_tilde, v_tilde, k_rope, h, e - h * half, 0u, p.seq, hk, hv);
 }
 
 extern "C" __global__ void ratplus_step(const DecayParams p, const store_t* __restrict__ k,
@@ -285,28 +302,7 @@ extern "C" __global__ void ratplus_kv_apply(const DecayParams p, const store_t* 
     const u32 i = e - h * half;
     u32 t0, t1;
     run_range(p.seq, chunk, c, &t0, &t1);
-    const double inv_freq = rope_inv_freq(i, p.inner, p.base);
-    float hk_a = ab[rkv_at(0u, 1u, n_chunks, c, lanes, e)];
-    float hk_b = ab[rkv_at(1u, 1u, n_chunks, c, lanes, e)];
-    float hv_a = ab[rkv_at(2u, 1u, n_chunks, c, lanes, e)];
-    float hv_b = ab[rkv_at(3u, 1u, n_chunks, c, lanes, e)];
-    u32 a = (h * p.seq + t0) * p.inner + i;
-#pragma unroll 4
-    for (u32 t = t0; t < t1; ++t, a += p.inner) {
-        const u32 b = a + half;
-        const float ga = g[a];
-        const float gb = g[b];
-        hk_a = ga * hk_a + (1.0f - ga) * load_f(k, a);
-        hk_b = gb * hk_b + (1.0f - gb) * load_f(k, b);
-        hv_a = ga * hv_a + (1.0f - ga) * load_f(v, a);
-        hv_b = gb * hv_b + (1.0f - gb) * load_f(v, b);
-        store_f(k_tilde, a, hk_a);
-        store_f(k_tilde, b, hk_b);
-        store_f(v_tilde, a, hv_a);
-        store_f(v_tilde, b, hv_b);
-        float ya, yb;
-        rope_rotate(hk_a, hk_b, (double)(p.pos0 + t) * inv_freq, &ya, &yb);
-        store_f(k_rope, a, ya);
-        store_f(k_rope, b, yb);
-    }
+    float hk[2] = {ab[rkv_at(0u, 1u, n_chunks, c, lanes, e)], ab[rkv_at(1u, 1u, n_chunks, c, lanes, e)]};
+    float hv[2] = {ab[rkv_at(2u, 1u, n_chunks, c, lanes, e)], ab[rkv_at(3u, 1u, n_chunks, c, lanes, e)]};
+    ratplus_run(p, k, v, g, k_tilde, v_tilde, k_rope, h, i, t0, t1, hk, hv);
 }

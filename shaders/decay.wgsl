@@ -199,6 +199,23 @@ fn n_chunks() -> u32 {
     return (p.seq + SCAN_L - 1u) / SCAN_L;
 }
 
+// One invocation of a chunked scan pass: lane `e` = (outer, chunk, channel) with `width`
+// channels per (outer, chunk) row; the chunk covers tokens t0..t1.
+struct ChunkLane {
+    row: u32,
+    outer: u32,
+    channel: u32,
+    t0: u32,
+    t1: u32,
+}
+
+fn chunk_lane(e: u32, width: u32) -> ChunkLane {
+    let row = e / width;
+    let outer = row / n_chunks();
+    let t0 = (row - outer * n_chunks()) * SCAN_L;
+    return ChunkLane(row, outer, e - row * width, t0, min(p.seq, t0 + SCAN_L));
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn scan_chunks(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -211,12 +228,11 @@ fn scan_chunks(
     if (e >= n) {
         return;
     }
-    let oj = e / p.inner;
-    let c = e - oj * p.inner;
-    let o = oj / nch;
-    let j = oj - o * nch;
-    let t0 = j * SCAN_L;
-    let t1 = min(p.seq, t0 + SCAN_L);
+    let lane = chunk_lane(e, p.inner);
+    let c = lane.channel;
+    let o = lane.outer;
+    let t0 = lane.t0;
+    let t1 = lane.t1;
     var a = 1.0;
     var b = 0.0;
     for (var t = t0; t < t1; t++) {
@@ -274,12 +290,11 @@ fn scan_final(
     if (e >= n) {
         return;
     }
-    let oj = e / p.inner;
-    let c = e - oj * p.inner;
-    let o = oj / nch;
-    let j = oj - o * nch;
-    let t0 = j * SCAN_L;
-    let t1 = min(p.seq, t0 + SCAN_L);
+    let lane = chunk_lane(e, p.inner);
+    let c = lane.channel;
+    let o = lane.outer;
+    let t0 = lane.t0;
+    let t1 = lane.t1;
     var h = ds_sums[2u * n + e];
     for (var t = t0; t < t1; t++) {
         let i = (o * p.seq + t) * p.inner + c;
@@ -303,12 +318,12 @@ fn ratplus_chunks(
     if (e >= p.outer * nch * half) {
         return;
     }
-    let hj = e / half;
-    let i = e - hj * half;
-    let h = hj / nch;
-    let j = hj - h * nch;
-    let t0 = j * SCAN_L;
-    let t1 = min(p.seq, t0 + SCAN_L);
+    let lane = chunk_lane(e, half);
+    let hj = lane.row;
+    let i = lane.channel;
+    let h = lane.outer;
+    let t0 = lane.t0;
+    let t1 = lane.t1;
     var aa = 1.0;
     var ab = 1.0;
     var k0 = 0.0;
@@ -389,12 +404,12 @@ fn ratplus_final(
     if (e >= p.outer * nch * half) {
         return;
     }
-    let hj = e / half;
-    let i = e - hj * half;
-    let h = hj / nch;
-    let j = hj - h * nch;
-    let t0 = j * SCAN_L;
-    let t1 = min(p.seq, t0 + SCAN_L);
+    let lane = chunk_lane(e, half);
+    let hj = lane.row;
+    let i = lane.channel;
+    let h = lane.outer;
+    let t0 = lane.t0;
+    let t1 = lane.t1;
     let sa = hj * p.inner + i;
     let sb = sa + half;
     var k0 = rk_sums[3u * n + sa];

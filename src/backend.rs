@@ -73,16 +73,7 @@ pub trait Backend {
     /// Copies `src` into `dst` on the device (same dtype and length). The default goes through
     /// the host; GPU backends override it with a device-to-device copy.
     fn copy_buffer(&self, src: &Self::Buffer, dst: &mut Self::Buffer) -> Result<()> {
-        if src.dtype() != dst.dtype() || src.len() != dst.len() {
-            return Err(crate::Error::Buffer {
-                op: "copy_buffer",
-                name: "dst",
-                expected: src.len(),
-                expected_dtype: src.dtype(),
-                got: dst.len(),
-                got_dtype: dst.dtype(),
-            });
-        }
+        crate::ops::check_copy(src, dst)?;
         *dst = self.upload(&self.download(src)?)?;
         Ok(())
     }

@@ -185,6 +185,14 @@ impl Cuda {
         target.div_ceil(rows).min(keys.div_ceil(128)).clamp(1, 64) as u32
     }
 
+    /// Scratch for the split-K partials of `rows` attention rows of width `dim`: `(out, lse)`
+    /// with `rows * splits` entries when `splits > 1`, one placeholder entry otherwise (the
+    /// kernels take the pointers either way and only write them when split).
+    fn split_partials(&self, rows: usize, splits: u32, dim: usize) -> Result<(CudaSlice<u8>, CudaSlice<u8>)> {
+        let parts = if splits > 1 { rows * splits as usize } else { 1 };
+        Ok((self.scratch(4 * parts * dim)?, self.scratch(4 * parts)?))
+    }
+
     /// Runs of the chunked scans for `lanes` independent recurrences over `seq` steps: enough
     /// (run, lane-tile) CTAs for about 8 per SM, runs of at least 64 steps; `(1, seq)` means the
     /// serial kernel (already enough lanes, or too short a sequence).
@@ -312,9 +320,7 @@ impl Cuda {
             DecodeKeys::Sparse(i) => (1, i, &q.slice, &q.slice),
             DecodeKeys::Masked(i, m, c) => (2, i, m, c),
         };
-        let parts = if p.splits > 1 { q_heads * p.splits as usize } else { 1 };
-        let mut part_out = self.scratch(4 * parts * p.dim as usize)?;
-        let mut part_lse = self.scratch(4 * parts)?;
+        let (mut part_out, mut part_lse) = self.split_partials(q_heads, p.splits, p.dim as usize)?;
         let hpc32 = hpc as u32;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx).arg(hmask).arg(counts);
@@ -410,9 +416,7 @@ impl Cuda {
         let rows = p.q_heads as usize;
         let keys = p.n_idx as usize * p.block_size.max(1) as usize;
         p.splits = self.splits(rows, keys);
-        let parts = if p.splits > 1 { rows * p.splits as usize } else { 1 };
-        let mut part_out = self.scratch(4 * parts * p.dim as usize)?;
-        let mut part_lse = self.scratch(4 * parts)?;
+        let (mut part_out, mut part_lse) = self.split_partials(rows, p.splits, p.dim as usize)?;
         let f = self.function(Family::Attention, spec, "attention_sparse")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx);
@@ -580,16 +584,7 @@ impl Backend for Cuda {
         self.stream.synchronize().map_err(|e| device_err("synchronize", e))
     }
     fn copy_buffer(&self, src: &CudaBuffer, dst: &mut CudaBuffer) -> Result<()> {
-        if src.dtype != dst.dtype || src.len != dst.len {
-            return Err(Error::Buffer {
-                op: "copy_buffer",
-                name: "dst",
-                expected: src.len,
-                expected_dtype: src.dtype,
-                got: dst.len,
-                got_dtype: dst.dtype,
-            });
-        }
+        ops::check_copy(src, dst)?;
         let bytes = src.len * src.dtype.size();
         if bytes > 0 {
             self.stream
@@ -1200,9 +1195,7 @@ impl Backend for Cuda {
         }
         let rows = op.q_heads * op.q_len;
         p.splits = self.splits(rows, op.kv_len);
-        let parts = if p.splits > 1 { rows * p.splits as usize } else { 1 };
-        let mut part_out = self.scratch(4 * parts * op.dim)?;
-        let mut part_lse = self.scratch(4 * parts)?;
+        let (mut part_out, mut part_lse) = self.split_partials(rows, p.splits, op.dim)?;
         let f = self.function(Family::Attention, spec, "attention_dense")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice);

@@ -107,6 +107,22 @@ pub fn check<O: Op>(op: &O, bufs: &[&dyn DeviceBuffer]) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `dst` can receive a copy of `src`: same element type and length. Every
+/// [`crate::Backend::copy_buffer`] starts with this.
+pub fn check_copy(src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer) -> Result<()> {
+    if src.dtype() != dst.dtype() || src.len() != dst.len() {
+        return Err(Error::Buffer {
+            op: "copy_buffer",
+            name: "dst",
+            expected: src.len(),
+            expected_dtype: src.dtype(),
+            got: dst.len(),
+            got_dtype: dst.dtype(),
+        });
+    }
+    Ok(())
+}
+
 /// Largest extent of any one dimension and of any one tensor we accept: indices are 32-bit on
 /// every GPU backend.
 pub const MAX_ELEMENTS: usize = (i32::MAX as usize) / 2;

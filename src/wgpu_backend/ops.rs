@@ -275,16 +275,7 @@ impl Backend for Wgpu {
         self.wait("synchronize")
     }
     fn copy_buffer(&self, src: &WgpuBuffer, dst: &mut WgpuBuffer) -> Result<()> {
-        if src.dtype != dst.dtype || src.len != dst.len {
-            return Err(Error::Buffer {
-                op: "copy_buffer",
-                name: "dst",
-                expected: src.len,
-                expected_dtype: src.dtype,
-                got: dst.len,
-                got_dtype: dst.dtype,
-            });
-        }
+        ops::check_copy(src, dst)?;
         self.copy_bytes(src, dst)
     }
     /// Device time of the work `f` submits.
