@@ -249,4 +249,54 @@ pub trait Backend {
         head_hit: &mut Self::Buffer,
         rate: &mut Self::Buffer,
     ) -> Result<()>;
+
+    /// See [`CacheFill`]. `idx` must be `Some` exactly when `op.indexed`.
+    fn cache_fill(
+        &self,
+        op: &CacheFill,
+        k_src: &Self::Buffer,
+        v_src: &Self::Buffer,
+        idx: Option<&Self::Buffer>,
+        k: &mut Self::Buffer,
+        v: &mut Self::Buffer,
+        kmin: &mut Self::Buffer,
+        kmax: &mut Self::Buffer,
+        kmean: &mut Self::Buffer,
+        lens: &mut Self::Buffer,
+        pos: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`CacheAppend`]. `g` and `state` (`hk`, `hv`) must be `Some` exactly when
+    /// `op.ratplus`.
+    fn cache_append(
+        &self,
+        op: &CacheAppend,
+        k_new: &Self::Buffer,
+        v_new: &Self::Buffer,
+        g: Option<&Self::Buffer>,
+        lens: &Self::Buffer,
+        pos: &Self::Buffer,
+        state: Option<(&mut Self::Buffer, &mut Self::Buffer)>,
+        k: &mut Self::Buffer,
+        v: &mut Self::Buffer,
+        kmin: &mut Self::Buffer,
+        kmax: &mut Self::Buffer,
+        kmean: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// See [`CacheAdvance`].
+    fn cache_advance(&self, op: &CacheAdvance, lens: &mut Self::Buffer, pos: &mut Self::Buffer) -> Result<()>;
+    /// See [`CacheDecode`]. `stats` (`kmin`, `kmax`) must be `Some` exactly for blocks by score;
+    /// `selected` and `ranking` exactly for blocks.
+    fn cache_decode(
+        &self,
+        op: &CacheDecode,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        lens: &Self::Buffer,
+        stats: Option<(&Self::Buffer, &Self::Buffer)>,
+        out: &mut Self::Buffer,
+        lse: &mut Self::Buffer,
+        selected: Option<&mut Self::Buffer>,
+        ranking: Option<&mut Self::Buffer>,
+    ) -> Result<()>;
 }

@@ -433,4 +433,268 @@ impl Backend for Cpu {
         put_f32(rate, &[r.rate]);
         Ok(())
     }
+
+    fn cache_fill(
+        &self,
+        op: &CacheFill,
+        k_src: &CpuBuffer,
+        v_src: &CpuBuffer,
+        idx: Option<&CpuBuffer>,
+        k: &mut CpuBuffer,
+        v: &mut CpuBuffer,
+        kmin: &mut CpuBuffer,
+        kmax: &mut CpuBuffer,
+        kmean: &mut CpuBuffer,
+        lens: &mut CpuBuffer,
+        pos: &mut CpuBuffer,
+    ) -> Result<()> {
+        op.check(k_src, v_src, idx, [k, v, kmin, kmax, kmean], lens, pos)?;
+        if let Some(idx) = idx {
+            in_range(CacheFill::NAME, "idx", i32s(idx), 0, op.src_len)?;
+        }
+        let s = op.shape;
+        let (n, d, rep) = (op.n_tokens, s.dim, s.heads / op.src_heads);
+        let (ks, vs) = (f32s(k_src), f32s(v_src));
+        // The sequence's tokens as [Hc, n, D], then written into its slots.
+        let mut kt = Vec::with_capacity(s.heads * n * d);
+        let mut vt = Vec::with_capacity(s.heads * n * d);
+        for c in 0..s.heads {
+            for e in 0..n {
+                let j = idx.map_or(e, |i| i32s(i)[c * n + e] as usize);
+                let row = ((c / rep) * op.src_len + j) * d;
+                kt.extend_from_slice(&ks[row..row + d]);
+                vt.extend_from_slice(&vs[row..row + d]);
+            }
+        }
+        // Round to the storage dtype first: the statistics are of the stored keys.
+        let kt = HostData::from_f32(s.dtype, &kt).to_f32().unwrap_or_default();
+        let mut cache = CacheHost::new(s, k, v, kmin, kmax, kmean);
+        for c in 0..s.heads {
+            for e in 0..n {
+                let at = cache.slot(op.seq, c, e);
+                cache.k[at..at + d].copy_from_slice(&kt[(c * n + e) * d..(c * n + e + 1) * d]);
+                cache.v[at..at + d].copy_from_slice(&vt[(c * n + e) * d..(c * n + e + 1) * d]);
+            }
+            for blk in 0..n.div_ceil(s.block_size) {
+                cache.restat(op.seq, c, blk, n);
+            }
+        }
+        cache.store(k, v, kmin, kmax, kmean);
+        set_i32(lens, op.seq, n as i32);
+        set_i32(pos, op.seq, op.pos as i32);
+        Ok(())
+    }
+
+    fn cache_append(
+        &self,
+        op: &CacheAppend,
+        k_new: &CpuBuffer,
+        v_new: &CpuBuffer,
+        g: Option<&CpuBuffer>,
+        lens: &CpuBuffer,
+        pos: &CpuBuffer,
+        state: Option<(&mut CpuBuffer, &mut CpuBuffer)>,
+        k: &mut CpuBuffer,
+        v: &mut CpuBuffer,
+        kmin: &mut CpuBuffer,
+        kmax: &mut CpuBuffer,
+        kmean: &mut CpuBuffer,
+    ) -> Result<()> {
+        op.check(k_new, v_new, g, lens, pos, state.as_ref().map(|(a, b)| (&**a, &**b)), [k, v, kmin, kmax, kmean])?;
+        let s = op.shape;
+        let (d, hs, rep) = (s.dim, op.kv_heads, s.heads / op.kv_heads);
+        in_range(CacheAppend::NAME, "lens", i32s(lens), 0, s.capacity)?;
+        in_range(CacheAppend::NAME, "pos", i32s(pos), 0, i32::MAX as usize)?;
+        let (kn, vn) = (f32s(k_new), f32s(v_new));
+        // The rows to store, [B, Hs, D], and on RAT+ the advanced states.
+        let (rows_k, rows_v) = match (g, state) {
+            (Some(g), Some((hk, hv))) => {
+                let (gs, hks, hvs) = (f32s(g), f32s(hk), f32s(hv));
+                let (mut rk, mut rv, mut nk, mut nv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for b in 0..s.batch {
+                    let r = b * hs * d..(b + 1) * hs * d;
+                    let st = reference::ratplus_step(
+                        &kn[r.clone()],
+                        &vn[r.clone()],
+                        &gs[r.clone()],
+                        &hks[r.clone()],
+                        &hvs[r],
+                        d,
+                        op.base as f64,
+                        i32s(pos)[b],
+                    );
+                    rk.extend_from_slice(&st.k_rope);
+                    rv.extend_from_slice(&st.hv_new);
+                    nk.extend_from_slice(&st.hk_new);
+                    nv.extend_from_slice(&st.hv_new);
+                }
+                put_f32(hk, &nk);
+                put_f32(hv, &nv);
+                (rk, rv)
+            }
+            _ => (kn, vn),
+        };
+        let rows_k = HostData::from_f32(s.dtype, &rows_k).to_f32().unwrap_or_default();
+        let rows_v = HostData::from_f32(s.dtype, &rows_v).to_f32().unwrap_or_default();
+        let mut cache = CacheHost::new(s, k, v, kmin, kmax, kmean);
+        for b in 0..s.batch {
+            let t = i32s(lens)[b] as usize;
+            for c in 0..s.heads {
+                let src = (b * hs + c / rep) * d;
+                let at = cache.slot(b, c, t);
+                cache.k[at..at + d].copy_from_slice(&rows_k[src..src + d]);
+                cache.v[at..at + d].copy_from_slice(&rows_v[src..src + d]);
+                cache.restat(b, c, t / s.block_size, t + 1);
+            }
+        }
+        cache.store(k, v, kmin, kmax, kmean);
+        Ok(())
+    }
+
+    fn cache_advance(&self, op: &CacheAdvance, lens: &mut CpuBuffer, pos: &mut CpuBuffer) -> Result<()> {
+        ops::check(op, &[&*lens, &*pos])?;
+        for buf in [lens, pos] {
+            let next: Vec<i32> = i32s(buf).iter().map(|x| x.wrapping_add(1)).collect();
+            put_i32(buf, next);
+        }
+        Ok(())
+    }
+
+    fn cache_decode(
+        &self,
+        op: &CacheDecode,
+        q: &CpuBuffer,
+        k: &CpuBuffer,
+        v: &CpuBuffer,
+        lens: &CpuBuffer,
+        stats: Option<(&CpuBuffer, &CpuBuffer)>,
+        out: &mut CpuBuffer,
+        lse: &mut CpuBuffer,
+        selected: Option<&mut CpuBuffer>,
+        ranking: Option<&mut CpuBuffer>,
+    ) -> Result<()> {
+        op.check(q, k, v, lens, stats, out, lse, selected.as_deref(), ranking.as_deref())?;
+        let s = op.shape;
+        in_range(CacheDecode::NAME, "lens", i32s(lens), 0, s.capacity + 1)?;
+        let (d, hq, nb_cap, width) = (s.dim, op.q_heads, s.nb(), op.width());
+        let (qs, ks, vs) = (f32s(q), f32s(k), f32s(v));
+        let stats = stats.map(|(lo, hi)| (f32s(lo), f32s(hi)));
+        let scale = op.scale as f64;
+        let (mut o_all, mut l_all) = (Vec::new(), Vec::new());
+        let (mut sel_all, mut score_all, mut key_all) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 0..s.batch {
+            let t = i32s(lens)[b] as usize;
+            let qb = &qs[b * hq * d..(b + 1) * hq * d];
+            if t == 0 {
+                o_all.extend(std::iter::repeat_n(0.0, hq * d));
+                l_all.extend(std::iter::repeat_n(f32::NEG_INFINITY, hq));
+                sel_all.extend(std::iter::repeat_n(-1, hq * width));
+                score_all.extend(std::iter::repeat_n(f32::NEG_INFINITY, hq * nb_cap));
+                key_all.extend(std::iter::repeat_n(0u32, hq * nb_cap));
+                continue;
+            }
+            let live = |buf: &[f32], per: usize, n: usize| -> Vec<f32> {
+                (0..s.heads).flat_map(|c| buf[((b * s.heads + c) * per) * d..][..n * d].iter().copied()).collect()
+            };
+            let (kl, vl) = (live(&ks, s.capacity, t), live(&vs, s.capacity, t));
+            match op.select {
+                CacheSelect::Dense => {
+                    let r = reference::attention_dense(qb, &kl, &vl, hq, s.heads, d, false, scale);
+                    o_all.extend(r.out);
+                    l_all.extend(r.lse);
+                }
+                CacheSelect::Blocks { budget, force_first, n_local, selector } => {
+                    let nb = t.div_ceil(s.block_size);
+                    let cfg = SelectConfig {
+                        block_size: s.block_size,
+                        n_blocks: budget.blocks(nb),
+                        force_first,
+                        n_local,
+                        selector,
+                    };
+                    let st = stats.as_ref().map(|(lo, hi)| (live(lo, nb_cap, nb), live(hi, nb_cap, nb)));
+                    let r = reference::quest_decode(
+                        qb,
+                        &kl,
+                        &vl,
+                        st.as_ref().map(|(lo, hi)| (&lo[..], &hi[..])),
+                        hq,
+                        s.heads,
+                        d,
+                        &cfg,
+                        scale,
+                    );
+                    o_all.extend(r.out);
+                    l_all.extend(r.lse);
+                    for h in 0..hq {
+                        sel_all.extend_from_slice(&r.selected[h * r.n_sel..(h + 1) * r.n_sel]);
+                        sel_all.extend(std::iter::repeat_n(-1, width - r.n_sel));
+                        let pad = nb_cap - nb;
+                        if st.is_some() {
+                            score_all.extend_from_slice(&r.scores[h * nb..(h + 1) * nb]);
+                        }
+                        score_all.extend(std::iter::repeat_n(f32::NEG_INFINITY, if st.is_some() { pad } else { 0 }));
+                        if !r.keys.is_empty() {
+                            key_all.extend_from_slice(&r.keys[h * nb..(h + 1) * nb]);
+                            key_all.extend(std::iter::repeat_n(0u32, pad));
+                        }
+                    }
+                }
+            }
+        }
+        put_f32(out, &o_all);
+        put_f32(lse, &l_all);
+        if let Some(sel) = selected {
+            put_i32(sel, sel_all);
+        }
+        if let Some(r) = ranking {
+            put_ranking(r, &score_all, key_all);
+        }
+        Ok(())
+    }
+}
+
+fn set_i32(buf: &mut CpuBuffer, at: usize, value: i32) {
+    if let HostData::I32(v) = &mut buf.0 {
+        v[at] = value;
+    }
+}
+
+/// A cache widened to f32 for the CPU ops: slot arithmetic and the statistics of one block.
+struct CacheHost {
+    shape: CacheShape,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kmin: Vec<f32>,
+    kmax: Vec<f32>,
+    kmean: Vec<f32>,
+}
+
+impl CacheHost {
+    fn new(shape: CacheShape, k: &CpuBuffer, v: &CpuBuffer, lo: &CpuBuffer, hi: &CpuBuffer, mean: &CpuBuffer) -> Self {
+        CacheHost { shape, k: f32s(k), v: f32s(v), kmin: f32s(lo), kmax: f32s(hi), kmean: f32s(mean) }
+    }
+    /// Element offset of slot `t` of head `c` of sequence `b`.
+    fn slot(&self, b: usize, c: usize, t: usize) -> usize {
+        ((b * self.shape.heads + c) * self.shape.capacity + t) * self.shape.dim
+    }
+    /// Recomputes the statistics of block `blk` of (`b`, `c`) over its tokens below `live`.
+    fn restat(&mut self, b: usize, c: usize, blk: usize, live: usize) {
+        let (d, bs) = (self.shape.dim, self.shape.block_size);
+        let (t0, t1) = (blk * bs, ((blk + 1) * bs).min(live));
+        let tokens = &self.k[self.slot(b, c, t0)..self.slot(b, c, t1)];
+        let (lo, hi) = reference::block_minmax(tokens, 1, d, bs);
+        let mean = reference::block_mean(tokens, 1, d, bs);
+        let at = ((b * self.shape.heads + c) * self.shape.nb() + blk) * d;
+        self.kmin[at..at + d].copy_from_slice(&lo);
+        self.kmax[at..at + d].copy_from_slice(&hi);
+        self.kmean[at..at + d].copy_from_slice(&mean);
+    }
+    fn store(self, k: &mut CpuBuffer, v: &mut CpuBuffer, lo: &mut CpuBuffer, hi: &mut CpuBuffer, mean: &mut CpuBuffer) {
+        put_f32(k, &self.k);
+        put_f32(v, &self.v);
+        put_f32(lo, &self.kmin);
+        put_f32(hi, &self.kmax);
+        put_f32(mean, &self.kmean);
+    }
 }

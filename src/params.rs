@@ -248,6 +248,72 @@ gpu_params! {
     }
 }
 
+gpu_params! {
+    /// `cache` family: the decoder's batched KV cache (`cache_fill`, `cache_append`,
+    /// `cache_advance`, `cache_decode`). The cache is `k`, `v` `[batch, heads, capacity, dim]`
+    /// and block statistics `[batch, heads, nb, dim]`; per-sequence lengths and positions live
+    /// in device buffers (`lens`, `pos`, i32 `[batch]`), so no launch shape depends on them.
+    pub struct CacheParams {
+        /// Sequences in the cache (`B`).
+        pub batch: u32,
+        /// Cache heads (`Hc`): the kv heads, or the query heads of a per-head SnapKV cache.
+        pub heads: u32,
+        /// Token slots per sequence and head (`Tcap`).
+        pub capacity: u32,
+        /// Head dim (`D`).
+        pub dim: u32,
+        /// Tokens per statistics block.
+        pub block_size: u32,
+        /// Statistics blocks per sequence and head: `ceil(capacity / block_size)`.
+        pub nb: u32,
+        /// Source heads (`Hs`): heads of the fill source, or kv heads of the appended token;
+        /// cache head `c` takes source head `c / (heads / src_heads)`.
+        pub src_heads: u32,
+        /// Query heads (`Hq`) of `cache_decode`; a multiple of `heads`.
+        pub q_heads: u32,
+        /// `cache_fill`: the sequence written.
+        pub seq_index: u32,
+        /// `cache_fill`: tokens per head of the source (`Tsrc`).
+        pub src_len: u32,
+        /// `cache_fill`: tokens written per head (`n`); `lens[seq_index]` becomes `n`.
+        pub n_tokens: u32,
+        /// `cache_fill`: 1 = token `e` of head `c` is `idx[c, e]`, 0 = token `e` is `e`.
+        pub indexed: u32,
+        /// `cache_fill`: the value `pos[seq_index]` becomes (RoPE position of the next token).
+        pub pos: u32,
+        /// `cache_append`: 1 = RAT+ (state update, RoPE of the new state), 0 = store as given.
+        pub ratplus: u32,
+        /// `cache_append`: RoPE base (10000 for RAT+).
+        pub base: f32,
+        /// `cache_decode`: 0 = dense over the live tokens, 1 = forced top-k blocks.
+        pub mode: u32,
+        /// `cache_decode`: 1 = block 0 is always kept.
+        pub force_first: u32,
+        /// `cache_decode`: local blocks forced (the last block and the `n_local - 1` before it).
+        pub n_local: u32,
+        /// `cache_decode`: budget in blocks when `budget_den == 0`.
+        pub budget_count: u32,
+        /// `cache_decode`: budget numerator: `max(1, floor(nb_live * num / den))` blocks.
+        pub budget_num: u32,
+        /// `cache_decode`: budget denominator (at most 65536); 0 = use `budget_count`.
+        pub budget_den: u32,
+        /// `cache_decode`: 0 = by Quest score, 1 = by `random_key(seed, h, block)`.
+        pub selector: u32,
+        /// `cache_decode`: seed of the random selector.
+        pub seed: u32,
+        /// `cache_decode`: row width of `selected` (`n_sel` at full capacity).
+        pub width: u32,
+        /// `cache_decode`: softmax scale.
+        pub scale: f32,
+        /// Key splits chosen by the backend (flash-decoding); 1 = no split.
+        pub splits: u32,
+        /// Padding to 16 bytes; always 0.
+        pub _pad0: u32,
+        /// Padding to 16 bytes; always 0.
+        pub _pad1: u32,
+    }
+}
+
 /// One params struct described for the layout tests: name, WGSL declaration, `(field, offset)`
 /// pairs and size in bytes.
 pub type Layout = (&'static str, &'static str, &'static [(&'static str, usize)], usize);
@@ -262,4 +328,5 @@ pub const ALL: &[Layout] = &[
     ("AttentionParams", AttentionParams::WGSL, AttentionParams::FIELDS, size_of::<AttentionParams>()),
     ("SnapKvParams", SnapKvParams::WGSL, SnapKvParams::FIELDS, size_of::<SnapKvParams>()),
     ("HitRateParams", HitRateParams::WGSL, HitRateParams::FIELDS, size_of::<HitRateParams>()),
+    ("CacheParams", CacheParams::WGSL, CacheParams::FIELDS, size_of::<CacheParams>()),
 ];

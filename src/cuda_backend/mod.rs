@@ -7,6 +7,7 @@
 //! method. All work goes to one stream in order, so a multi-kernel op (Quest decode: block
 //! statistics, scores, selection, sparse attention) needs no synchronisation between its kernels.
 
+mod cache;
 mod kernels;
 mod ops;
 

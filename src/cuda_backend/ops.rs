@@ -1245,4 +1245,59 @@ impl Backend for Cuda {
         unsafe { b.launch(cfg) }.map_err(|e| device_err("hit_rate", e))?;
         Ok(())
     }
+
+    fn cache_fill(
+        &self,
+        op: &CacheFill,
+        k_src: &CudaBuffer,
+        v_src: &CudaBuffer,
+        idx: Option<&CudaBuffer>,
+        k: &mut CudaBuffer,
+        v: &mut CudaBuffer,
+        kmin: &mut CudaBuffer,
+        kmax: &mut CudaBuffer,
+        kmean: &mut CudaBuffer,
+        lens: &mut CudaBuffer,
+        pos: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.fill_cache(op, k_src, v_src, idx, [k, v, kmin, kmax, kmean], lens, pos)
+    }
+
+    fn cache_append(
+        &self,
+        op: &CacheAppend,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        g: Option<&CudaBuffer>,
+        lens: &CudaBuffer,
+        pos: &CudaBuffer,
+        state: Option<(&mut CudaBuffer, &mut CudaBuffer)>,
+        k: &mut CudaBuffer,
+        v: &mut CudaBuffer,
+        kmin: &mut CudaBuffer,
+        kmax: &mut CudaBuffer,
+        kmean: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.append_cache(op, k_new, v_new, g, lens, pos, state, [k, v, kmin, kmax, kmean])
+    }
+
+    fn cache_advance(&self, op: &CacheAdvance, lens: &mut CudaBuffer, pos: &mut CudaBuffer) -> Result<()> {
+        self.advance_cache(op, lens, pos)
+    }
+
+    fn cache_decode(
+        &self,
+        op: &CacheDecode,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        lens: &CudaBuffer,
+        stats: Option<(&CudaBuffer, &CudaBuffer)>,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+        selected: Option<&mut CudaBuffer>,
+        ranking: Option<&mut CudaBuffer>,
+    ) -> Result<()> {
+        self.decode_cache(op, q, k, v, lens, stats, out, lse, selected, ranking)
+    }
 }

@@ -8,6 +8,7 @@
 mod any;
 mod attention;
 mod blocks;
+mod cache;
 mod decay;
 mod hit_rate;
 mod moba;
@@ -19,6 +20,7 @@ mod topk;
 pub use any::AnyOp;
 pub use attention::{AttentionDense, AttentionSparse};
 pub use blocks::{BlockMean, BlockMinmax, BlockShape, QuestScores};
+pub use cache::{CacheAdvance, CacheAppend, CacheBudget, CacheDecode, CacheFill, CacheSelect, CacheShape};
 pub use decay::{DecayScan, DecayStep, RatplusKv, RatplusStep, Rope};
 pub use hit_rate::HitRate;
 pub use kvsparse_reference::{GqaMode, Pooling, SelectConfig, Selector};
@@ -105,6 +107,24 @@ pub fn check<O: Op>(op: &O, bufs: &[&dyn DeviceBuffer]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`check`] for a method with optional buffers: the `Some` ones, in order, must be exactly
+/// [`Op::buffers`] (an optional buffer passed when the op has none, or missing when it has one,
+/// is reported by name).
+pub fn check_some<O: Op>(op: &O, bufs: &[(&'static str, Option<&dyn DeviceBuffer>)]) -> Result<()> {
+    op.validate()?;
+    let specs = op.buffers();
+    let given: Vec<&'static str> = bufs.iter().filter(|(_, b)| b.is_some()).map(|(n, _)| *n).collect();
+    let expected: Vec<&'static str> = specs.iter().map(|s| s.name).collect();
+    // Ranking buffers are named by the selector (`scores` or `keys`): match them by position.
+    let same = given.len() == expected.len()
+        && given.iter().zip(&expected).all(|(g, e)| g == e || (*g == "ranking" && (*e == "scores" || *e == "keys")));
+    if !same {
+        return Err(Error::invalid(O::NAME, "buffers", format!("{expected:?}, got {given:?}")));
+    }
+    let present: Vec<&dyn DeviceBuffer> = bufs.iter().filter_map(|(_, b)| *b).collect();
+    check(op, &present)
 }
 
 /// Checks that `dst` can receive a copy of `src`: same element type and length. Every

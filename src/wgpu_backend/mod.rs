@@ -1,6 +1,7 @@
 //! The wgpu backend: every op as WGSL kernels (`shaders/*.wgsl`) on Vulkan, Metal, DX12 or
 //! WebGPU, through wgpu 30. All wgpu calls of the crate live in this module.
 
+mod cache;
 mod ops;
 mod pipeline;
 

@@ -810,4 +810,59 @@ impl Backend for Wgpu {
         let d = Dispatch::rows(Kernel::HitRate, Spec::new(DType::F32), &op.params(), bufs, 1);
         self.run(HitRate::NAME, &[d])
     }
+
+    fn cache_fill(
+        &self,
+        op: &CacheFill,
+        k_src: &WgpuBuffer,
+        v_src: &WgpuBuffer,
+        idx: Option<&WgpuBuffer>,
+        k: &mut WgpuBuffer,
+        v: &mut WgpuBuffer,
+        kmin: &mut WgpuBuffer,
+        kmax: &mut WgpuBuffer,
+        kmean: &mut WgpuBuffer,
+        lens: &mut WgpuBuffer,
+        pos: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.fill_cache(op, k_src, v_src, idx, [k, v, kmin, kmax, kmean], lens, pos)
+    }
+
+    fn cache_append(
+        &self,
+        op: &CacheAppend,
+        k_new: &WgpuBuffer,
+        v_new: &WgpuBuffer,
+        g: Option<&WgpuBuffer>,
+        lens: &WgpuBuffer,
+        pos: &WgpuBuffer,
+        state: Option<(&mut WgpuBuffer, &mut WgpuBuffer)>,
+        k: &mut WgpuBuffer,
+        v: &mut WgpuBuffer,
+        kmin: &mut WgpuBuffer,
+        kmax: &mut WgpuBuffer,
+        kmean: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.append_cache(op, k_new, v_new, g, lens, pos, state, [k, v, kmin, kmax, kmean])
+    }
+
+    fn cache_advance(&self, op: &CacheAdvance, lens: &mut WgpuBuffer, pos: &mut WgpuBuffer) -> Result<()> {
+        self.advance_cache(op, lens, pos)
+    }
+
+    fn cache_decode(
+        &self,
+        op: &CacheDecode,
+        q: &WgpuBuffer,
+        k: &WgpuBuffer,
+        v: &WgpuBuffer,
+        lens: &WgpuBuffer,
+        stats: Option<(&WgpuBuffer, &WgpuBuffer)>,
+        out: &mut WgpuBuffer,
+        lse: &mut WgpuBuffer,
+        selected: Option<&mut WgpuBuffer>,
+        ranking: Option<&mut WgpuBuffer>,
+    ) -> Result<()> {
+        self.decode_cache(op, q, k, v, lens, stats, out, lse, selected, ranking)
+    }
 }
