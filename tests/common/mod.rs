@@ -351,14 +351,20 @@ pub fn has_storage_dtype(name: &str) -> bool {
     !matches!(name, "pcg_hash" | "random_key" | "random_select" | "topk" | "hit_rate")
 }
 
-/// `(atol, rtol)` for a float output, against the float64 reference: the storage dtype's
-/// rounding of the output (one ulp each side), plus f32 accumulation, plus f32 RoPE angles.
-pub fn tolerance(op: &AnyOp, output: &BufferSpec) -> (f64, f64) {
-    let (atol, rtol): (f64, f64) = match output.dtype {
+/// `(atol, rtol)` of a float output stored as `dtype`: one ulp of the storage each side plus
+/// f32 accumulation.
+pub fn storage_tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
         DType::F16 => (2e-3, 2e-3),
         DType::BF16 => (1.6e-2, 1.6e-2),
         _ => (2e-5, 1e-4),
-    };
+    }
+}
+
+/// `(atol, rtol)` for a float output, against the float64 reference: the storage dtype's
+/// rounding of the output (one ulp each side), plus f32 accumulation, plus f32 RoPE angles.
+pub fn tolerance(op: &AnyOp, output: &BufferSpec) -> (f64, f64) {
+    let (atol, rtol) = storage_tolerance(output.dtype);
     // f32 RoPE angles: the error grows with the position (the golden cases allow 2e-3 there too).
     if output.name == "k_rope" || matches!(op, AnyOp::Rope(_)) {
         return (atol.max(2e-3), rtol);
@@ -388,54 +394,58 @@ pub fn compare(op: &AnyOp, got: &[HostData], expected: &[HostData]) -> Vec<Strin
             }
             continue;
         }
-        match (g.to_f32(), e.to_f32()) {
-            (Some(gv), Some(ev)) => {
-                let (atol, rtol) = tolerance(op, spec);
-                let bad: Vec<usize> = (0..gv.len())
-                    .filter(|&i| {
-                        let (a, b) = (gv[i] as f64, ev[i] as f64);
-                        if b.is_finite() {
-                            // Written so that a NaN `a` is never within tolerance.
-                            let within = (a - b).abs() <= atol + rtol * b.abs();
-                            !within
-                        } else {
-                            !(a == b || (a.is_nan() && b.is_nan()))
-                        }
-                    })
-                    .collect();
-                if !bad.is_empty() {
-                    let show: Vec<String> =
-                        bad.iter().take(5).map(|&i| format!("[{i}] got {} expected {}", gv[i], ev[i])).collect();
-                    errors.push(format!(
-                        "`{}`: {} of {} outside atol {atol:e} rtol {rtol:e}: {}",
-                        spec.name,
-                        bad.len(),
-                        gv.len(),
-                        show.join(", ")
-                    ));
-                }
-            }
-            _ => {
-                if g != e {
-                    let pos = match (g, e) {
-                        (HostData::I32(a), HostData::I32(b)) => a
-                            .iter()
-                            .zip(b)
-                            .position(|(x, y)| x != y)
-                            .map(|i| format!("[{i}] got {} expected {}", a[i], b[i])),
-                        (HostData::U32(a), HostData::U32(b)) => a
-                            .iter()
-                            .zip(b)
-                            .position(|(x, y)| x != y)
-                            .map(|i| format!("[{i}] got {} expected {}", a[i], b[i])),
-                        _ => None,
-                    };
-                    errors.push(format!("`{}`: integers differ: {}", spec.name, pos.unwrap_or_default()));
-                }
-            }
-        }
+        let (atol, rtol) = tolerance(op, spec);
+        errors.extend(compare_buffer(spec.name, atol, rtol, g, e));
     }
     errors
+}
+
+/// Compares one buffer: floats within `atol + rtol * |expected|` (a non-finite expected value
+/// must be matched exactly, NaN by NaN), integers exactly. `None` when they agree.
+pub fn compare_buffer(name: &str, atol: f64, rtol: f64, g: &HostData, e: &HostData) -> Option<String> {
+    if g.dtype() != e.dtype() || g.len() != e.len() {
+        return Some(format!("`{name}`: got {} x {}, expected {} x {}", g.len(), g.dtype(), e.len(), e.dtype()));
+    }
+    match (g.to_f32(), e.to_f32()) {
+        (Some(gv), Some(ev)) => {
+            let bad: Vec<usize> = (0..gv.len())
+                .filter(|&i| {
+                    let (a, b) = (gv[i] as f64, ev[i] as f64);
+                    if b.is_finite() {
+                        // Written so that a NaN `a` is never within tolerance.
+                        let within = (a - b).abs() <= atol + rtol * b.abs();
+                        !within
+                    } else {
+                        !(a == b || (a.is_nan() && b.is_nan()))
+                    }
+                })
+                .collect();
+            if bad.is_empty() {
+                return None;
+            }
+            let show: Vec<String> =
+                bad.iter().take(5).map(|&i| format!("[{i}] got {} expected {}", gv[i], ev[i])).collect();
+            Some(format!(
+                "`{name}`: {} of {} outside atol {atol:e} rtol {rtol:e}: {}",
+                bad.len(),
+                gv.len(),
+                show.join(", ")
+            ))
+        }
+        _ if g == e => None,
+        _ => {
+            let pos = match (g, e) {
+                (HostData::I32(a), HostData::I32(b)) => {
+                    a.iter().zip(b).position(|(x, y)| x != y).map(|i| format!("[{i}] got {} expected {}", a[i], b[i]))
+                }
+                (HostData::U32(a), HostData::U32(b)) => {
+                    a.iter().zip(b).position(|(x, y)| x != y).map(|i| format!("[{i}] got {} expected {}", a[i], b[i]))
+                }
+                _ => None,
+            };
+            Some(format!("`{name}`: integers differ: {}", pos.unwrap_or_default()))
+        }
+    }
 }
 
 /// SnapKV keeps a set chosen by softmax sums that f32 and f64 round differently: a backend's set
