@@ -33,6 +33,7 @@ mod backend;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda_backend;
+pub mod decoder;
 mod dtype;
 mod error;
 pub mod golden;

@@ -1,0 +1,224 @@
+//! The decoder ([`KvCache`]) on every backend against [`ReferenceDecoder`], the same decoder
+//! written as a loop over the float64 reference: batches of 1, 3 and 8 sequences with mixed
+//! prompt lengths (one slot left empty in the larger batches), both backbones, dense and MoBA
+//! prefill, SnapKV caches (group-mean and per-head), and decode steps whose method changes from
+//! step to step (dense, Quest by fraction and by count, the random selector). Every step's
+//! output, log-sum-exp and selected blocks are compared.
+//!
+//! One trial per (backend, backbone, batch): `wgpu::ratplus_b3_matches_reference`. An absent
+//! backend is *ignored* unless named in `KVSPARSE_REQUIRE`. `KVSPARSE_DECODER_STEPS` sets the
+//! decode steps per case (default 32).
+
+mod common;
+
+use common::{compare_buffer, storage_tolerance, Rng};
+use kvsparse::decoder::*;
+use kvsparse::methods::{Budget, Moba, SnapKv};
+use kvsparse::ops::{GqaMode, Selector};
+use kvsparse::{Backend, DType, HostData};
+use libtest_mimic::{Arguments, Trial};
+use std::sync::OnceLock;
+
+fn required(name: &str) -> bool {
+    std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == name))
+}
+
+fn steps() -> usize {
+    std::env::var("KVSPARSE_DECODER_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(32)
+}
+
+/// The methods a step cycles through: the method is chosen per call.
+fn methods(seed: u32) -> Vec<DecodeMethod> {
+    vec![
+        DecodeMethod::Dense,
+        DecodeMethod::quest(Budget::Fraction(0.25)),
+        DecodeMethod::Blocks { budget: Budget::Count(3), force_first: false, n_local: 2, selector: Selector::Score },
+        DecodeMethod::random(Budget::Fraction(0.5), seed),
+    ]
+}
+
+fn f32s(d: HostData) -> Vec<f32> {
+    d.to_f32().unwrap_or_default()
+}
+
+/// Values as the device stores them.
+fn stored(dtype: DType, v: Vec<f32>) -> (HostData, Vec<f32>) {
+    let h = HostData::from_f32(dtype, &v);
+    let r = h.to_f32().unwrap();
+    (h, r)
+}
+
+fn check(what: &str, dtype: DType, got: HostData, expected: &[f32]) -> Result<(), String> {
+    // Attention outputs: the storage rounding, twice (inputs already rounded differ by ulps).
+    let (atol, rtol) = storage_tolerance(dtype);
+    let exp = HostData::F32(expected.to_vec());
+    let got = HostData::F32(f32s(got));
+    match compare_buffer(what, 2.0 * atol, 2.0 * rtol, &got, &exp) {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// One decoder case on `b`: prefill every non-empty slot, then `steps()` decode steps.
+fn decoder_case<B: Backend>(
+    b: &B,
+    backbone: Backbone,
+    batch: usize,
+    dtype: DType,
+    snapkv: Option<SnapKv>,
+    seed: u64,
+) -> Result<(), String> {
+    let mut r = Rng::new(seed);
+    let (hq, hkv, d, bs) = (4, 2, 16, 8);
+    let n_steps = steps();
+    let lens: Vec<usize> =
+        (0..batch).map(|i| if batch > 1 && i == 1 { 0 } else { r.size(&[1, 16, 17], 1, 120) }).collect();
+    let capacity = lens.iter().max().unwrap() + n_steps;
+    let cfg = DecoderConfig::new(hq, hkv, d, dtype, batch, capacity, bs, backbone).map_err(|e| e.to_string())?;
+    let mut cache = KvCache::new(b, cfg, snapkv).map_err(|e| e.to_string())?;
+    let mut oracle = ReferenceDecoder::new(cfg, snapkv);
+    let ratplus = matches!(backbone, Backbone::RatPlus { .. });
+    let label = format!("{backbone:?} b{batch} {dtype} snapkv {:?} lens {lens:?}", snapkv.map(|s| s.gqa));
+    let err = |e: kvsparse::Error| format!("{label}: {e}");
+    for (slot, &t) in lens.iter().enumerate() {
+        if t == 0 {
+            continue;
+        }
+        let (qh, q) = stored(dtype, r.normal(hq * t * d, 1.0));
+        let (kh, k) = stored(dtype, r.normal(hkv * t * d, 1.0));
+        let (vh, v) = stored(dtype, r.normal(hkv * t * d, 1.0));
+        let g = r.gates(hkv * t * d);
+        let attention =
+            if slot % 2 == 0 { PrefillAttention::Dense } else { PrefillAttention::Moba(Moba::paper(Budget::Count(2))) };
+        let attention = match attention {
+            PrefillAttention::Moba(mut m) => {
+                m.select.block_size = bs;
+                PrefillAttention::Moba(m)
+            }
+            dense => dense,
+        };
+        let [qd, kd, vd] = [&qh, &kh, &vh].map(|h| b.upload(h).unwrap());
+        let gd = b.upload(&HostData::F32(g.clone())).map_err(err)?;
+        let seq = PrefillSeq { slot, len: t, q: &qd, k: &kd, v: &vd, g: ratplus.then_some(&gd) };
+        let got = cache.prefill(b, &[seq], attention).map_err(err)?.remove(0);
+        // SnapKV's kept set is checked by the equivalence suite (with its rounding rule); here the
+        // reference keeps the backend's set, so the decode itself is what is compared.
+        let kept = match &got.kept {
+            Some(k) => Some(b.download(k).map_err(err)?),
+            None => None,
+        };
+        let kept = kept.map(|k| match k {
+            HostData::I32(v) => v,
+            _ => Vec::new(),
+        });
+        let want =
+            oracle.prefill(slot, &q, &k, &v, ratplus.then_some(&g[..]), t, attention, kept.as_deref()).map_err(err)?;
+        check(&format!("{label} prefill slot {slot} out"), dtype, b.download(&got.out).map_err(err)?, &want.out)?;
+        check(&format!("{label} prefill slot {slot} lse"), DType::F32, b.download(&got.lse).map_err(err)?, &want.lse)?;
+    }
+    if cache.lens() != oracle.lens() {
+        return Err(format!("{label}: lengths after prefill {:?}, reference {:?}", cache.lens(), oracle.lens()));
+    }
+    let methods = methods(r.u32());
+    let mut outs: Vec<StepOutputs<B>> =
+        methods.iter().map(|m| cache.step_outputs(b, m)).collect::<Result<_, _>>().map_err(err)?;
+    for step in 0..n_steps {
+        let which = step % methods.len();
+        let method = methods[which];
+        let (qh, q) = stored(dtype, r.normal(batch * hq * d, 1.0));
+        let (kh, k) = stored(dtype, r.normal(batch * hkv * d, 1.0));
+        let (vh, v) = stored(dtype, r.normal(batch * hkv * d, 1.0));
+        let g = r.gates(batch * hkv * d);
+        let [qd, kd, vd] = [&qh, &kh, &vh].map(|h| b.upload(h).unwrap());
+        let gd = b.upload(&HostData::F32(g.clone())).map_err(err)?;
+        let o = &mut outs[which];
+        cache.decode_step(b, &qd, &kd, &vd, ratplus.then_some(&gd), &method, o).map_err(err)?;
+        let want = oracle.step(&q, &k, &v, ratplus.then_some(&g[..]), &method).map_err(err)?;
+        let at = format!("{label} step {step} {method:?}");
+        if let (Some(sel), Some(want_sel)) = (&o.selected, &want.selected) {
+            let got = b.download(sel).map_err(err)?;
+            if got != HostData::I32(want_sel.clone()) {
+                return Err(format!("{at}: selected blocks {got:?}, reference {want_sel:?}"));
+            }
+        }
+        check(&format!("{at} out"), dtype, b.download(&o.out).map_err(err)?, &want.out)?;
+        check(&format!("{at} lse"), DType::F32, b.download(&o.lse).map_err(err)?, &want.lse)?;
+    }
+    let (lens_dev, _) = cache.lengths();
+    let dev: Vec<usize> = match b.download(lens_dev).map_err(err)? {
+        HostData::I32(v) => v.into_iter().map(|x| x as usize).collect(),
+        _ => Vec::new(),
+    };
+    if dev != oracle.lens() || cache.lens() != oracle.lens() {
+        return Err(format!("{label}: device lengths {dev:?}, host {:?}, reference {:?}", cache.lens(), oracle.lens()));
+    }
+    Ok(())
+}
+
+/// Every case of one (backbone, batch): each dtype the backend supports, plain and SnapKV caches.
+fn decoder_cases<B: Backend>(b: &B, backbone: Backbone, batch: usize, seed: u64) -> Result<(), String> {
+    let dtypes: Vec<DType> = [DType::F32, DType::F16, DType::BF16].into_iter().filter(|&d| b.supports(d)).collect();
+    let snap =
+        |gqa| SnapKv { capacity: Budget::Count(40), window: 8, kernel: 3, gqa, ..SnapKv::paper(Budget::Count(40)) };
+    for (i, &dtype) in dtypes.iter().enumerate() {
+        decoder_case(b, backbone, batch, dtype, None, seed + i as u64)?;
+    }
+    decoder_case(b, backbone, batch, dtypes[0], Some(snap(GqaMode::Mean)), seed + 10)?;
+    decoder_case(b, backbone, batch, *dtypes.last().unwrap(), Some(snap(GqaMode::PerHead)), seed + 11)?;
+    Ok(())
+}
+
+/// A full sequence refuses a decode step with a typed error instead of writing past its slots.
+fn full_cache_is_refused() -> Result<(), libtest_mimic::Failed> {
+    let cpu = kvsparse::Cpu::new();
+    let cfg = DecoderConfig::new(2, 1, 4, DType::F32, 1, 3, 2, Backbone::Attention)?;
+    let mut cache = KvCache::new(&cpu, cfg, None)?;
+    let data = |n: usize| cpu.upload(&HostData::F32(vec![0.5; n]));
+    let (q, k, v) = (data(2 * 3 * 4)?, data(3 * 4)?, data(3 * 4)?);
+    cache.prefill(&cpu, &[PrefillSeq { slot: 0, len: 3, q: &q, k: &k, v: &v, g: None }], PrefillAttention::Dense)?;
+    let mut outs = cache.step_outputs(&cpu, &DecodeMethod::Dense)?;
+    let (q1, k1) = (data(2 * 4)?, data(4)?);
+    match cache.decode_step(&cpu, &q1, &k1, &k1, None, &DecodeMethod::Dense, &mut outs) {
+        Err(kvsparse::Error::InvalidArgument { arg: "capacity", .. }) => Ok(()),
+        other => Err(format!("a full cache gave {:?}", other.map(|_| ())).into()),
+    }
+}
+
+const BACKBONES: [(&str, Backbone); 2] =
+    [("attention", Backbone::Attention), ("ratplus", Backbone::RatPlus { rope_base: 10000.0 })];
+
+fn backend_trials<B: Backend + Sync + 'static>(name: &'static str, backend: &'static Result<B, String>) -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for (bi, (bname, backbone)) in BACKBONES.into_iter().enumerate() {
+        for batch in [1, 3, 8] {
+            let trial = format!("{name}::{bname}_b{batch}_matches_reference");
+            let seed = 0xdec0de + 100 * bi as u64 + batch as u64;
+            trials.push(match backend {
+                Ok(b) => Trial::test(trial, move || Ok(decoder_cases(b, backbone, batch, seed)?)),
+                Err(why) if required(name) => {
+                    let why = why.clone();
+                    Trial::test(trial, move || Err(format!("{name} required but unavailable: {why}").into()))
+                }
+                Err(_) => Trial::test(trial, || Ok(())).with_ignored_flag(true),
+            });
+        }
+    }
+    trials
+}
+
+static CPU: OnceLock<Result<kvsparse::Cpu, String>> = OnceLock::new();
+#[cfg(feature = "wgpu")]
+static WGPU: OnceLock<Result<kvsparse::Wgpu, String>> = OnceLock::new();
+#[cfg(feature = "cuda")]
+static CUDA: OnceLock<Result<kvsparse::Cuda, String>> = OnceLock::new();
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let mut trials = vec![Trial::test("full_cache_is_refused", full_cache_is_refused)];
+    trials.extend(backend_trials("cpu", CPU.get_or_init(|| Ok(kvsparse::Cpu::new()))));
+    #[cfg(feature = "wgpu")]
+    trials.extend(backend_trials("wgpu", WGPU.get_or_init(|| kvsparse::Wgpu::new().map_err(|e| e.to_string()))));
+    #[cfg(feature = "cuda")]
+    trials.extend(backend_trials("cuda", CUDA.get_or_init(|| kvsparse::Cuda::new().map_err(|e| e.to_string()))));
+    libtest_mimic::run(&args, trials).exit_code()
+}
