@@ -111,8 +111,9 @@ fn decoder_case<B: Backend>(
             HostData::I32(v) => v,
             _ => Vec::new(),
         });
-        let want =
-            oracle.prefill(slot, &q, &k, &v, ratplus.then_some(&g[..]), t, attention, kept.as_deref()).map_err(err)?;
+        let want = oracle
+            .prefill(slot, &q, &k, &v, ratplus.then_some(&g[..]), t, Some(attention), kept.as_deref())
+            .map_err(err)?;
         check(&format!("{label} prefill slot {slot} out"), dtype, b.download(&got.out).map_err(err)?, &want.out)?;
         check(&format!("{label} prefill slot {slot} lse"), DType::F32, b.download(&got.lse).map_err(err)?, &want.lse)?;
     }

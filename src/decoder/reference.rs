@@ -21,9 +21,9 @@ struct Seq {
 /// What [`ReferenceDecoder::prefill`] returns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReferencePrefill {
-    /// `[Hq, T, D]`.
+    /// `[Hq, T, D]` (empty without an attention).
     pub out: Vec<f32>,
-    /// `[Hq, T]`.
+    /// `[Hq, T]` (empty without an attention).
     pub lse: Vec<f32>,
     /// SnapKV's kept tokens `[Hs, n]` (the reference's own, or the override).
     pub kept: Option<Vec<i32>>,
@@ -51,7 +51,7 @@ pub struct ReferenceStep {
 /// use kvsparse::DType;
 /// let cfg = DecoderConfig::new(2, 1, 4, DType::F32, 1, 16, 4, Backbone::Attention)?;
 /// let mut r = ReferenceDecoder::new(cfg, None);
-/// r.prefill(0, &[0.1; 2 * 3 * 4], &[0.2; 3 * 4], &[0.3; 3 * 4], None, 3, PrefillAttention::Dense, None)?;
+/// r.prefill(0, &[0.1; 2 * 3 * 4], &[0.2; 3 * 4], &[0.3; 3 * 4], None, 3, Some(PrefillAttention::Dense), None)?;
 /// let step = r.step(&[0.1; 2 * 4], &[0.2; 4], &[0.5; 4], None, &DecodeMethod::Dense)?;
 /// assert!((step.out[0] - 0.35).abs() < 1e-6); // mean of 0.3, 0.3, 0.3, 0.5
 /// # Ok::<(), kvsparse::Error>(())
@@ -91,7 +91,8 @@ impl ReferenceDecoder {
     }
 
     /// Prefills `slot` with a prompt of `len` tokens: `q[Hq, T, D]`, `k`, `v` `[Hkv, T, D]`, `g`
-    /// on RAT+. `kept` overrides SnapKV's kept set (a backend's, which may differ from the
+    /// on RAT+. `attention` `None` skips the prompt's attention output (empty `out`, `lse`);
+    /// `kept` overrides SnapKV's kept set (a backend's, which may differ from the
     /// reference's where scores tie within rounding); `None` uses the reference's.
     #[allow(clippy::too_many_arguments)]
     pub fn prefill(
@@ -102,7 +103,7 @@ impl ReferenceDecoder {
         v: &[f32],
         g: Option<&[f32]>,
         len: usize,
-        attention: PrefillAttention,
+        attention: Option<PrefillAttention>,
         kept: Option<&[i32]>,
     ) -> Result<ReferencePrefill> {
         let c = self.cfg;
@@ -125,11 +126,12 @@ impl ReferenceDecoder {
         };
         let scale = c.scale as f64;
         let (out, lse) = match attention {
-            PrefillAttention::Dense => {
+            None => (Vec::new(), Vec::new()),
+            Some(PrefillAttention::Dense) => {
                 let a = reference::attention_dense(q, &keys, &values, hq, hkv, d, true, scale);
                 (a.out, a.lse)
             }
-            PrefillAttention::Moba(m) => {
+            Some(PrefillAttention::Moba(m)) => {
                 let cfg = m.select.config(len)?;
                 let a = reference::moba_prefill(q, &keys, &values, hq, hkv, d, &cfg, scale);
                 (a.out, a.lse)
@@ -182,7 +184,8 @@ impl ReferenceDecoder {
         Ok(ReferencePrefill { out, lse, kept })
     }
 
-    /// One step of every sequence: `q[B, Hq, D]`, `k`, `v` `[B, Hkv, D]`, `g` on RAT+.
+    /// One step of every sequence: [`ReferenceDecoder::append`] then
+    /// [`ReferenceDecoder::attend`].
     pub fn step(
         &mut self,
         q: &[f32],
@@ -191,13 +194,15 @@ impl ReferenceDecoder {
         g: Option<&[f32]>,
         method: &DecodeMethod,
     ) -> Result<ReferenceStep> {
+        self.append(k, v, g)?;
+        self.attend(q, method)
+    }
+
+    /// Appends one token to every sequence: `k`, `v` `[B, Hkv, D]`, `g` on RAT+.
+    pub fn append(&mut self, k: &[f32], v: &[f32], g: Option<&[f32]>) -> Result<()> {
         let c = self.cfg;
-        let (d, hkv, hq, bs) = (c.dim, c.kv_heads, c.q_heads, c.block_size);
+        let (d, hkv) = (c.dim, c.kv_heads);
         let rep = self.heads / hkv;
-        let select = method.select()?;
-        let op = crate::ops::CacheDecode::new(c.shape(self.heads), hq, select, c.scale)?;
-        let width = op.width();
-        let (mut out, mut lse, mut selected) = (Vec::new(), Vec::new(), Vec::new());
         for b in 0..c.batch {
             if self.seqs[b].keys[0].len() / d >= c.capacity {
                 return Err(Error::invalid("reference_step", "capacity", format!("room in sequence {b}")));
@@ -231,6 +236,19 @@ impl ReferenceDecoder {
                 s.values[head].extend_from_slice(&rows_v[src * d..(src + 1) * d]);
             }
             s.pos += 1;
+        }
+        Ok(())
+    }
+
+    /// Decode attention of `q[B, Hq, D]` over everything each sequence holds, by `method`.
+    pub fn attend(&self, q: &[f32], method: &DecodeMethod) -> Result<ReferenceStep> {
+        let c = self.cfg;
+        let (d, hq, bs) = (c.dim, c.q_heads, c.block_size);
+        let select = method.select()?;
+        let op = crate::ops::CacheDecode::new(c.shape(self.heads), hq, select, c.scale)?;
+        let width = op.width();
+        let (mut out, mut lse, mut selected) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, s) in self.seqs.iter().enumerate() {
             let t = s.keys[0].len() / d;
             let keys: Vec<f32> = s.keys.concat();
             let values: Vec<f32> = s.values.concat();
