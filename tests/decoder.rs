@@ -185,6 +185,82 @@ fn full_cache_is_refused() -> Result<(), libtest_mimic::Failed> {
     }
 }
 
+/// A decode step captured once in a CUDA graph and replayed equals the eager step, bit for bit,
+/// for 12 steps, then again after slot 0 is prefilled anew with a prompt of another length
+/// (the lengths change on the device; the graph is not re-recorded).
+#[cfg(feature = "cuda")]
+fn graph_replay_matches_eager(gpu: &kvsparse::Cuda) -> Result<(), String> {
+    let err = |e: kvsparse::Error| e.to_string();
+    let mut r = Rng::new(77);
+    let (hq, hkv, d, bs, batch, dtype) = (8, 2, 64, 16, 3, DType::BF16);
+    let cfg =
+        DecoderConfig::new(hq, hkv, d, dtype, batch, 400, bs, Backbone::RatPlus { rope_base: 10000.0 }).map_err(err)?;
+    let mut eager = KvCache::new(gpu, cfg, None).map_err(err)?;
+    let mut graphed = KvCache::new(gpu, cfg, None).map_err(err)?;
+    let prefill = |cache: &mut KvCache<kvsparse::Cuda>, slot: usize, t: usize, seed: u64| -> Result<(), String> {
+        let mut r = Rng::new(seed);
+        let up = |v: Vec<f32>| gpu.upload(&HostData::from_f32(dtype, &v)).unwrap();
+        let (q, k, v) = (up(r.normal(hq * t * d, 1.0)), up(r.normal(hkv * t * d, 1.0)), up(r.normal(hkv * t * d, 1.0)));
+        let g = gpu.upload(&HostData::F32(r.gates(hkv * t * d))).map_err(err)?;
+        let seq = PrefillSeq { slot, len: t, q: &q, k: &k, v: &v, g: Some(&g) };
+        cache.prefill(gpu, &[seq], PrefillAttention::Dense).map(drop).map_err(err)
+    };
+    for (slot, t) in [(0, 100), (1, 7), (2, 250)] {
+        prefill(&mut eager, slot, t, slot as u64)?;
+        prefill(&mut graphed, slot, t, slot as u64)?;
+    }
+    let method = DecodeMethod::quest(Budget::Fraction(0.25));
+    let (mut out_e, mut out_g) =
+        (eager.step_outputs(gpu, &method).map_err(err)?, graphed.step_outputs(gpu, &method).map_err(err)?);
+    // Fixed input buffers: each step's tokens are copied into them, as an engine would.
+    let new_inputs = |r: &mut Rng| {
+        let up = |v: Vec<f32>| gpu.upload(&HostData::from_f32(dtype, &v)).unwrap();
+        (
+            up(r.normal(batch * hq * d, 1.0)),
+            up(r.normal(batch * hkv * d, 1.0)),
+            up(r.normal(batch * hkv * d, 1.0)),
+            gpu.upload(&HostData::F32(r.gates(batch * hkv * d))).unwrap(),
+        )
+    };
+    let (mut q, mut k, mut v, mut g) = new_inputs(&mut r);
+    // Warm-up step on both caches (compiles every kernel outside the capture).
+    eager.decode_step(gpu, &q, &k, &v, Some(&g), &method, &mut out_e).map_err(err)?;
+    graphed.decode_step(gpu, &q, &k, &v, Some(&g), &method, &mut out_g).map_err(err)?;
+    // SAFETY: every buffer the step touches (the cache's, the outputs, q/k/v/g) lives until the
+    // end of this function, longer than `graph`, and only this thread uses `gpu`.
+    let graph =
+        graphed.record_step(gpu, &q, &k, &v, Some(&g), &mut out_g, |f| unsafe { gpu.capture(f) }).map_err(err)?;
+    for step in 0..24 {
+        if step == 12 {
+            // New lengths on the device: slot 0 gets a longer prompt.
+            prefill(&mut eager, 0, 180, 99)?;
+            prefill(&mut graphed, 0, 180, 99)?;
+        }
+        let (q2, k2, v2, g2) = new_inputs(&mut r);
+        for (src, dst) in [(&q2, &mut q), (&k2, &mut k), (&v2, &mut v), (&g2, &mut g)] {
+            gpu.copy_buffer(src, dst).map_err(err)?;
+        }
+        eager.decode_step(gpu, &q, &k, &v, Some(&g), &method, &mut out_e).map_err(err)?;
+        graphed.replay_step(|| graph.replay()).map_err(err)?;
+        let pairs = [
+            (&out_e.out, &out_g.out),
+            (&out_e.lse, &out_g.lse),
+            (out_e.selected.as_ref().unwrap(), out_g.selected.as_ref().unwrap()),
+        ];
+        for (name, (a, b)) in ["out", "lse", "selected"].iter().zip(pairs) {
+            let (a, b) = (gpu.download(a).map_err(err)?, gpu.download(b).map_err(err)?);
+            if a != b {
+                return Err(format!("step {step}: replayed `{name}` differs from the eager step"));
+            }
+        }
+    }
+    let (le, lg) = (gpu.download(eager.lengths().0).map_err(err)?, gpu.download(graphed.lengths().0).map_err(err)?);
+    if le != lg || eager.lens() != graphed.lens() || le != HostData::I32(vec![192, 32, 275]) {
+        return Err(format!("lengths: eager {le:?}, replayed {lg:?}, host {:?}", graphed.lens()));
+    }
+    Ok(())
+}
+
 const BACKBONES: [(&str, Backbone); 2] =
     [("attention", Backbone::Attention), ("ratplus", Backbone::RatPlus { rope_base: 10000.0 })];
 
@@ -220,6 +296,17 @@ fn main() -> std::process::ExitCode {
     #[cfg(feature = "wgpu")]
     trials.extend(backend_trials("wgpu", WGPU.get_or_init(|| kvsparse::Wgpu::new().map_err(|e| e.to_string()))));
     #[cfg(feature = "cuda")]
-    trials.extend(backend_trials("cuda", CUDA.get_or_init(|| kvsparse::Cuda::new().map_err(|e| e.to_string()))));
+    {
+        let cuda = CUDA.get_or_init(|| kvsparse::Cuda::new().map_err(|e| e.to_string()));
+        trials.extend(backend_trials("cuda", cuda));
+        trials.push(match cuda {
+            Ok(gpu) => Trial::test("cuda::graph_replay_matches_eager", move || Ok(graph_replay_matches_eager(gpu)?)),
+            Err(why) if required("cuda") => {
+                let why = why.clone();
+                Trial::test("cuda::graph_replay_matches_eager", move || Err(format!("cuda required: {why}").into()))
+            }
+            Err(_) => Trial::test("cuda::graph_replay_matches_eager", || Ok(())).with_ignored_flag(true),
+        });
+    }
     libtest_mimic::run(&args, trials).exit_code()
 }

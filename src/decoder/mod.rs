@@ -431,7 +431,8 @@ impl<B: Backend> KvCache<B> {
                     let at = (s.slot * cfg.kv_heads + h) * d;
                     all[at..at + d].copy_from_slice(&scanned[last..last + d]);
                 }
-                *state = b.upload(&HostData::F32(all))?;
+                // In place: a captured step keeps the state's address.
+                b.copy_buffer(&b.upload(&HostData::F32(all))?, state)?;
             }
         }
         self.host_lens[s.slot] = n;
