@@ -79,6 +79,26 @@ fn sincos(x: f32) -> vec2<f32> {
     }
 }
 
+// (cos, sin) of RoPE's rotate-half angle pos * base^(-2i/dim) for pair i, the angle in f32 as
+// RAT+'s f32 tables (decay.wgsl's rope kernels, cache.wgsl's append).
+fn rope_cos_sin(pos: i32, i: u32, dim: u32, base: f32) -> vec2<f32> {
+    let inv_freq = exp2(-(f32(2u * i) / f32(dim)) * log2(base));
+    let sc = sincos(f32(pos) * inv_freq);
+    return vec2<f32>(sc.y, sc.x);
+}
+
+// Forced-block rule of the block selectors (SPEC §2.3) with block `c` current: block 0 when
+// `first`, and the local range c - n_local + 1 ..= c (clipped at 0).
+fn block_forced(b: u32, c: u32, first: bool, n_local: u32) -> bool {
+    return (first && b == 0u) || (b <= c && b + n_local > c);
+}
+
+// How many blocks block_forced keeps.
+fn forced_count(c: u32, first: bool, n_local: u32) -> u32 {
+    let local = min(n_local, c + 1u);
+    return local + select(0u, 1u, first && c + 1u > local);
+}
+
 // Four bf16 elements packed in two words (element 4j in the low half of x).
 fn bf16x4(w: vec2<u32>) -> vec4<f32> {
     return vec4<f32>(

@@ -69,9 +69,7 @@ fn lane_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // (cos, sin) of the rotate-half angle pos * base^(-2i/D), angle in f32 as RAT+'s f32 tables.
 fn rope_cs(pos: i32, i: u32) -> vec2<f32> {
-    let inv_freq = exp2(-(f32(2u * i) / f32(p.inner)) * log2(p.base));
-    let sc = sincos(f32(pos) * inv_freq);
-    return vec2<f32>(sc.y, sc.x);
+    return rope_cos_sin(pos, i, p.inner, p.base);
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -55,8 +55,7 @@ fn rs_cand(row: u32, b: u32) -> bool {
     return p.mode == 0u || b < current_block(row);
 }
 fn rs_forced(row: u32, b: u32) -> bool {
-    let c = current_block(row);
-    return (p.force_first == 1u && b == 0u) || (b <= c && b + p.n_local > c);
+    return block_forced(b, current_block(row), p.force_first == 1u, p.n_local);
 }
 fn rs_emit(row: u32, pos: u32, b: u32) {
     if (pos < p.width) {
@@ -79,35 +78,16 @@ fn select_blocks(
             sel_ranking[row * p.nb + b] = hash_key(p.seed, row, b);
         }
     }
-    // |forced| = |local range| + (block 0 when forced and outside the local range).
-    let c = current_block(row);
-    let n_local = min(p.n_local, c + 1u);
-    var n_forced = n_local;
-    if (p.force_first == 1u && c + 1u > n_local) {
-        n_forced += 1u;
-    }
-    var budget = 0u;
-    if (p.n_blocks > n_forced) {
-        budget = p.n_blocks - n_forced;
-    }
-    let kept = rs_select_row(row, p.nb, budget, lid);
+    let kept = rs_select_row(row, p.nb, row_budget(row), lid);
     for (var j = kept + lid; j < p.width; j += WG_SIZE) {
         sel_selected[row * p.width + j] = -1;
     }
 }
 
-// Forced-block budget of `row` (as in select_blocks).
+// Competitors kept for `row`: the budget less the forced blocks.
 fn row_budget(row: u32) -> u32 {
-    let c = current_block(row);
-    let n_local = min(p.n_local, c + 1u);
-    var n_forced = n_local;
-    if (p.force_first == 1u && c + 1u > n_local) {
-        n_forced += 1u;
-    }
-    if (p.n_blocks > n_forced) {
-        return p.n_blocks - n_forced;
-    }
-    return 0u;
+    let n_forced = forced_count(current_block(row), p.force_first == 1u, p.n_local);
+    return p.n_blocks - min(p.n_blocks, n_forced);
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -9,7 +9,7 @@ use crate::{Backend, DType, Error, HostData, Result};
 
 impl Wgpu {
     /// Rejects storage dtypes this adapter cannot compute with.
-    fn require(&self, dtype: DType) -> Result<()> {
+    pub(super) fn require(&self, dtype: DType) -> Result<()> {
         if self.supports(dtype) {
             return Ok(());
         }
@@ -46,10 +46,10 @@ impl Wgpu {
 
 /// How a decode (one query per head) runs on decode.wgsl: kernel spec, splits of the key slots
 /// and the scratch for the splits' partial results.
-struct DecodePlan<'a> {
-    spec: Spec,
-    splits: u32,
-    part: Option<super::reuse::Scratch<'a>>,
+pub(super) struct DecodePlan<'a> {
+    pub spec: Spec,
+    pub splits: u32,
+    pub part: Option<super::reuse::Scratch<'a>>,
 }
 
 /// Largest divisor of `g` not above 8: query heads a decode workgroup scores per K/V load
@@ -61,10 +61,11 @@ fn decode_group(g: usize) -> u32 {
 impl Wgpu {
     /// The split-K plan for `slots` key slots of `q_heads` queries (`shared`: a group's heads
     /// attend the same keys, so they share each K/V load), or `None` where decode.wgsl does not
-    /// apply (dim not a multiple of 4, or head vectors too large for workgroup memory):
-    /// attention.wgsl serves those.
+    /// apply (dim not a multiple of 4 unless `any_dim`, or head vectors too large for workgroup
+    /// memory): attention.wgsl serves those. `any_dim` compiles other dims with scalar loads
+    /// (`Spec::unaligned`).
     #[allow(clippy::too_many_arguments)]
-    fn decode_plan(
+    pub(super) fn decode_plan(
         &self,
         op: &str,
         dtype: DType,
@@ -73,12 +74,14 @@ impl Wgpu {
         kv_heads: usize,
         shared: bool,
         slots: usize,
+        any_dim: bool,
     ) -> Result<Option<DecodePlan<'_>>> {
-        if !dim.is_multiple_of(4) {
+        let unaligned = !dim.is_multiple_of(4);
+        if unaligned && !any_dim {
             return Ok(None);
         }
         let group = if shared { decode_group(q_heads / kv_heads) } else { 1 };
-        let base = Spec::new(dtype).with_dim(dim);
+        let base = Spec { unaligned, ..Spec::new(dtype).with_dim(dim) };
         let lanes = base.head_dim / 4;
         // A team sums its dot products with subgroup shuffles when a subgroup always holds a
         // whole team. 16 lanes (D = 128: 8 elements a lane) keep the shuffles at 4 per value
@@ -249,7 +252,7 @@ const SCAN_L: usize = 256;
 const PREFILL_BQ: usize = 64;
 const PREFILL_MAX_NB: usize = 4096;
 
-fn f32_bytes(n: usize) -> u64 {
+pub(super) fn f32_bytes(n: usize) -> u64 {
     4 * n as u64
 }
 
@@ -581,7 +584,7 @@ impl Backend for Wgpu {
         // Each query head reads its own selected blocks (contiguous tokens), split across
         // workgroups; a group's heads overlap in L2 rather than sharing loads (their selections differ).
         let slots = op.n_sel() * bs.min(op.seq);
-        let plan = self.decode_plan(name, op.dtype, op.dim, op.q_heads, op.kv_heads, false, slots)?;
+        let plan = self.decode_plan(name, op.dtype, op.dim, op.q_heads, op.kv_heads, false, slots, false)?;
         match &plan {
             Some(plan) => dispatches.extend(self.decode_dispatches(
                 Kernel::DecodeBlocks,
@@ -758,7 +761,7 @@ impl Backend for Wgpu {
         let spec = self.attention_spec(AttentionDense::NAME, op.dtype, op.dim)?;
         if op.q_len == 1 {
             let (name, hq, hkv) = (AttentionDense::NAME, op.q_heads, op.kv_heads);
-            if let Some(plan) = self.decode_plan(name, op.dtype, op.dim, hq, hkv, true, op.kv_len)? {
+            if let Some(plan) = self.decode_plan(name, op.dtype, op.dim, hq, hkv, true, op.kv_len, false)? {
                 let d = self.decode_dispatches(Kernel::DecodeDense, &plan, op.params(), q, k, v, None, out, lse);
                 return self.run(name, &d);
             }
@@ -788,7 +791,7 @@ impl Backend for Wgpu {
         let spec = self.attention_spec(AttentionSparse::NAME, op.dtype, op.dim)?;
         let (name, hq, hkv) = (AttentionSparse::NAME, op.q_heads, op.kv_heads);
         let shared = op.idx_heads != op.q_heads;
-        if let Some(plan) = self.decode_plan(name, op.dtype, op.dim, hq, hkv, shared, op.n_idx)? {
+        if let Some(plan) = self.decode_plan(name, op.dtype, op.dim, hq, hkv, shared, op.n_idx, false)? {
             let d = self.decode_dispatches(Kernel::DecodeSparse, &plan, op.params(), q, k, v, Some(idx), out, lse);
             return self.run(name, &d);
         }

@@ -15,6 +15,7 @@ use crate::DType;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const ROWSELECT: &str = include_str!("../../shaders/rowselect.wgsl");
+const SPLITK: &str = include_str!("../../shaders/splitk.wgsl");
 
 /// Which dtype a float binding takes from the [`Spec`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,9 @@ pub(crate) struct Family {
     pub params: &'static str,
     /// Whether rowselect.wgsl is prepended.
     pub rowselect: bool,
+    /// Whether splitk.wgsl (the split-K decode core) is prepended; such families also get the
+    /// decode constants of the spec prelude (`GROUP`, `TEAM`, `ALIGNED`, ...).
+    pub splitk: bool,
     /// Whether `KVSPARSE_WGPU_UNCHECKED` may drop naga's runtime checks for this family.
     pub unchecked_ok: bool,
     /// Every float tensor binding declared by the family's entry points: name, binding slot,
@@ -59,6 +63,7 @@ const RANDOM: Family = Family {
     body: include_str!("../../shaders/random.wgsl"),
     params: RandomParams::WGSL,
     rowselect: true,
+    splitk: false,
     floats: &[],
 };
 const TOPK: Family = Family {
@@ -67,6 +72,7 @@ const TOPK: Family = Family {
     body: include_str!("../../shaders/topk.wgsl"),
     params: TopkParams::WGSL,
     rowselect: true,
+    splitk: false,
     floats: &[("tk_scores", 1, Role::F32, R)],
 };
 const DECAY: Family = Family {
@@ -75,6 +81,7 @@ const DECAY: Family = Family {
     body: include_str!("../../shaders/decay.wgsl"),
     params: DecayParams::WGSL,
     rowselect: false,
+    splitk: false,
     floats: &[
         ("ds_x", 1, Role::Main, R),
         ("ds_g", 2, Role::F32, R),
@@ -99,6 +106,7 @@ const BLOCKS: Family = Family {
     body: include_str!("../../shaders/blocks.wgsl"),
     params: BlockParams::WGSL,
     rowselect: false,
+    splitk: false,
     floats: &[
         ("bm_k", 1, Role::Main, R),
         ("bm_kmin", 2, Role::Stat, W),
@@ -118,6 +126,7 @@ const SELECT: Family = Family {
     body: include_str!("../../shaders/select.wgsl"),
     params: SelectParams::WGSL,
     rowselect: true,
+    splitk: false,
     floats: &[("ms_q", 3, Role::Main, R), ("ms_kmean", 4, Role::Stat, R)],
 };
 const ATTENTION: Family = Family {
@@ -126,6 +135,7 @@ const ATTENTION: Family = Family {
     body: include_str!("../../shaders/attention.wgsl"),
     params: AttentionParams::WGSL,
     rowselect: false,
+    splitk: false,
     floats: &[("q", 1, Role::Main, R), ("k", 2, Role::Main, R), ("v", 3, Role::Main, R), ("out", 5, Role::Main, W)],
 };
 const DECODE: Family = Family {
@@ -134,6 +144,7 @@ const DECODE: Family = Family {
     body: include_str!("../../shaders/decode.wgsl"),
     params: AttentionParams::WGSL,
     rowselect: false,
+    splitk: true,
     floats: &[
         ("dq", 1, Role::Main, Access::Read4),
         ("dk", 2, Role::Main, Access::Read4),
@@ -147,6 +158,7 @@ const PREFILL: Family = Family {
     body: include_str!("../../shaders/prefill.wgsl"),
     params: AttentionParams::WGSL,
     rowselect: false,
+    splitk: false,
     floats: &[
         ("pq", 1, Role::Main, Access::Read4),
         ("pk", 2, Role::Main, Access::Read4),
@@ -160,7 +172,39 @@ const SNAPKV: Family = Family {
     body: include_str!("../../shaders/snapkv.wgsl"),
     params: SnapKvParams::WGSL,
     rowselect: true,
+    splitk: false,
     floats: &[("sq", 1, Role::Main, R), ("sk", 2, Role::Main, R)],
+};
+const CACHE: Family = Family {
+    name: "cache",
+    unchecked_ok: false,
+    body: include_str!("../../shaders/cache.wgsl"),
+    params: CacheParams::WGSL,
+    rowselect: true,
+    splitk: true,
+    floats: &[
+        ("fl_ksrc", 1, Role::Main, R),
+        ("fl_vsrc", 2, Role::Main, R),
+        ("fl_k", 4, Role::Main, W),
+        ("fl_v", 5, Role::Main, W),
+        ("fl_kmin", 6, Role::Main, W),
+        ("fl_kmax", 7, Role::Main, W),
+        ("fl_kmean", 8, Role::Main, W),
+        ("ap_knew", 1, Role::Main, R),
+        ("ap_vnew", 2, Role::Main, R),
+        ("ap_k", 8, Role::Main, W),
+        ("ap_v", 9, Role::Main, W),
+        ("ap_kmin", 10, Role::Main, W),
+        ("ap_kmax", 11, Role::Main, W),
+        ("ap_kmean", 12, Role::Main, W),
+        ("cs_q", 1, Role::Main, R),
+        ("cs_kmin", 2, Role::Main, R),
+        ("cs_kmax", 3, Role::Main, R),
+        ("dq", 1, Role::Main, Access::Read4),
+        ("dk", 2, Role::Main, Access::Read4),
+        ("dv", 3, Role::Main, Access::Read4),
+        ("dout", 5, Role::Main, W),
+    ],
 };
 const HIT_RATE: Family = Family {
     name: "hit_rate",
@@ -168,6 +212,7 @@ const HIT_RATE: Family = Family {
     body: include_str!("../../shaders/hit_rate.wgsl"),
     params: HitRateParams::WGSL,
     rowselect: false,
+    splitk: false,
     floats: &[],
 };
 
@@ -220,12 +265,21 @@ pub(crate) enum Kernel {
     SnapkvSelect,
     SnapkvKeepAll,
     HitRate,
+    CacheFill,
+    CacheAppend,
+    CacheAdvance,
+    CacheSelect,
+    CacheDecodeDense,
+    CacheDecodeBlocks,
+    CacheMerge,
 }
 
 const SNAPKV_BINDINGS: &[Access] = &[R, R, W, W, W, W];
 const TOPK_LONG: &[Access] = &[R, W, W, W];
 const ATTENTION_BINDINGS: &[Access] = &[R, R, R, R, W, W];
 const DECODE_BINDINGS: &[Access] = &[R, R, R, R, W, W, W];
+/// decode.wgsl's bindings, then 8 lens i32[B].
+const CACHE_DECODE_BINDINGS: &[Access] = &[R, R, R, R, W, W, W, R];
 
 impl Kernel {
     #[cfg(test)]
@@ -276,6 +330,13 @@ impl Kernel {
         Kernel::SnapkvSelect,
         Kernel::SnapkvKeepAll,
         Kernel::HitRate,
+        Kernel::CacheFill,
+        Kernel::CacheAppend,
+        Kernel::CacheAdvance,
+        Kernel::CacheSelect,
+        Kernel::CacheDecodeDense,
+        Kernel::CacheDecodeBlocks,
+        Kernel::CacheMerge,
     ];
 
     /// `(family, entry point, storage bindings 1..=n, workgroup size)`.
@@ -327,6 +388,13 @@ impl Kernel {
             Kernel::SnapkvSelect => (&SNAPKV, "snapkv_select", SNAPKV_BINDINGS, 128),
             Kernel::SnapkvKeepAll => (&SNAPKV, "snapkv_keep_all", SNAPKV_BINDINGS, 128),
             Kernel::HitRate => (&HIT_RATE, "hit_rate", &[R, R, W, W], 256),
+            Kernel::CacheFill => (&CACHE, "cache_fill", &[R, R, R, W, W, W, W, W, W, W], 256),
+            Kernel::CacheAppend => (&CACHE, "cache_append", &[R, R, R, R, R, W, W, W, W, W, W, W], 256),
+            Kernel::CacheAdvance => (&CACHE, "cache_advance", &[W, W], 64),
+            Kernel::CacheSelect => (&CACHE, "cache_select", &[R, R, R, R, W, W], 64),
+            Kernel::CacheDecodeDense => (&CACHE, "cache_decode_dense", CACHE_DECODE_BINDINGS, 128),
+            Kernel::CacheDecodeBlocks => (&CACHE, "cache_decode_blocks", CACHE_DECODE_BINDINGS, 128),
+            Kernel::CacheMerge => (&CACHE, "cache_merge", CACHE_DECODE_BINDINGS, 128),
         }
     }
     pub fn family(self) -> &'static Family {
@@ -370,7 +438,11 @@ impl Kernel {
             Kernel::MobaSelect => &[3, 4],
             Kernel::AttentionDense | Kernel::AttentionSparse | Kernel::AttentionBlocks => &[1, 2, 3, 5],
             Kernel::DecodeDense | Kernel::DecodeSparse | Kernel::DecodeBlocks => &[1, 2, 3, 5],
-            Kernel::DecodeMerge => &[5],
+            Kernel::DecodeMerge | Kernel::CacheMerge => &[5],
+            Kernel::CacheFill => &[1, 2, 4, 5, 6, 7, 8],
+            Kernel::CacheAppend => &[1, 2, 8, 9, 10, 11, 12],
+            Kernel::CacheSelect => &[1, 2, 3],
+            Kernel::CacheDecodeDense | Kernel::CacheDecodeBlocks => &[1, 2, 3, 5],
             Kernel::PrefillDense | Kernel::PrefillBlocks => &[1, 2, 3, 5],
             Kernel::SnapkvLse
             | Kernel::SnapkvColsum
@@ -412,6 +484,9 @@ pub(crate) struct Spec {
     /// decode.wgsl: sum a team's lanes with subgroup shuffles (the adapter's subgroups hold at
     /// least `team` lanes, contiguous in the local index); else through workgroup memory.
     pub subgroups: bool,
+    /// splitk.wgsl: head dim not a multiple of 4: the [`Access::Read4`] bindings are scalar
+    /// arrays and `ldv_x` gathers their groups element by element (`ALIGNED = false`).
+    pub unaligned: bool,
 }
 
 /// Slot stride between the chunks of one binding (every family uses slots below 16).
@@ -430,6 +505,7 @@ impl Spec {
             group: 1,
             team: 1,
             subgroups: false,
+            unaligned: false,
         }
     }
     /// Statistics in `stat` instead of the storage dtype.
@@ -550,6 +626,17 @@ fn binding_helpers(name: &str, slot: u32, dtype: DType, access: Access, spec: &S
 /// `alias x_t` and `ld_x(j) -> vec4<f32>` (elements `4j..4j+4`) of a read-only binding viewed
 /// as 4-element groups: `vec2<u32>` of packed bf16, `vec4<f16>` or `vec4<f32>`.
 fn vec4_helpers(name: &str, slot: u32, dtype: DType, spec: &Spec) -> String {
+    if spec.unaligned {
+        // Scalar elements (`ld1_x`); `ldv_x(e, n)` gathers elements e..e+min(n, 4), zeros after.
+        let mut s = binding_helpers(name, slot, dtype, Access::Read, spec)
+            .replace(&format!("fn ld_{name}("), &format!("fn ld1_{name}("));
+        s += &format!(
+            "fn ldv_{name}(e: u32, n: u32) -> vec4<f32> {{\n    var r = vec4<f32>(0.0);\n    \
+             for (var k = 0u; k < min(n, 4u); k++) {{\n        r[k] = ld1_{name}(e + k);\n    }}\n    return r;\n}}\n\
+             fn ld_{name}(j: u32) -> vec4<f32> {{\n    return ldv_{name}(4u * j, 4u);\n}}\n"
+        );
+        return s;
+    }
     let (alias, unit) = match dtype {
         DType::F16 => ("vec4<f16>", 8),
         DType::BF16 => ("vec2<u32>", 8),
@@ -561,7 +648,10 @@ fn vec4_helpers(name: &str, slot: u32, dtype: DType, spec: &Spec) -> String {
         _ => format!("{a}[{e}]"),
     };
     let chunks = spec.chunks_of(slot);
-    let mut s = format!("alias {name}_t = {alias};\n");
+    // ldv_x(e, n): the group starting at element e (a multiple of 4 here; n >= 4 is implied).
+    let mut s = format!(
+        "alias {name}_t = {alias};\nfn ldv_{name}(e: u32, n: u32) -> vec4<f32> {{\n    return ld_{name}(e >> 2u);\n}}\n"
+    );
     if chunks <= 1 {
         s += &format!("fn ld_{name}(j: u32) -> vec4<f32> {{\n    return {};\n}}\n", load(name, "j"));
         return s;
@@ -596,14 +686,18 @@ pub(crate) fn wgsl_source(kernel: Kernel, spec: &Spec) -> String {
     }
     src += fam.params;
     src += &format!("\n// spec prelude: {spec:?}\nconst HEAD_DIM: u32 = {}u;\n", spec.head_dim.max(1));
-    if fam.name == DECODE.name || fam.name == PREFILL.name {
+    if fam.splitk || fam.name == PREFILL.name {
         // Workgroup-memory reduction space when subgroups are off (decode: KB x GROUP values
         // per lane; prefill: one per lane).
-        let per_lane = if fam.name == DECODE.name { 2 * spec.group } else { 1 };
+        let per_lane = if fam.splitk { 2 * spec.group } else { 1 };
         let red = if spec.subgroups { 1 } else { kernel.workgroup() * per_lane };
         src += &format!(
-            "const GROUP: u32 = {}u;\nconst TEAM: u32 = {}u;\nconst SUBGROUPS: bool = {};\nconst RED_SIZE: u32 = {red}u;\n",
-            spec.group, spec.team, spec.subgroups
+            "const GROUP: u32 = {}u;\nconst TEAM: u32 = {}u;\nconst SUBGROUPS: bool = {};\nconst RED_SIZE: u32 = {red}u;\n\
+             const ALIGNED: bool = {};\n",
+            spec.group,
+            spec.team,
+            spec.subgroups,
+            !spec.unaligned
         );
         src += if spec.subgroups {
             "fn sg_xor(x: f32, o: u32) -> f32 {\n    return subgroupShuffleXor(x, o);\n}\n"
@@ -619,6 +713,10 @@ pub(crate) fn wgsl_source(kernel: Kernel, spec: &Spec) -> String {
     if fam.rowselect {
         src += "\n";
         src += ROWSELECT;
+    }
+    if fam.splitk {
+        src += "\n";
+        src += SPLITK;
     }
     src += "\n";
     src += fam.body;
@@ -685,6 +783,10 @@ mod tests {
                 check(kernel, Spec { subgroups: true, team: 32, ..decode });
                 check(kernel, Spec { chunks: 2, split_slots: !0, chunk_bytes: 1 << 27, ..decode });
                 check(kernel, Spec { chunks: 2, split_slots: 0b100, chunk_bytes: 1 << 27, ..decode });
+                if kernel.family().splitk {
+                    check(kernel, Spec { unaligned: true, ..decode });
+                    check(kernel, Spec { unaligned: true, chunks: 2, split_slots: !0, chunk_bytes: 1 << 27, ..decode });
+                }
             }
         }
     }
