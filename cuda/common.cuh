@@ -61,6 +61,40 @@ __device__ __forceinline__ void store_f(store_t* p, u32 i, float x) { p[i] = kvs
 #endif
 
 // ---------------------------------------------------------------------------------------------
+// RoPE (rotation pairs (i, i + D/2)) and the one-token RAT+ update (decay.cu's ratplus_step and
+// cache.cu's cache_append). Angles are pos * base^(-2i/D) in f64, as the reference computes them;
+// the rotation of the f32 value is done in f64 and rounded once.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ double rope_inv_freq(u32 i, u32 dim, float base) {
+    return pow((double)base, -(2.0 * (double)i) / (double)dim);
+}
+
+// (a, b) = (x_i, x_{i+D/2}) rotated by `angle`.
+__device__ __forceinline__ void rope_rotate(float a, float b, double angle, float* ya, float* yb) {
+    double s, c;
+    sincos(angle, &s, &c);
+    *ya = (float)((double)a * c - (double)b * s);
+    *yb = (float)((double)b * c + (double)a * s);
+}
+
+#if defined(KVS_STORE_F32) || defined(KVS_STORE_F16) || defined(KVS_STORE_BF16)
+// One RAT+ step of the rotation pair at element offsets (a, b = a + D/2) of channel index i:
+// hk' = g*hk + (1-g)*k, hv' = g*hv + (1-g)*v (f32) into nk / nv, and RoPE(hk', pos) into y.
+__device__ __forceinline__ void ratplus_pair_step(const store_t* __restrict__ k, const store_t* __restrict__ v,
+                                                  const float* __restrict__ g, const float* hk, const float* hv,
+                                                  u32 a, u32 b, u32 i, u32 dim, float base, double pos,
+                                                  float nk[2], float nv[2], float y[2]) {
+    const float ga = g[a];
+    const float gb = g[b];
+    nk[0] = ga * hk[a] + (1.0f - ga) * load_f(k, a);
+    nk[1] = gb * hk[b] + (1.0f - gb) * load_f(k, b);
+    nv[0] = ga * hv[a] + (1.0f - ga) * load_f(v, a);
+    nv[1] = gb * hv[b] + (1.0f - gb) * load_f(v, b);
+    rope_rotate(nk[0], nk[1], pos * rope_inv_freq(i, dim, base), &y[0], &y[1]);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
 // Counter-based PCG hash and random keys (SPEC §8.1), all arithmetic mod 2^32.
 // ---------------------------------------------------------------------------------------------
 __device__ __forceinline__ u32 kvs_pcg(u32 v) {
@@ -291,6 +325,26 @@ __device__ u32 block_select_row(const Src& src, u32 n, u32 k_total, int* out, u3
     for (u32 q = kept + threadIdx.x; q < width; q += blockDim.x) out[q] = -1;
     return kept;
 }
+
+// A row of block ranks for block_select_row (Quest, MoBA, the cache decode): block `current` and
+// the n_local - 1 before it are forced, and block 0 when force_first; with past_only (MoBA) only
+// blocks before `current` compete. `ranking` holds f32 scores (as bits) or u32 random keys.
+struct BlockSelectSrc {
+    const u32* ranking;  // this row's scores (as bits) or keys
+    u32 current;
+    u32 n_local;
+    u32 force_first;
+    u32 past_only;  // 1 = MoBA: only blocks before `current` compete
+    u32 by_key;     // 1 = ranking holds u32 random keys
+    __device__ bool forced(u32 b) const {
+        return (force_first != 0u && b == 0u) || (b <= current && b + n_local > current);
+    }
+    __device__ bool eligible(u32 b) const { return !forced(b) && (past_only == 0u || b < current); }
+    __device__ u32 key(u32 b) const {
+        const u32 w = ranking[b];
+        return by_key != 0u ? w : f32_order_key(__uint_as_float(w));
+    }
+};
 
 // Stable sort of m (key, value) pairs by key DESCENDING (equal keys keep their order), by 32
 // one-bit LSD split passes between (ka, va) and (kb, vb); bits on which all keys agree are

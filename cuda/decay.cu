@@ -19,17 +19,8 @@
 // TODO(perf): the chunked scans read the inputs twice (5 passes of bytes against the floor's 3);
 // a one-pass form (decoupled look-back between runs) would reach the floor.
 
-__device__ __forceinline__ double rope_inv_freq(u32 i, u32 dim, float base) {
-    return pow((double)base, -(2.0 * (double)i) / (double)dim);
-}
-
-// (a, b) = (x_i, x_{i+D/2}) rotated by `angle`.
-__device__ __forceinline__ void rope_rotate(float a, float b, double angle, float* ya, float* yb) {
-    double s, c;
-    sincos(angle, &s, &c);
-    *ya = (float)((double)a * c - (double)b * s);
-    *yb = (float)((double)b * c + (double)a * s);
-}
+// rope_inv_freq, rope_rotate and ratplus_pair_step (the one-token RAT+ update of a rotation
+// pair, shared with cache_append): common.cuh.
 
 extern "C" __global__ void decay_scan(const DecayParams p, const store_t* __restrict__ x, const float* __restrict__ g,
                                       const float* __restrict__ h0, store_t* __restrict__ y) {
@@ -129,18 +120,14 @@ extern "C" __global__ void ratplus_step(const DecayParams p, const store_t* __re
     const u32 i = e - h * half;
     const u32 a = h * p.inner + i;
     const u32 b = a + half;
-    const float ga = g[a];
-    const float gb = g[b];
-    const float ka = ga * hk[a] + (1.0f - ga) * load_f(k, a);
-    const float kb = gb * hk[b] + (1.0f - gb) * load_f(k, b);
-    hk_new[a] = ka;
-    hk_new[b] = kb;
-    hv_new[a] = ga * hv[a] + (1.0f - ga) * load_f(v, a);
-    hv_new[b] = gb * hv[b] + (1.0f - gb) * load_f(v, b);
-    float ya, yb;
-    rope_rotate(ka, kb, (double)p.pos0 * rope_inv_freq(i, p.inner, p.base), &ya, &yb);
-    store_f(k_rope, a, ya);
-    store_f(k_rope, b, yb);
+    float nk[2], nv[2], y[2];
+    ratplus_pair_step(k, v, g, hk, hv, a, b, i, p.inner, p.base, (double)p.pos0, nk, nv, y);
+    hk_new[a] = nk[0];
+    hk_new[b] = nk[1];
+    hv_new[a] = nv[0];
+    hv_new[b] = nv[1];
+    store_f(k_rope, a, y[0]);
+    store_f(k_rope, b, y[1]);
 }
 
 // ---------------------------------------------------------------------------------------------

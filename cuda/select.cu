@@ -21,22 +21,7 @@ extern "C" __global__ void select_keys(const SelectParams p, u32* __restrict__ k
     keys[e] = kvs_key(p.seed, r, e - r * p.nb);
 }
 
-struct BlockSelectSrc {
-    const u32* ranking;  // this row's scores (as bits) or keys
-    u32 current;
-    u32 n_local;
-    u32 force_first;
-    u32 past_only;  // 1 = MoBA: only blocks before `current` compete
-    u32 by_key;     // 1 = ranking holds u32 random keys
-    __device__ bool forced(u32 b) const {
-        return (force_first != 0u && b == 0u) || (b <= current && b + n_local > current);
-    }
-    __device__ bool eligible(u32 b) const { return !forced(b) && (past_only == 0u || b < current); }
-    __device__ u32 key(u32 b) const {
-        const u32 w = ranking[b];
-        return by_key != 0u ? w : f32_order_key(__uint_as_float(w));
-    }
-};
+// BlockSelectSrc (the row of ranks block_select_row reads): common.cuh.
 
 extern "C" __global__ void select_blocks(const SelectParams p, const u32* __restrict__ ranking,
                                          int* __restrict__ selected) {
