@@ -24,6 +24,11 @@
 //                          ids when block_size = 1, Quest's selected blocks otherwise); entries
 //                          outside the key range are padding; the row is idx[h] (idx_heads = Hq)
 //                          or idx[h / G] (idx_heads = Hkv)
+//   attention_decode_rows  (p, q[B,Hq,D], k, v [B,Hkv,T,D], lens[B] i32, idx[B,idx_heads,n_idx] i32,
+//                          out[B,Hq,D], lse[B,Hq], part_out, part_lse), B = p.q_len
+//                          decode over a batched cache (cache_decode, any D): sequence b attends
+//                          its live keys 0..lens[b] (n_idx = 0) or the tokens of its idx row
+//                          (as attention_sparse) below lens[b]; split-K as attention_dense
 //   attention_blocks (p, q[Hq,T,D], k, v [Hkv,T,D], sel[Hq,T,n_idx] i32, out[Hq,T,D], lse[Hq,T])
 //                          MoBA prefill: tokens of the selected blocks, causal (j <= query position)
 //   attention_merge        (p, part_out, part_lse, out, lse)   one warp per query row
@@ -194,6 +199,16 @@ struct SparseTok {
     }
 };
 
+// The tokens of index row `row` (block_size tokens per entry, >= 1) among keys 0..kv_len.
+__device__ __forceinline__ SparseTok sparse_tok(const int* row, u32 block_size, u32 kv_len) {
+    SparseTok tok;
+    tok.idx = row;
+    tok.block_size = max(block_size, 1u);
+    tok.n_key_blocks = (kv_len + tok.block_size - 1u) / tok.block_size;
+    tok.kv_len = kv_len;
+    return tok;
+}
+
 extern "C" __global__ void attention_sparse(const AttentionParams p, const store_t* __restrict__ q,
                                             const store_t* __restrict__ k, const store_t* __restrict__ v,
                                             const int* __restrict__ idx, store_t* __restrict__ out,
@@ -202,15 +217,10 @@ extern "C" __global__ void attention_sparse(const AttentionParams p, const store
     const u32 h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (h >= p.q_heads) return;  // whole warp
     const u32 kvh = h / (p.q_heads / p.kv_heads);
-    const u32 bs = max(p.block_size, 1u);
     const u32 idx_row = p.idx_heads == p.q_heads ? h : kvh;
-    SparseTok tok;
-    tok.idx = idx + idx_row * p.n_idx;
-    tok.block_size = bs;
-    tok.n_key_blocks = (p.kv_len + bs - 1u) / bs;
-    tok.kv_len = p.kv_len;
+    const SparseTok tok = sparse_tok(idx + idx_row * p.n_idx, p.block_size, p.kv_len);
     u32 n0, n1;
-    split_range(p.n_idx * bs, max(p.splits, 1u), blockIdx.y, &n0, &n1);
+    split_range(p.n_idx * tok.block_size, max(p.splits, 1u), blockIdx.y, &n0, &n1);
     float qv[KVS_DPL];
     load_row(q, h * p.dim, p.dim, qv);
     RowState st;
@@ -218,6 +228,40 @@ extern "C" __global__ void attention_sparse(const AttentionParams p, const store
     const u32 kvo = kvh * p.kv_len * p.dim;
     attend_tokens(st, qv, k + kvo, v + kvo, p.dim, p.scale, n0, n1, tok);
     row_finish(st, p, h, blockIdx.y, out, lse, part_out, part_lse);
+}
+
+// attention_decode_rows: see the header. One warp per row (b, h), b < q_len (the batch); the
+// cache of sequence b is k, v + b * Hkv * kv_len * D (kv_len = the capacity), its live keys
+// 0..lens[b] (clamped to 0..kv_len).
+extern "C" __global__ void attention_decode_rows(const AttentionParams p, const store_t* __restrict__ q,
+                                                 const store_t* __restrict__ k, const store_t* __restrict__ v,
+                                                 const int* __restrict__ lens, const int* __restrict__ idx,
+                                                 store_t* __restrict__ out, float* __restrict__ lse,
+                                                 float* __restrict__ part_out, float* __restrict__ part_lse) {
+    const u32 row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);  // b * Hq + h
+    const u32 b = row / p.q_heads;
+    if (b >= p.q_len) return;  // whole warp
+    const u32 h = row % p.q_heads;
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    const int len = lens[b];
+    const u32 live = len <= 0 ? 0u : min((u32)len, p.kv_len);
+    float qv[KVS_DPL];
+    load_row(q, row * p.dim, p.dim, qv);
+    RowState st;
+    row_init(st);
+    const u32 kvo = (b * p.kv_heads + kvh) * p.kv_len * p.dim;
+    const u32 splits = max(p.splits, 1u);
+    u32 n0, n1;
+    if (p.n_idx == 0u) {
+        split_range(live, splits, blockIdx.y, &n0, &n1);
+        attend_tokens(st, qv, k + kvo, v + kvo, p.dim, p.scale, n0, n1, DenseTok());
+    } else {
+        const u32 idx_row = b * p.idx_heads + (p.idx_heads == p.q_heads ? h : kvh);
+        const SparseTok tok = sparse_tok(idx + idx_row * p.n_idx, p.block_size, live);
+        split_range(p.n_idx * tok.block_size, splits, blockIdx.y, &n0, &n1);
+        attend_tokens(st, qv, k + kvo, v + kvo, p.dim, p.scale, n0, n1, tok);
+    }
+    row_finish(st, p, row, blockIdx.y, out, lse, part_out, part_lse);
 }
 
 extern "C" __global__ void attention_blocks(const AttentionParams p, const store_t* __restrict__ q,
@@ -299,7 +343,7 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
 // Decode (one query row per head): GQA-grouped flash-decoding.
 //
 // attention_decode_g{1,2,4,8} (p, q[Hq,D], k, v [Hkv,T,D], idx, hmask, counts, out[Hq,D], lse[Hq],
-//                              part_out, part_lse, mode, hpc)
+//                              part_out, part_lse, mode, hpc, lens)
 //   mode 0: dense over keys 0..kv_len (idx, hmask unused);
 //   mode 1: the tokens of idx's row (as attention_sparse; block_size tokens per entry);
 //   mode 2: as 1, and entry e of the row is attended by head h0+g only if bit g of hmask[row][e]
@@ -308,6 +352,11 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
 //   query heads of one kv head (hpc <= GM), so every K/V row is loaded once for all of them
 //   (decode is bytes-bound; reloading per query head multiplies the bytes by the group size).
 //   The idx row is idx[kvh] (idx_heads == kv_heads or mode 2) or idx[h0] (hpc == 1).
+//   Batched (cache_decode): blockIdx.z = sequence b; every tensor above gains a leading batch
+//   dimension (q/out [B,Hq,D], k/v [B,Hkv,T,D] with T = kv_len the capacity, idx
+//   [B,idx_heads,n_idx], hmask [B,Hkv,n_idx], counts [B,Hkv], lse [B,Hq], the partials
+//   [B,Hq,splits]) and, with `lens` non-null, only keys 0..lens[b] (clamped to 0..kv_len) are live.
+//   With gridDim.z == 1 and lens null this is the single-sequence kernel.
 // Only for D == 32 * KVS_DPL with KVS_DPL <= 8 (D = 32, 64, 128, 256): each 16-byte vector of a
 // row goes to one lane, DEC_LR lanes cover a row, a warp covers DEC_RPW rows per load and
 // DEC_U loads per tile, all issued before the first use. Every lane group (DEC_LR lanes) keeps
@@ -407,7 +456,8 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
                                             const int* __restrict__ idx, const u32* __restrict__ hmask,
                                             const u32* __restrict__ counts, store_t* __restrict__ out,
                                             float* __restrict__ lse, float* __restrict__ part_out,
-                                            float* __restrict__ part_lse, u32 mode, u32 hpc) {
+                                            float* __restrict__ part_lse, u32 mode, u32 hpc,
+                                            const int* __restrict__ lens) {
     __shared__ float s_m[DEC_WARPS][GM];
     __shared__ float s_l[DEC_WARPS][GM];
     __shared__ float s_acc[DEC_WARPS][GM][DEC_D];
@@ -420,7 +470,21 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
     const u32 h0 = blockIdx.y * hpc;
     const u32 kvh = h0 / (p.q_heads / p.kv_heads);
     const u32 bs = max(p.block_size, 1u);
-    const u32 n_key_blocks = (p.kv_len + bs - 1u) / bs;
+    // Sequence blockIdx.z of a batched cache: its rows, and its live keys (all kv_len without lens).
+    const u32 bz = blockIdx.z;
+    q += bz * p.q_heads * DEC_D;
+    out += bz * p.q_heads * DEC_D;
+    lse += bz * p.q_heads;
+    part_out += bz * p.q_heads * splits * DEC_D;
+    part_lse += bz * p.q_heads * splits;
+    k += bz * p.kv_heads * p.kv_len * DEC_D;
+    v += bz * p.kv_heads * p.kv_len * DEC_D;
+    idx += bz * p.idx_heads * p.n_idx;
+    hmask += bz * p.kv_heads * p.n_idx;
+    counts += bz * p.kv_heads;
+    const int len = lens != nullptr ? lens[bz] : (int)p.kv_len;
+    const u32 live = len <= 0 ? 0u : min((u32)len, p.kv_len);
+    const u32 n_key_blocks = (live + bs - 1u) / bs;
     const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
     const u32* mrow = hmask + kvh * p.n_idx;  // read in mode 2 only
     const u32 gbit0 = h0 - kvh * (p.q_heads / p.kv_heads);  // hmask bit of head h0
@@ -451,7 +515,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
     // Mode 2 splits the live entries of the union (counts[kvh] <= n_idx), not its capacity, so
     // the splits stay balanced when the group's selections overlap.
     const u32 live_entries = mode == 2u ? min(counts[kvh], p.n_idx) : p.n_idx;
-    split_range(mode == 0u ? p.kv_len : live_entries * bs, splits, split, &n0, &n1);
+    split_range(mode == 0u ? live : live_entries * bs, splits, split, &n0, &n1);
     const store_t* kh = k + kvh * p.kv_len * DEC_D;
     const store_t* vh = v + kvh * p.kv_len * DEC_D;
     const u32 tile = DEC_RPW * DEC_U;
@@ -472,7 +536,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
                     const int e = irow[ent];
                     if (e >= 0 && (u32)e < n_key_blocks) {
                         const u32 jj = (u32)e * bs + (n - ent * bs);
-                        if (jj < p.kv_len) {
+                        if (jj < live) {
                             j[u] = (int)jj;
                             if (mode == 2u) hm[u] = mrow[ent];
                         }
@@ -633,8 +697,9 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
         const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,                \
         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
-        float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc) {          \
-        decode_body<GM, false>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc);      \
+        float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,            \
+        const int* __restrict__ lens) {                                                                       \
+        decode_body<GM, false>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc, lens); \
     }
 KVS_DECODE_ENTRY(1)
 KVS_DECODE_ENTRY(2)
@@ -651,8 +716,9 @@ KVS_DECODE_ENTRY(8)
         const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,                \
         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
-        float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc) {          \
-        decode_body<GM, true>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc);       \
+        float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,            \
+        const int* __restrict__ lens) {                                                                       \
+        decode_body<GM, true>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc, lens);  \
     }
 KVS_DECODE_TUNED(1, 4)
 KVS_DECODE_TUNED(2, 4)

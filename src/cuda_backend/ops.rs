@@ -32,7 +32,7 @@ const DECODE_MAX_SPLITS: usize = 256;
 const DECODE_TUNE_WAVES: usize = 4;
 const DECODE_TUNE_MIN_KEYS: usize = 512;
 /// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
-const QUEST_UNION_MAX_NB: usize = 12 * 1024;
+pub(super) const QUEST_UNION_MAX_NB: usize = 12 * 1024;
 /// Tuned top-k (`KVSPARSE_CUDA_TOPK_TUNE=1`): threads of `topk_hist` / `topk_gather`, items per
 /// thread and round of the gather (`KVS_COMPACT_ITEMS`), fewest items per CTA, the sorted run
 /// (`TOPK_RUN`) and the sort's threads (`TOPK_SORT_THREADS`) in `cuda/topk.cu`.
@@ -97,7 +97,7 @@ fn prefill_mma_on(spec: Spec, dim: usize) -> bool {
 
 /// Whether the grouped decode kernels cover this head: D = 32 * dpl with dpl <= 8 (one 16-byte
 /// vector per lane, D in {32, 64, 128, 256}).
-fn decode_fits(spec: Spec, dim: usize) -> bool {
+pub(super) fn decode_fits(spec: Spec, dim: usize) -> bool {
     !legacy() && spec.dpl <= super::kernels::DECODE_MAX_DPL && dim == 32 * spec.dpl as usize
 }
 
@@ -125,7 +125,7 @@ fn decode_entry(hpc: usize) -> &'static str {
 
 /// How the decode kernel finds its keys (`mode` of `attention_decode_g*`).
 #[derive(Clone, Copy)]
-enum DecodeKeys<'a> {
+pub(super) enum DecodeKeys<'a> {
     /// Keys 0..kv_len.
     Dense,
     /// The index rows (block_size tokens per entry); per query head when `idx_heads == q_heads`.
@@ -136,7 +136,7 @@ enum DecodeKeys<'a> {
 }
 
 /// One thread per element, `n >= 1`.
-fn elementwise(n: usize) -> LaunchConfig {
+pub(super) fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((n as u32).div_ceil(ELEMENTWISE).max(1), 1, 1),
         block_dim: (ELEMENTWISE, 1, 1),
@@ -145,7 +145,7 @@ fn elementwise(n: usize) -> LaunchConfig {
 }
 
 /// One warp per row, `ROW_WARPS` rows per block; `grid_y` blocks along y (split-K).
-fn warp_rows(rows: usize, grid_y: u32) -> LaunchConfig {
+pub(super) fn warp_rows(rows: usize, grid_y: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((rows as u32).div_ceil(ROW_WARPS).max(1), grid_y.max(1), 1),
         block_dim: (32 * ROW_WARPS, 1, 1),
@@ -154,16 +154,27 @@ fn warp_rows(rows: usize, grid_y: u32) -> LaunchConfig {
 }
 
 /// One block per row; threads sized to the row (a multiple of 32, at most 1024).
-fn block_rows(rows: usize, row_len: usize) -> LaunchConfig {
+pub(super) fn block_rows(rows: usize, row_len: usize) -> LaunchConfig {
     let threads = (row_len.div_ceil(32) * 32).clamp(32, 1024) as u32;
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn head_spec(op: &'static str, dtype: DType, dim: usize) -> Result<Spec> {
+pub(super) fn head_spec(op: &'static str, dtype: DType, dim: usize) -> Result<Spec> {
     Spec::head(dtype, dim).ok_or_else(|| Error::TooLarge {
         backend: "cuda",
         what: format!("{op}: head dim {dim} exceeds {} (register-resident head vectors)", super::kernels::MAX_HEAD_DIM),
     })
+}
+
+/// A batch as the z extent of a grid (at most 65535).
+fn grid_z(batch: usize) -> Result<u32> {
+    if batch > 65_535 {
+        return Err(Error::TooLarge {
+            backend: "cuda",
+            what: format!("{batch} sequences exceed the 65535 grid layers"),
+        });
+    }
+    Ok(batch.max(1) as u32)
 }
 
 fn grid_y(op: &'static str, n: usize) -> Result<u32> {
@@ -177,7 +188,7 @@ impl Cuda {
     /// Key splits (flash-decoding) for `rows` attention rows over at most `keys` keys each:
     /// enough blocks to fill the device, chunks of at least 128 keys, at most 64 splits. Depends
     /// on the key capacity the caller passes, not on the live context where avoidable.
-    fn splits(&self, rows: usize, keys: usize) -> u32 {
+    pub(super) fn splits(&self, rows: usize, keys: usize) -> u32 {
         let target = ROWS_PER_SM * self.sm_count as usize;
         if rows >= target || keys <= 256 {
             return 1;
@@ -188,7 +199,12 @@ impl Cuda {
     /// Scratch for the split-K partials of `rows` attention rows of width `dim`: `(out, lse)`
     /// with `rows * splits` entries when `splits > 1`, one placeholder entry otherwise (the
     /// kernels take the pointers either way and only write them when split).
-    fn split_partials(&self, rows: usize, splits: u32, dim: usize) -> Result<(CudaSlice<u8>, CudaSlice<u8>)> {
+    pub(super) fn split_partials(
+        &self,
+        rows: usize,
+        splits: u32,
+        dim: usize,
+    ) -> Result<(CudaSlice<u8>, CudaSlice<u8>)> {
         let parts = if splits > 1 { rows * splits as usize } else { 1 };
         Ok((self.scratch(4 * parts * dim)?, self.scratch(4 * parts)?))
     }
@@ -269,20 +285,27 @@ impl Cuda {
     }
 
     /// Grouped flash-decoding (`attention_decode_g*` then `attention_merge_rows`); `p` has
-    /// `q_len = 1` and, for index sets, `idx_heads`, `n_idx` and `block_size` set. The split
-    /// count depends on the device, the head counts and the key capacity only.
+    /// `q_len = 1` and, for index sets, `idx_heads`, `n_idx` and `block_size` set; over `batch`
+    /// sequences (grid z; every tensor gains a leading batch dimension, `p.kv_len` is the
+    /// per-sequence key capacity) whose live key counts are read from `lens` ([batch] i32) on
+    /// the device when given (the single-sequence ops pass 1 and `None`). The split count
+    /// depends on the device, the batch, the head counts and the key capacity only, never on
+    /// `lens`.
     #[allow(clippy::too_many_arguments)]
-    fn decode(
+    pub(super) fn decode(
         &self,
         spec: Spec,
         mut p: AttentionParams,
         keys: DecodeKeys<'_>,
+        batch: usize,
+        lens: Option<&CudaSlice<u8>>,
         q: &CudaBuffer,
         k: &CudaBuffer,
         v: &CudaBuffer,
         out: &mut CudaBuffer,
         lse: &mut CudaBuffer,
     ) -> Result<()> {
+        let batch_z = grid_z(batch)?;
         let (q_heads, kv_heads) = (p.q_heads as usize, p.kv_heads as usize);
         let group = q_heads / kv_heads.max(1);
         let shared = match keys {
@@ -302,14 +325,17 @@ impl Cuda {
             .occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)
             .map_or(DECODE_CTAS_PER_SM, |n| (n as usize).max(1));
         let target = resident * self.sm_count as usize;
-        let one_wave = (target / chunks).min(capacity.div_ceil(DECODE_MIN_KEYS));
+        let one_wave = (target / (chunks * batch)).min(capacity.div_ceil(DECODE_MIN_KEYS));
         let splits = if decode_tune() {
             // Up to DECODE_TUNE_WAVES waves at long contexts: CTAs that finish early (SMs differ
             // in clock and memory contention) pick up more splits instead of idling through the
             // slowest CTA's tail; splits of at least DECODE_TUNE_MIN_KEYS keys keep the per-CTA
             // fixed cost (q load, the cross-warp merge, the partial write) small against the
             // keys' bytes. Never fewer splits than the default.
-            (DECODE_TUNE_WAVES * target).div_ceil(chunks).min(capacity.div_ceil(DECODE_TUNE_MIN_KEYS)).max(one_wave)
+            (DECODE_TUNE_WAVES * target)
+                .div_ceil(chunks * batch)
+                .min(capacity.div_ceil(DECODE_TUNE_MIN_KEYS))
+                .max(one_wave)
         } else {
             one_wave
         };
@@ -320,34 +346,43 @@ impl Cuda {
             DecodeKeys::Sparse(i) => (1, i, &q.slice, &q.slice),
             DecodeKeys::Masked(i, m, c) => (2, i, m, c),
         };
-        let (mut part_out, mut part_lse) = self.split_partials(q_heads, p.splits, p.dim as usize)?;
+        let rows = batch * q_heads;
+        let (mut part_out, mut part_lse) = self.split_partials(rows, p.splits, p.dim as usize)?;
         let hpc32 = hpc as u32;
+        let no_lens: u64 = 0; // a null `const int*`: every key below kv_len is live
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx).arg(hmask).arg(counts);
         b.arg(&mut out.slice).arg(&mut lse.slice).arg(&mut part_out).arg(&mut part_lse).arg(&mode).arg(&hpc32);
+        match lens {
+            Some(l) => b.arg(l),
+            None => b.arg(&no_lens),
+        };
         let cfg = LaunchConfig {
-            grid_dim: (p.splits, chunks as u32, 1),
+            grid_dim: (p.splits, chunks as u32, batch_z),
             block_dim: (DECODE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: matches `attention_decode_g*(p, q, k, v, idx, hmask, counts, out, lse,
-        // part_out, part_lse, mode, hpc)`; q/out [Hq, D], k/v [Hkv, T, D], lse [Hq] checked by
-        // the caller, D = 32 * dpl of the module (decode_fits), idx [idx_heads, n_idx] i32 is
-        // read in modes 1 and 2, hmask [Hkv, n_idx] u32 and counts [Hkv] u32 in mode 2 only
-        // (checked or written by the caller);
-        // hpc divides the group and is at most the kernel's GM; part buffers hold Hq*splits rows
-        // when splits > 1; chunks*hpc = Hq <= 65535 grid rows (problem caps); every token is
-        // checked against T and the split range.
+        // part_out, part_lse, mode, hpc, lens)`; per sequence (batch of them along grid z,
+        // 1 with lens null for the single-sequence ops) q/out [Hq, D], k/v [Hkv, T, D], lse [Hq]
+        // checked by the caller, D = 32 * dpl of the module (decode_fits), idx [idx_heads, n_idx]
+        // i32 is read in modes 1 and 2, hmask [Hkv, n_idx] u32 and counts [Hkv] u32 in mode 2
+        // only (checked or written by the caller), lens [batch] i32 (checked) or null;
+        // hpc divides the group and is at most the kernel's GM; part buffers hold
+        // batch*Hq*splits rows when splits > 1; chunks*hpc = Hq <= 65535 grid rows (problem
+        // caps), batch <= 65535 (grid_z); every token is checked against min(lens[b], T) and the
+        // split range.
         unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
         if p.splits > 1 {
             let f = self.function(Family::Attention, spec, "attention_merge_rows")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&part_out).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
             let cfg =
-                LaunchConfig { grid_dim: (p.q_heads, 1, 1), block_dim: (MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
+                LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: matches `attention_merge_rows(p, part_out, part_lse, out, lse)`; the
-            // partials hold Hq*splits rows (splits <= 256) written by the decode launch above on
-            // this stream; out/lse hold Hq*D and Hq elements; one CTA per row (q_len = 1).
+            // partials hold batch*Hq*splits rows (splits <= 256) written by the decode launch
+            // above on this stream; out/lse hold batch*Hq*D and batch*Hq elements; one CTA per
+            // row (q_len = 1).
             unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_merge_rows", e))?;
         }
         Ok(())
@@ -411,7 +446,7 @@ impl Cuda {
         lse: &mut CudaBuffer,
     ) -> Result<()> {
         if decode_fits(spec, p.dim as usize) {
-            return self.decode(spec, p, DecodeKeys::Sparse(idx), q, k, v, out, lse);
+            return self.decode(spec, p, DecodeKeys::Sparse(idx), 1, None, q, k, v, out, lse);
         }
         let rows = p.q_heads as usize;
         let keys = p.n_idx as usize * p.block_size.max(1) as usize;
@@ -433,7 +468,7 @@ impl Cuda {
     }
 
     /// Combines split-K partials by log-sum-exp into `out` / `lse`.
-    fn merge(
+    pub(super) fn merge(
         &self,
         spec: Spec,
         p: &AttentionParams,
@@ -956,7 +991,7 @@ impl Backend for Cuda {
                 splits: 1,
                 _pad0: 0,
             };
-            return self.decode(head, p, DecodeKeys::Masked(&uidx, &umask, &ucount), q, k, v, out, lse);
+            return self.decode(head, p, DecodeKeys::Masked(&uidx, &umask, &ucount), 1, None, q, k, v, out, lse);
         }
         let mut p = AttentionSparse {
             q_heads: op.q_heads,
@@ -1175,7 +1210,7 @@ impl Backend for Cuda {
         let mut p = op.params();
         if op.q_len == 1 && decode_fits(spec, op.dim) {
             // One query per head: causal or not, it sees every key.
-            return self.decode(spec, p, DecodeKeys::Dense, q, k, v, out, lse);
+            return self.decode(spec, p, DecodeKeys::Dense, 1, None, q, k, v, out, lse);
         }
         if op.q_len > 1 && prefill_mma_on(spec, op.dim) {
             let f = self.function(Family::Attention, spec, "attention_prefill_mma")?;
