@@ -6,7 +6,8 @@
 //! toolkit header is needed, so a bare `libnvrtc` compiles every kernel (CI does it without a GPU).
 
 use crate::params::{
-    AttentionParams, BlockParams, DecayParams, HitRateParams, RandomParams, SelectParams, SnapKvParams, TopkParams,
+    AttentionParams, BlockParams, CacheParams, DecayParams, HitRateParams, RandomParams, SelectParams, SnapKvParams,
+    TopkParams,
 };
 use crate::{DType, Error, Result};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
@@ -24,10 +25,11 @@ pub(crate) enum Family {
     Attention,
     SnapKv,
     HitRate,
+    Cache,
 }
 
 impl Family {
-    pub(crate) const ALL: [Family; 8] = [
+    pub(crate) const ALL: [Family; 9] = [
         Family::Random,
         Family::Topk,
         Family::Decay,
@@ -36,6 +38,7 @@ impl Family {
         Family::Attention,
         Family::SnapKv,
         Family::HitRate,
+        Family::Cache,
     ];
 
     /// File stem under `cuda/` (also the WGSL file stem).
@@ -49,6 +52,7 @@ impl Family {
             Family::Attention => "attention",
             Family::SnapKv => "snapkv",
             Family::HitRate => "hit_rate",
+            Family::Cache => "cache",
         }
     }
 
@@ -62,6 +66,7 @@ impl Family {
             Family::Attention => include_str!("../../cuda/attention.cu"),
             Family::SnapKv => include_str!("../../cuda/snapkv.cu"),
             Family::HitRate => include_str!("../../cuda/hit_rate.cu"),
+            Family::Cache => include_str!("../../cuda/cache.cu"),
         }
     }
 
@@ -75,6 +80,7 @@ impl Family {
             Family::Attention => AttentionParams::cuda_decl(),
             Family::SnapKv => SnapKvParams::cuda_decl(),
             Family::HitRate => HitRateParams::cuda_decl(),
+            Family::Cache => CacheParams::cuda_decl(),
         }
     }
 
@@ -104,6 +110,7 @@ impl Family {
             Family::Attention => &[
                 "attention_dense",
                 "attention_sparse",
+                "attention_decode_rows",
                 "attention_blocks",
                 "attention_merge",
                 "attention_merge_rows",
@@ -128,6 +135,7 @@ impl Family {
                 "snapkv_colsum_mma",
             ],
             Family::HitRate => &["hit_rate"],
+            Family::Cache => &["cache_fill", "cache_append", "cache_advance", "cache_rank", "cache_select"],
         }
     }
 
@@ -152,7 +160,7 @@ impl Family {
 
     /// Whether the family's kernels are specialised on the storage dtype.
     fn has_dtype(self) -> bool {
-        matches!(self, Family::Decay | Family::Blocks | Family::Attention | Family::SnapKv)
+        matches!(self, Family::Decay | Family::Blocks | Family::Attention | Family::SnapKv | Family::Cache)
     }
 
     /// Whether the family keeps a head vector in registers (specialised on [`Spec::dpl`]).
@@ -201,7 +209,7 @@ impl Spec {
     /// No specialisation (random, topk, select, hit_rate).
     pub(crate) const NONE: Spec = Spec { dtype: None, dpl: 0 };
 
-    /// Storage dtype only (decay, blocks).
+    /// Storage dtype only (decay, blocks, cache).
     pub(crate) fn dtype(dtype: DType) -> Spec {
         Spec { dtype: Some(dtype), dpl: 0 }
     }
