@@ -47,7 +47,7 @@ mod wgpu_backend;
 pub use backend::{Backend, DeviceBuffer};
 pub use cpu::{Cpu, CpuBuffer};
 #[cfg(feature = "cuda")]
-pub use cuda_backend::{compile_all_ptx, Cuda, CudaBuffer};
+pub use cuda_backend::{compile_all_ptx, Cuda, CudaBuffer, CudaGraph};
 pub use dtype::{DType, HostData};
 pub use error::{Error, Result};
 #[cfg(feature = "wgpu")]

@@ -8,9 +8,11 @@
 //! statistics, scores, selection, sparse attention) needs no synchronisation between its kernels.
 
 mod cache;
+mod graph;
 mod kernels;
 mod ops;
 
+pub use graph::CudaGraph;
 pub use kernels::compile_all_ptx;
 pub(crate) use kernels::{Family, Spec};
 
@@ -127,8 +129,13 @@ impl Cuda {
             return Err(unavailable(format!("device {ordinal} requested, {count} present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| device_err("create context", e))?;
-        // The legacy default stream of the context: every op, copy and free is ordered on it.
-        let stream = ctx.default_stream();
+        // SAFETY: every buffer of this context is allocated, used and freed on the one stream
+        // made below (cudarc's per-buffer events order work across streams; with one stream
+        // they only cost an event per buffer, and waiting on them is illegal in a graph capture).
+        unsafe { ctx.disable_event_tracking() };
+        // One stream of our own for every op, copy and free, in order: unlike the legacy default
+        // stream it can be captured into a CUDA graph (`Cuda::capture`).
+        let stream = ctx.new_stream().map_err(|e| device_err("create stream", e))?;
         let name = ctx.name().map_err(|e| device_err("device name", e))?;
         let cc = ctx.compute_capability().map_err(|e| device_err("compute capability", e))?;
         let sm_count = ctx
