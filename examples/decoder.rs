@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release --example decoder [--features cuda] -- [--backend cpu|wgpu|cuda]
 //!     [--prompt 4096] [--steps 256] [--batch 1] [--dtype bf16] [--budget 8] [--check-every 32]
+//!     [--only ratplus:quest,attention:dense]
 //! ```
 //!
 //! The backend defaults to the best one found (CUDA, wgpu, CPU). A batch of `B` holds prompts of
@@ -15,7 +16,10 @@
 //! (SnapKV, at least 128 tokens).
 //! Times are the backend's own timers (CUDA events, wgpu timestamps) around one whole step
 //! (append, advance, decode), median over the steps; bytes are the cost model's compulsory
-//! traffic of the step at its live lengths.
+//! traffic of the step at its live lengths. A checked step passes when its selected blocks and
+//! outputs match the reference; a step whose selection differs only between blocks whose
+//! reference scores lie within the keys' rounding margin is reported as a near tie (its
+//! outputs legitimately differ) and does not fail the run.
 
 use kvsparse::decoder::*;
 use kvsparse::methods::{Budget, Moba, SnapKv};
@@ -31,11 +35,21 @@ struct Args {
     dtype: DType,
     budget: usize,
     check_every: usize,
+    /// `backbone:method` pairs to run (all when empty), e.g. `ratplus:quest`.
+    only: Vec<String>,
 }
 
 fn parse() -> std::result::Result<Args, String> {
-    let mut a =
-        Args { backend: None, prompt: 4096, steps: 256, batch: 1, dtype: DType::BF16, budget: 8, check_every: 32 };
+    let mut a = Args {
+        backend: None,
+        prompt: 4096,
+        steps: 256,
+        batch: 1,
+        dtype: DType::BF16,
+        budget: 8,
+        check_every: 32,
+        only: Vec::new(),
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.chunks(2);
     for pair in &mut it {
@@ -48,6 +62,7 @@ fn parse() -> std::result::Result<Args, String> {
             "--batch" => a.batch = num()?,
             "--budget" => a.budget = num()?,
             "--check-every" => a.check_every = num()?.max(1),
+            "--only" => a.only = value.split(',').map(str::to_string).collect(),
             "--dtype" => a.dtype = DType::parse(value).ok_or(format!("--dtype: f32, f16 or bf16, got {value}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
@@ -93,6 +108,7 @@ struct Row {
     max_err: f64,
     checks: usize,
     failures: usize,
+    near_ties: usize,
 }
 
 fn stored(dtype: DType, v: &[f32]) -> (HostData, Vec<f32>) {
@@ -152,7 +168,7 @@ fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run) -> Result<
     }
     let mut outs = cache.step_outputs(b, &method)?;
     let (mut times, mut bytes) = (Vec::with_capacity(a.steps), 0u64);
-    let (mut max_err, mut checks, mut failures) = (0.0f64, 0, 0);
+    let (mut max_err, mut checks, mut failures, mut near_ties) = (0.0f64, 0, 0, 0);
     let append_cost = {
         let (r, base) = match backbone {
             Backbone::RatPlus { rope_base } => (true, rope_base),
@@ -173,10 +189,12 @@ fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run) -> Result<
             let want = oracle.attend(&q, &method)?;
             let got = b.download(&outs.out)?.to_f32().unwrap_or_default();
             let err = got.iter().zip(&want.out).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
-            max_err = max_err.max(if err.is_nan() { f64::INFINITY } else { err });
-            let sel_ok = match (&outs.selected, &want.selected) {
-                (Some(s), Some(w)) => b.download(s)? == HostData::I32(w.clone()),
-                _ => true,
+            let selection = match (&outs.selected, &want.selected) {
+                (Some(s), Some(w)) => match b.download(s)? {
+                    HostData::I32(g) => compare_selection(&g, w, &want.scores, &q, a, &method),
+                    _ => Selection::Differs,
+                },
+                _ => Selection::Same,
             };
             checks += 1;
             let tol = match a.dtype {
@@ -184,7 +202,15 @@ fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run) -> Result<
                 DType::F16 => 4e-3,
                 _ => 3.2e-2,
             };
-            failures += (!sel_ok || err.is_nan() || err > tol * 4.0) as usize;
+            match selection {
+                // Other blocks attended: the outputs legitimately differ.
+                Selection::NearTie => near_ties += 1,
+                Selection::Differs => failures += 1,
+                Selection::Same => {
+                    max_err = max_err.max(if err.is_nan() { f64::INFINITY } else { err });
+                    failures += (err.is_nan() || err > tol * 4.0) as usize;
+                }
+            }
         }
     }
     times.sort();
@@ -197,7 +223,61 @@ fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run) -> Result<
         max_err,
         checks,
         failures,
+        near_ties,
     })
+}
+
+enum Selection {
+    Same,
+    /// Differs only by blocks whose reference scores lie within the rounding margin of each other.
+    NearTie,
+    Differs,
+}
+
+/// Compares a backend's selected blocks with the reference's. Where they differ, the swapped
+/// blocks count as a near tie when their reference Quest scores are within what the keys'
+/// rounding can move a score: each key element may differ by the f32 RoPE angle error (2e-3)
+/// plus a few storage ulps, so a score by `||q_h||_1` times that.
+fn compare_selection(
+    got: &[i32],
+    want: &[i32],
+    scores: &[Vec<f32>],
+    q: &[f32],
+    a: &Args,
+    method: &DecodeMethod,
+) -> Selection {
+    if got == want {
+        return Selection::Same;
+    }
+    let DecodeMethod::Blocks { selector: kvsparse::ops::Selector::Score, .. } = method else {
+        return Selection::Differs;
+    };
+    let (hq, d) = (32, 128);
+    let width = got.len() / (a.batch * hq);
+    let ulp = match a.dtype {
+        DType::F32 => 1.0 / (1 << 23) as f32,
+        DType::F16 => 1.0 / 1024.0,
+        _ => 1.0 / 128.0,
+    };
+    for row in 0..a.batch * hq {
+        let (b, h) = (row / hq, row % hq);
+        let (g, w) = (&got[row * width..(row + 1) * width], &want[row * width..(row + 1) * width]);
+        if g == w {
+            continue;
+        }
+        let nb = scores[b].len() / hq;
+        let score = |blk: i32| scores[b][h * nb + blk as usize];
+        let only_g: Vec<f32> = g.iter().filter(|x| **x >= 0 && !w.contains(x)).map(|&x| score(x)).collect();
+        let only_w: Vec<f32> = w.iter().filter(|x| **x >= 0 && !g.contains(x)).map(|&x| score(x)).collect();
+        let q1: f32 = q[row * d..(row + 1) * d].iter().map(|x| x.abs()).sum();
+        let margin = q1 * (2e-3 + 8.0 * ulp);
+        let lowest_wanted = only_w.iter().copied().fold(f32::INFINITY, f32::min);
+        let highest_taken = only_g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if only_g.len() != only_w.len() || highest_taken < lowest_wanted - margin {
+            return Selection::Differs;
+        }
+    }
+    Selection::NearTie
 }
 
 fn run_all<B: Backend>(b: &B, a: &Args) -> Result<bool> {
@@ -218,11 +298,18 @@ fn run_all<B: Backend>(b: &B, a: &Args) -> Result<bool> {
     );
     let mut ok = true;
     for backbone in [Backbone::Attention, Backbone::RatPlus { rope_base: 10000.0 }] {
-        for run in [Run::Dense, Run::Quest, Run::Random, Run::SnapKv] {
+        for (run, name) in
+            [(Run::Dense, "dense"), (Run::Quest, "quest"), (Run::Random, "random"), (Run::SnapKv, "snapkv")]
+        {
+            let bname = if matches!(backbone, Backbone::Attention) { "attention" } else { "ratplus" };
+            if !a.only.is_empty() && !a.only.iter().any(|o| *o == format!("{bname}:{name}")) {
+                continue;
+            }
             let r = one_run(b, a, backbone, run)?;
             let secs = r.step.as_secs_f64();
+            let ties = if r.near_ties > 0 { format!(" ({} near-tie selection)", r.near_ties) } else { String::new() };
             println!(
-                "{:<10} {:<8} {:>12.2} {:>12.1} {:>12.2} {:>9.1} {:>10.2e} {:>5}/{:<2}",
+                "{:<10} {:<8} {:>12.2} {:>12.1} {:>12.2} {:>9.1} {:>10.2e} {:>5}/{:<2}{ties}",
                 r.backbone,
                 r.method,
                 r.prefill.as_secs_f64() * 1e3,
@@ -230,7 +317,7 @@ fn run_all<B: Backend>(b: &B, a: &Args) -> Result<bool> {
                 r.bytes as f64 / 1e6,
                 r.bytes as f64 / secs.max(1e-12) / 1e9,
                 r.max_err,
-                r.checks - r.failures,
+                r.checks - r.failures - r.near_ties,
                 r.checks
             );
             ok &= r.failures == 0;

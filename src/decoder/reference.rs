@@ -38,6 +38,9 @@ pub struct ReferenceStep {
     pub lse: Vec<f32>,
     /// `[B, Hq, W]` ascending, `-1` padded (block methods only).
     pub selected: Option<Vec<i32>>,
+    /// Per sequence, the Quest scores `[Hq, NB_b]` of its live blocks (block methods only; for
+    /// the random selector these are the scores it ignored).
+    pub scores: Vec<Vec<f32>>,
 }
 
 /// [`super::KvCache`] written as a loop over `kvsparse-reference`: every step runs the
@@ -247,7 +250,7 @@ impl ReferenceDecoder {
         let select = method.select()?;
         let op = crate::ops::CacheDecode::new(c.shape(self.heads), hq, select, c.scale)?;
         let width = op.width();
-        let (mut out, mut lse, mut selected) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut out, mut lse, mut selected, mut scores) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (b, s) in self.seqs.iter().enumerate() {
             let t = s.keys[0].len() / d;
             let keys: Vec<f32> = s.keys.concat();
@@ -267,6 +270,7 @@ impl ReferenceDecoder {
                     let a = reference::quest_decode(qb, &keys, &values, None, hq, self.heads, d, &cfg, scale);
                     out.extend(a.out);
                     lse.extend(a.lse);
+                    scores.push(a.scores);
                     for h in 0..hq {
                         selected.extend_from_slice(&a.selected[h * a.n_sel..(h + 1) * a.n_sel]);
                         selected.extend(std::iter::repeat_n(-1, width - a.n_sel));
@@ -275,7 +279,7 @@ impl ReferenceDecoder {
             }
         }
         let selected = matches!(select, CacheSelect::Blocks { .. }).then_some(selected);
-        Ok(ReferenceStep { out: self.round(&out), lse, selected })
+        Ok(ReferenceStep { out: self.round(&out), lse, selected, scores })
     }
 }
 
