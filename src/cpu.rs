@@ -347,16 +347,7 @@ impl Backend for Cpu {
             Some(r) => ops::check(op, &[q_obs, k, kept, r])?,
             None => ops::check(op, &[q_obs, k, kept])?,
         }
-        let s = &op.settings;
-        let cfg = reference::SnapKvConfig {
-            capacity: s.capacity,
-            window: s.window,
-            kernel: s.kernel,
-            pooling: s.pooling,
-            gqa: s.gqa,
-            selector: s.selector,
-            scale: s.scale as f64,
-        };
+        let cfg = op.settings.reference_config();
         let r = reference::snapkv_compress(&f32s(q_obs), &f32s(k), op.q_heads, op.kv_heads, op.dim, &cfg);
         put_i32(kept, r.kept);
         if let Some(rank) = ranking {

@@ -7,18 +7,16 @@
 //! One trial per (backend, op): `wgpu::cache_decode_matches_reference`. An absent backend is
 //! *ignored* unless named in `KVSPARSE_REQUIRE`; `KVSPARSE_CASES` sets the cases per trial.
 
+#![cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+
 mod common;
 
-use common::{compare_buffer, storage_tolerance, Rng};
+use common::{backend_trial, compare_buffer, storage_tolerance, Rng};
 use kvsparse::ops::*;
 use kvsparse::{Backend, Cpu, DType, HostData};
 use libtest_mimic::{Arguments, Failed, Trial};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use std::sync::OnceLock;
-
-fn required(name: &str) -> bool {
-    std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == name))
-}
 
 fn cases() -> usize {
     std::env::var("KVSPARSE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
@@ -330,16 +328,8 @@ fn backend_trials<B: Backend + Sync + 'static>(name: &'static str, backend: &'st
     let mut trials = Vec::new();
     for (i, &op) in OPS.iter().enumerate() {
         let trial = format!("{name}::{op}_matches_reference");
-        trials.push(match backend {
-            Ok(b) => Trial::test(trial, move || Ok(matches_reference(b, op, cases(), 0xcac4e + i as u64)?)),
-            Err(why) if required(name) => {
-                let why = why.clone();
-                Trial::test(trial, move || {
-                    Err(format!("{name} required (KVSPARSE_REQUIRE) but unavailable: {why}").into())
-                })
-            }
-            Err(_) => Trial::test(trial, || Ok(())).with_ignored_flag(true),
-        });
+        let seed = 0xcac4e + i as u64;
+        trials.push(backend_trial(trial, name, backend, move |b| Ok(matches_reference(b, op, cases(), seed)?)));
     }
     trials
 }

@@ -11,17 +11,13 @@
 
 mod common;
 
-use common::{compare_buffer, storage_tolerance, Rng};
+use common::{backend_trial, compare_buffer, storage_tolerance, Rng};
 use kvsparse::decoder::*;
 use kvsparse::methods::{Budget, Moba, SnapKv};
 use kvsparse::ops::{GqaMode, Selector};
 use kvsparse::{Backend, DType, HostData};
 use libtest_mimic::{Arguments, Trial};
 use std::sync::OnceLock;
-
-fn required(name: &str) -> bool {
-    std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == name))
-}
 
 fn steps() -> usize {
     std::env::var("KVSPARSE_DECODER_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(32)
@@ -273,14 +269,7 @@ fn backend_trials<B: Backend + Sync + 'static>(name: &'static str, backend: &'st
         for batch in [1, 3, 8] {
             let trial = format!("{name}::{bname}_b{batch}_matches_reference");
             let seed = 0xdec0de + 100 * bi as u64 + batch as u64;
-            trials.push(match backend {
-                Ok(b) => Trial::test(trial, move || Ok(decoder_cases(b, backbone, batch, seed)?)),
-                Err(why) if required(name) => {
-                    let why = why.clone();
-                    Trial::test(trial, move || Err(format!("{name} required but unavailable: {why}").into()))
-                }
-                Err(_) => Trial::test(trial, || Ok(())).with_ignored_flag(true),
-            });
+            trials.push(backend_trial(trial, name, backend, move |b| Ok(decoder_cases(b, backbone, batch, seed)?)));
         }
     }
     trials
@@ -302,18 +291,11 @@ fn main() -> std::process::ExitCode {
     {
         let cuda = CUDA.get_or_init(|| kvsparse::Cuda::new().map_err(|e| e.to_string()));
         trials.extend(backend_trials("cuda", cuda));
-        trials.push(match cuda {
-            // Its own backend (own stream): a capture records everything enqueued on its stream,
-            // and the other CUDA trials run on other threads at the same time.
-            Ok(_) => Trial::test("cuda::graph_replay_matches_eager", || {
-                Ok(graph_replay_matches_eager(&kvsparse::Cuda::new().map_err(|e| e.to_string())?)?)
-            }),
-            Err(why) if required("cuda") => {
-                let why = why.clone();
-                Trial::test("cuda::graph_replay_matches_eager", move || Err(format!("cuda required: {why}").into()))
-            }
-            Err(_) => Trial::test("cuda::graph_replay_matches_eager", || Ok(())).with_ignored_flag(true),
-        });
+        // Its own backend (own stream): a capture records everything enqueued on its stream,
+        // and the other CUDA trials run on other threads at the same time.
+        trials.push(backend_trial("cuda::graph_replay_matches_eager".into(), "cuda", cuda, |_| {
+            Ok(graph_replay_matches_eager(&kvsparse::Cuda::new().map_err(|e| e.to_string())?)?)
+        }));
     }
     libtest_mimic::run(&args, trials).exit_code()
 }

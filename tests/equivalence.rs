@@ -8,15 +8,11 @@
 
 mod common;
 
-use common::{compare, generate, matches_reference, run_on, Rng, OPS};
+use common::{backend_trial, compare, generate, matches_reference, run_on, Rng, OPS};
 use kvsparse::golden::{case_files, Case};
 use kvsparse::{Backend, Cpu, HostData};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::OnceLock;
-
-fn required(name: &str) -> bool {
-    std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == name))
-}
 
 fn cases_per_op() -> usize {
     std::env::var("KVSPARSE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
@@ -74,19 +70,7 @@ fn backend_trials<B: Backend + Sync + 'static>(
             ));
         }
     }
-    checks
-        .into_iter()
-        .map(|(trial_name, check)| match backend {
-            Ok(b) => Trial::test(trial_name, move || check(b)),
-            Err(why) if required(name) => {
-                let why = why.clone();
-                Trial::test(trial_name, move || {
-                    Err(format!("{name} required (KVSPARSE_REQUIRE) but unavailable: {why}").into())
-                })
-            }
-            Err(_) => Trial::test(trial_name, || Ok(())).with_ignored_flag(true),
-        })
-        .collect()
+    checks.into_iter().map(|(trial_name, check)| backend_trial(trial_name, name, backend, check)).collect()
 }
 
 /// The comparison itself must be able to fail: a poisoned output and a perturbed output are both

@@ -149,16 +149,7 @@ impl ReferenceDecoder {
                 let w = op.obs_len();
                 let q_obs: Vec<f32> =
                     (0..hq).flat_map(|h| q[(h * len + len - w) * d..(h * len + len) * d].to_vec()).collect();
-                let s = op.settings;
-                let cfg = reference::SnapKvConfig {
-                    capacity: s.capacity,
-                    window: s.window,
-                    kernel: s.kernel,
-                    pooling: s.pooling,
-                    gqa: s.gqa,
-                    selector: s.selector,
-                    scale: s.scale as f64,
-                };
+                let cfg = op.settings.reference_config();
                 Some(reference::snapkv_compress(&q_obs, &keys, hq, hkv, d, &cfg).kept)
             }
             (None, _) => None,

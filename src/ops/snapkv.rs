@@ -23,6 +23,21 @@ pub struct SnapKvSettings {
     pub scale: f32,
 }
 
+impl SnapKvSettings {
+    /// The same settings as the float64 reference takes them.
+    pub fn reference_config(&self) -> kvsparse_reference::SnapKvConfig {
+        kvsparse_reference::SnapKvConfig {
+            capacity: self.capacity,
+            window: self.window,
+            kernel: self.kernel,
+            pooling: self.pooling,
+            gqa: self.gqa,
+            selector: self.selector,
+            scale: self.scale as f64,
+        }
+    }
+}
+
 /// SnapKV: score the prefix tokens `j < T - w` by the summed softmax attention of the window
 /// queries `q_obs[Hq, min(w, T), D]` (positions `T-w..T-1`, causal, softmax over the full row),
 /// pool along `j`, combine a GQA group (mean, or per query head), and keep the top

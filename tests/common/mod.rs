@@ -17,6 +17,30 @@ pub fn golden_dir() -> std::path::PathBuf {
     }
 }
 
+/// Whether `KVSPARSE_REQUIRE` (comma-separated backend names) asks for backend `name`.
+pub fn required(name: &str) -> bool {
+    std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == name))
+}
+
+/// A trial that runs `check` on `backend`: *ignored* when the backend is unavailable, or a
+/// failure naming why when `KVSPARSE_REQUIRE` asks for it.
+pub fn backend_trial<B: Sync + 'static>(
+    trial: String,
+    name: &'static str,
+    backend: &'static Result<B, String>,
+    check: impl FnOnce(&'static B) -> Result<(), libtest_mimic::Failed> + Send + 'static,
+) -> libtest_mimic::Trial {
+    use libtest_mimic::Trial;
+    match backend {
+        Ok(b) => Trial::test(trial, move || check(b)),
+        Err(why) if required(name) => {
+            let why = why.clone();
+            Trial::test(trial, move || Err(format!("{name} required (KVSPARSE_REQUIRE) but unavailable: {why}").into()))
+        }
+        Err(_) => Trial::test(trial, || Ok(())).with_ignored_flag(true),
+    }
+}
+
 /// splitmix64: small, seedable, good enough for test data.
 pub struct Rng(u64);
 
