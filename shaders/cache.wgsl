@@ -12,10 +12,13 @@
 //                the stored (rounded) keys; invocation 0 sets lens and pos.
 //                Bindings: 1 k_src[Hs,Tsrc,D], 2 v_src, 3 idx i32[Hc,n], 4 k, 5 v, 6 kmin,
 //                7 kmax, 8 kmean, 9 lens, 10 pos.
-// cache_append:  one invocation per (b, kv head s, j): j < D/2 on RAT+ (the rotation pair j,
-//                j + D/2: state step, RoPE at pos[b]), else j < D (one channel, stored as given).
-//                Writes slot t = lens[b] of cache heads s*R .. (s+1)*R and recomputes its
-//                channels of block t / bs over tokens bs*(t/bs) ..= t; t >= Tcap: nothing.
+// cache_append:  one workgroup per (b, kv head s, chunk of 32 units j), units j < D/2 on RAT+
+//                (the rotation pair j, j + D/2: state step, RoPE at pos[b]), else j < D (one
+//                channel, stored as given); 8 token lanes per unit. Lane 0 makes the new token,
+//                the workgroup stores slot t = lens[b] of cache heads s*R .. (s+1)*R (whole
+//                groups of 4 channels where D allows), then recomputes their channels of block
+//                t / bs over tokens bs*(t/bs) ..= t, the lanes splitting the tokens and one
+//                invocation per group of channels combining them; t >= Tcap: nothing.
 //                Bindings: 1 k_new[B,Hs,D], 2 v_new, 3 g f32, 4 lens, 5 pos, 6 hk f32, 7 hv f32,
 //                8 k, 9 v, 10 kmin, 11 kmax, 12 kmean.
 // cache_advance: one invocation per sequence: lens += 1, pos += 1. Bindings: 1 lens, 2 pos.
@@ -143,27 +146,40 @@ fn cache_fill(
     st_fl_kmean(at, sum / f32(t1 - t0));
 }
 
-// Stores channel `ch` of slot t's key and value in cache head c of sequence b, then recomputes
-// that channel of the statistics of block t / bs over its tokens up to t.
-fn append_channel(b: u32, c: u32, t: u32, ch: u32, kx: f32, vx: f32) {
-    let at = slot_at(b, c, t) + ch;
-    st_ap_k(at, kx);
-    st_ap_v(at, vx);
-    let blk = t / p.block_size;
-    let t0 = blk * p.block_size;
-    var lo = ld_ap_k(slot_at(b, c, t0) + ch);
-    var hi = lo;
-    var sum = 0.0;
-    for (var u = t0; u <= t; u++) {
-        let x = ld_ap_k(slot_at(b, c, u) + ch);
-        lo = min(lo, x);
-        hi = max(hi, x);
-        sum += x;
+// cache_append's workgroup (WG_SIZE = AP_UNITS * AP_LANES = 256, the kernel table's): AP_UNITS
+// consecutive units (channels, or RAT+ rotation pairs) of one (b, kv head) x AP_LANES token
+// lanes. Local channel lc < AP_UNITS * nch is unit lc % AP_UNITS of half lc / AP_UNITS.
+const AP_UNITS: u32 = 32u;
+const AP_LANES: u32 = 8u;
+const AP_LOCAL: u32 = 64u;
+// The new token's (k, v) per local channel, then the lanes' (min, max, sum) per local channel.
+var<workgroup> ap_new: array<vec2<f32>, AP_LOCAL>;
+var<workgroup> ap_red: array<vec3<f32>, 512>;
+
+// Element offset within a head vector of local channel `lc` of the workgroup's units `u0..`.
+fn ap_channel(lc: u32, u0: u32) -> u32 {
+    return (lc / AP_UNITS) * (p.dim / 2u) + u0 + lc % AP_UNITS;
+}
+
+// The new token's (k, v) of unit j of row b*Hs + s (RAT+: the pair j, j + D/2; the state step
+// in f32, then RoPE of the new k state at pos[b]); components x for channel j, y for j + D/2.
+fn ap_token(row: u32, b: u32, j: u32) -> array<vec2<f32>, 2> {
+    let half = p.dim / 2u;
+    let a = row * p.dim + j;
+    if (p.ratplus != 1u) {
+        return array<vec2<f32>, 2>(vec2<f32>(ld_ap_knew(a), 0.0), vec2<f32>(ld_ap_vnew(a), 0.0));
     }
-    let st = stat_at(b, c, blk) + ch;
-    st_ap_kmin(st, lo);
-    st_ap_kmax(st, hi);
-    st_ap_kmean(st, sum / f32(t + 1u - t0));
+    let ia = vec2<u32>(a, a + half);
+    let g = vec2<f32>(ap_g[ia.x], ap_g[ia.y]);
+    let hk = g * vec2<f32>(ap_hk[ia.x], ap_hk[ia.y]) + (1.0 - g) * vec2<f32>(ld_ap_knew(ia.x), ld_ap_knew(ia.y));
+    let hv = g * vec2<f32>(ap_hv[ia.x], ap_hv[ia.y]) + (1.0 - g) * vec2<f32>(ld_ap_vnew(ia.x), ld_ap_vnew(ia.y));
+    ap_hk[ia.x] = hk.x;
+    ap_hk[ia.y] = hk.y;
+    ap_hv[ia.x] = hv.x;
+    ap_hv[ia.y] = hv.y;
+    let cs = rope_cos_sin(ap_pos[b], j, p.dim, p.base);
+    let kr = vec2<f32>(hk.x * cs.x - hk.y * cs.y, hk.y * cs.x + hk.x * cs.y);
+    return array<vec2<f32>, 2>(kr, hv);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -172,17 +188,19 @@ fn cache_append(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let half = p.dim / 2u;
     var width = p.dim;
+    var nch = 1u;
     if (p.ratplus == 1u) {
-        width = half;
+        width = p.dim / 2u;
+        nch = 2u;
     }
-    let e = item_id(wid, nwg, lid);
-    if (e >= p.batch * p.src_heads * width) {
+    let chunks = (width + AP_UNITS - 1u) / AP_UNITS;
+    let w = flat_group(wid, nwg);
+    if (w >= p.batch * p.src_heads * chunks) {
         return;
     }
-    let row = e / width;                 // b * Hs + s
-    let j = e - row * width;
+    let row = w / chunks;                // b * Hs + s
+    let u0 = (w - row * chunks) * AP_UNITS;
     let b = row / p.src_heads;
     let s = row - b * p.src_heads;
     let tl = ap_lens[b];
@@ -190,30 +208,98 @@ fn cache_append(
         return;
     }
     let t = u32(tl);
-    let a = row * p.dim + j;
-    var kr = vec2<f32>(ld_ap_knew(a), 0.0);
-    var vr = vec2<f32>(ld_ap_vnew(a), 0.0);
-    if (p.ratplus == 1u) {
-        // The RAT+ step of the rotation pair (j, j + D/2) in f32, then RoPE of the new k state.
-        let ia = vec2<u32>(a, a + half);
-        let g = vec2<f32>(ap_g[ia.x], ap_g[ia.y]);
-        let hk = g * vec2<f32>(ap_hk[ia.x], ap_hk[ia.y]) + (1.0 - g) * vec2<f32>(kr.x, ld_ap_knew(ia.y));
-        let hv = g * vec2<f32>(ap_hv[ia.x], ap_hv[ia.y]) + (1.0 - g) * vec2<f32>(vr.x, ld_ap_vnew(ia.y));
-        ap_hk[ia.x] = hk.x;
-        ap_hk[ia.y] = hk.y;
-        ap_hv[ia.x] = hv.x;
-        ap_hv[ia.y] = hv.y;
-        let cs = rope_cos_sin(ap_pos[b], j, p.dim, p.base);
-        kr = vec2<f32>(hk.x * cs.x - hk.y * cs.y, hk.y * cs.x + hk.x * cs.y);
-        vr = hv;
-    }
+    let unit = lid % AP_UNITS;
+    let lane = lid / AP_UNITS;
+    let live = u0 + unit < width;
     let rep = p.heads / p.src_heads;
-    for (var r = 0u; r < rep; r++) {
-        let c = s * rep + r;
-        append_channel(b, c, t, j, kr.x, vr.x);
-        if (p.ratplus == 1u) {
-            append_channel(b, c, t, j + half, kr.y, vr.y);
+    let c0 = s * rep;
+    // One invocation stores a group of `grp` local channels: 4 (whole 32-bit words of f16 and
+    // bf16, plain stores) where every group is aligned and inside the head, else 1.
+    var grp = 1u;
+    if (width % 4u == 0u) {
+        grp = 4u;
+    }
+    let ng = AP_UNITS * nch / grp;
+
+    if (lane == 0u && live) {
+        let kv = ap_token(row, b, u0 + unit);
+        ap_new[unit] = vec2<f32>(kv[0].x, kv[1].x);
+        ap_new[unit + AP_UNITS] = vec2<f32>(kv[0].y, kv[1].y);
+    }
+    workgroupBarrier();
+    // Slot t of cache heads s*R .. (s+1)*R: work item (r, k or v, group).
+    for (var i = lid; i < 2u * rep * ng; i += WG_SIZE) {
+        let q = i % ng;
+        let lc = q * grp;
+        if (u0 + lc % AP_UNITS >= width) {
+            continue;
         }
+        let which = (i / ng) % 2u;
+        let at = slot_at(b, c0 + i / (2u * ng), t) + ap_channel(lc, u0);
+        var x = vec4<f32>(0.0);
+        for (var e = 0u; e < grp; e++) {
+            x[e] = ap_new[lc + e][which];
+        }
+        if (grp == 4u) {
+            if (which == 0u) {
+                st4_ap_k(at / 4u, x);
+            } else {
+                st4_ap_v(at / 4u, x);
+            }
+        } else if (which == 0u) {
+            st_ap_k(at, x.x);
+        } else {
+            st_ap_v(at, x.x);
+        }
+    }
+    storageBarrier();
+    // Statistics of block t / bs over tokens bs*(t/bs) ..= t of the stored keys: lane l reads
+    // tokens t0 + l, t0 + l + AP_LANES, ...; the group's invocation combines the lanes.
+    let blk = t / p.block_size;
+    let t0 = blk * p.block_size;
+    for (var r = 0u; r < rep; r++) {
+        let c = c0 + r;
+        for (var h = 0u; h < nch; h++) {
+            let lc = h * AP_UNITS + unit;
+            var acc = vec3<f32>(-neg_inf(), neg_inf(), 0.0);
+            if (live) {
+                let ch = ap_channel(lc, u0);
+                for (var u = t0 + lane; u <= t; u += AP_LANES) {
+                    let x = ld_ap_k(slot_at(b, c, u) + ch);
+                    acc = vec3<f32>(min(acc.x, x), max(acc.y, x), acc.z + x);
+                }
+            }
+            ap_red[lane * AP_LOCAL + lc] = acc;
+        }
+        workgroupBarrier();
+        let lc = lid * grp;
+        if (lid < ng && u0 + lc % AP_UNITS < width) {
+            var lo = vec4<f32>(0.0);
+            var hi = vec4<f32>(0.0);
+            var sum = vec4<f32>(0.0);
+            for (var e = 0u; e < grp; e++) {
+                var a = ap_red[lc + e];
+                for (var l = 1u; l < AP_LANES; l++) {
+                    let o = ap_red[l * AP_LOCAL + lc + e];
+                    a = vec3<f32>(min(a.x, o.x), max(a.y, o.y), a.z + o.z);
+                }
+                lo[e] = a.x;
+                hi[e] = a.y;
+                sum[e] = a.z;
+            }
+            let mean = sum / f32(t + 1u - t0);
+            let st = stat_at(b, c, blk) + ap_channel(lc, u0);
+            if (grp == 4u) {
+                st4_ap_kmin(st / 4u, lo);
+                st4_ap_kmax(st / 4u, hi);
+                st4_ap_kmean(st / 4u, mean);
+            } else {
+                st_ap_kmin(st, lo.x);
+                st_ap_kmax(st, hi.x);
+                st_ap_kmean(st, mean.x);
+            }
+        }
+        workgroupBarrier();
     }
 }
 

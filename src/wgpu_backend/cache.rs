@@ -7,7 +7,7 @@
 //! | op | kernels | workgroups |
 //! |---|---|---|
 //! | fill | `cache_fill` | one invocation per (cache head, block of the `n` tokens, channel) |
-//! | append | `cache_append` | one invocation per (sequence, kv head, channel or RAT+ rotation pair) |
+//! | append | `cache_append` | B x Hs x ceil(units / 32), units = D (or D / 2 RAT+ rotation pairs); 256 invocations: 32 units x 8 token lanes |
 //! | advance | `cache_advance` | one invocation per sequence |
 //! | decode, dense | `cache_decode_dense` [+ `cache_merge`] | (B x Hq / GROUP) x splits [+ B x Hq] |
 //! | decode, blocks | `cache_select`, `cache_decode_blocks` [+ `cache_merge`] | B x Hq, (B x Hq) x splits [+ B x Hq] |
@@ -20,6 +20,9 @@ use super::{too_large, Buf, Dispatch, Wgpu, WgpuBuffer};
 use crate::ops::{self, *};
 use crate::params::CacheParams;
 use crate::{DType, Result};
+
+/// Units (channels, or RAT+ rotation pairs) of one `cache_append` workgroup (`AP_UNITS`).
+const APPEND_UNITS: usize = 32;
 
 impl Wgpu {
     /// Spec of the non-decode cache kernels: the storage dtype and the head-dim bucket (the
@@ -140,8 +143,10 @@ impl Wgpu {
             hi.buf(),
             mean.buf(),
         ];
+        // Units (channels, or RAT+ rotation pairs) per workgroup: cache.wgsl's AP_UNITS.
         let width = if op.ratplus { s.dim / 2 } else { s.dim };
-        let d = Dispatch::items(Kernel::CacheAppend, spec, &op.params(), bufs, s.batch * op.kv_heads * width);
+        let groups = s.batch * op.kv_heads * width.div_ceil(APPEND_UNITS);
+        let d = Dispatch::rows(Kernel::CacheAppend, spec, &op.params(), bufs, groups);
         self.run(name, &[d])
     }
 

@@ -175,9 +175,13 @@ const SNAPKV: Family = Family {
     splitk: false,
     floats: &[("sq", 1, Role::Main, R), ("sk", 2, Role::Main, R)],
 };
+// Unchecked: every index of the cache kernels is guarded against the validated shapes (the live
+// lengths are clamped to the capacity, append's slot is skipped at or past it), loops are
+// bounded by the shapes and divisors are validated non-zero; decode is splitk.wgsl's (trusted in
+// the decode family) and select is rowselect.wgsl's (trusted in the top-k family).
 const CACHE: Family = Family {
     name: "cache",
-    unchecked_ok: false,
+    unchecked_ok: true,
     body: include_str!("../../shaders/cache.wgsl"),
     params: CacheParams::WGSL,
     rowselect: true,
