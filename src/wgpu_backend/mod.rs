@@ -29,7 +29,7 @@ fn too_large(what: impl Into<String>) -> Error {
 /// the adapter name, e.g. `llvmpipe`) and `WGPU_POWER_PREF`; `KVSPARSE_WGPU_NO_SUBGROUPS` turns
 /// subgroups off (the kernels' workgroup-memory fallbacks) and `KVSPARSE_WGPU_CHUNK_BYTES=N`
 /// binds every buffer above N bytes in chunks of N (to test the chunked kernels);
-/// the decode, prefill, decay and top-k kernels run without naga's runtime checks unless
+/// the decode, prefill, decay, top-k and cache kernels run without naga's runtime checks unless
 /// `KVSPARSE_WGPU_CHECKED=1` turns them back on (see `Wgpu::pipeline` for why that is safe);
 /// `KVSPARSE_WGPU_SPAN_TIMER` makes [`crate::Backend::time`] measure the whole span instead of
 /// the passes (see there). The device gets the adapter's real
