@@ -324,6 +324,73 @@ fn harness_detects_wrong_outputs() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Bad input to every cache op: each buffer in turn with one element too many and with the
+/// wrong element type must give an error naming that buffer; live lengths outside `0..=Tcap`
+/// must never panic (GPU kernels clamp or skip them and never touch memory out of bounds, which
+/// compute-sanitizer checks on the GPU machine; the CPU backend rejects them with an error
+/// naming `lens`).
+fn rejects_bad_input<B: Backend>(b: &B, seed: u64) -> Result<(), String> {
+    let mut r = Rng::new(seed);
+    let mut tried = 0;
+    for op in OPS {
+        let case = generate(op, DType::F32, &mut r);
+        for i in 0..case.bufs.len() {
+            let (name, good) = &case.bufs[i];
+            let longer = match good {
+                HostData::I32(v) => HostData::I32([&v[..], &[0]].concat()),
+                HostData::U32(v) => HostData::U32([&v[..], &[0]].concat()),
+                other => HostData::F32([other.to_f32().unwrap(), vec![0.0]].concat()),
+            };
+            let retyped = match good {
+                HostData::I32(v) => HostData::F32(vec![0.0; v.len()]),
+                other => HostData::I32(vec![0; other.len()]),
+            };
+            for bad in [longer, retyped] {
+                let mut hostile = Case { op: clone_op(&case.op), bufs: case.bufs.clone() };
+                hostile.bufs[i].1 = bad;
+                tried += 1;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(b, &hostile))) {
+                    Err(_) => return Err(format!("{op}: a bad `{name}` panicked")),
+                    Ok(Ok(_)) => return Err(format!("{op}: a bad `{name}` was accepted")),
+                    Ok(Err(e)) if !e.to_string().contains(name) => {
+                        return Err(format!("{op}: a bad `{name}` gave an error that does not name it: {e}"))
+                    }
+                    Ok(Err(_)) => {}
+                }
+            }
+        }
+    }
+    for op in ["cache_append", "cache_decode"] {
+        let mut case = generate(op, DType::F32, &mut r);
+        let batch = case.bufs.iter().find(|(n, _)| *n == "lens").map(|(_, d)| d.len()).unwrap();
+        let garbage: Vec<i32> = (0..batch).map(|i| [-5, i32::MAX, 1 << 20, -1][i % 4]).collect();
+        for (name, data) in case.bufs.iter_mut() {
+            if *name == "lens" {
+                *data = HostData::I32(garbage.clone());
+            }
+        }
+        tried += 1;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(b, &case))) {
+            Err(_) => return Err(format!("{op}: garbage lengths panicked")),
+            Ok(Err(e)) if !e.to_string().contains("lens") => {
+                return Err(format!("{op}: garbage lengths gave an error that does not name `lens`: {e}"))
+            }
+            Ok(_) => {}
+        }
+    }
+    println!("{}: {tried} hostile cache-op inputs, no panic, every error names its buffer", b.name());
+    Ok(())
+}
+
+fn clone_op(op: &CacheOp) -> CacheOp {
+    match op {
+        CacheOp::Fill(o) => CacheOp::Fill(o.clone()),
+        CacheOp::Append(o) => CacheOp::Append(o.clone()),
+        CacheOp::Advance(o) => CacheOp::Advance(o.clone()),
+        CacheOp::Decode(o) => CacheOp::Decode(o.clone()),
+    }
+}
+
 fn backend_trials<B: Backend + Sync + 'static>(name: &'static str, backend: &'static Result<B, String>) -> Vec<Trial> {
     let mut trials = Vec::new();
     for (i, &op) in OPS.iter().enumerate() {
@@ -331,6 +398,9 @@ fn backend_trials<B: Backend + Sync + 'static>(name: &'static str, backend: &'st
         let seed = 0xcac4e + i as u64;
         trials.push(backend_trial(trial, name, backend, move |b| Ok(matches_reference(b, op, cases(), seed)?)));
     }
+    trials.push(backend_trial(format!("{name}::cache_ops_reject_bad_input"), name, backend, |b| {
+        Ok(rejects_bad_input(b, 0xbad)?)
+    }));
     trials
 }
 
@@ -343,6 +413,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let mut trials = vec![Trial::test("harness_detects_wrong_outputs", harness_detects_wrong_outputs)];
     // The generators must produce problems the reference accepts.
+    trials.push(Trial::test("cpu::cache_ops_reject_bad_input", || Ok(rejects_bad_input(&Cpu::new(), 0xbad)?)));
     trials.push(Trial::test("cpu::generated_problems_run", || {
         let mut r = Rng::new(11);
         for op in OPS {
