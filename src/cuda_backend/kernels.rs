@@ -102,6 +102,8 @@ impl Family {
                 "ratplus_kv_chunks",
                 "ratplus_kv_carry",
                 "ratplus_kv_apply",
+                "decay_scan_onepass",
+                "ratplus_kv_onepass",
             ],
             Family::Blocks => {
                 &["block_minmax", "block_mean", "block_mean_f32", "quest_scores", "quest_scores_grouped", "moba_gate"]

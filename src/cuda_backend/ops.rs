@@ -48,6 +48,13 @@ const TOPK_TUNE_MAX_ROWS: usize = 4096;
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
 /// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
 const MERGE_THREADS: u32 = 512;
+/// One-pass look-back scans (`cuda/decay.cu`): lanes per CTA (`KVS_SCAN_TILE`), warps per CTA
+/// (`KVS_SCAN_WARPS`), and time steps per CTA: warps x steps per thread (`KVS_SCAN_DECAY_R`,
+/// `KVS_SCAN_RKV_R`).
+const SCAN_TILE: usize = 32;
+const SCAN_WARPS: u32 = 8;
+const SCAN_STEPS_DECAY: usize = SCAN_WARPS as usize * 16;
+const SCAN_STEPS_RATPLUS: usize = SCAN_WARPS as usize * 8;
 
 /// Run-time switches read once: `KVSPARSE_CUDA_LEGACY=1` routes decode and the scans back to the
 /// first, one-warp-per-row kernels, and `KVSPARSE_CUDA_NO_MMA=1` routes prefill and SnapKV
@@ -76,6 +83,26 @@ fn decode_tune() -> bool {
 fn topk_tune() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_TOPK_TUNE"))
+}
+
+/// `KVSPARSE_CUDA_SCAN=chunked`: decay_scan and ratplus_kv with few lanes go to the three-pass
+/// chunked scans (`*_chunks`, `*_carry`, `*_apply`: inputs read twice) instead of the one-pass
+/// look-back scans (`*_onepass`), to time both in one run; same results up to the f32 rounding
+/// of the run-start states.
+fn scan_chunked() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_SCAN").is_ok_and(|v| v.trim() == "chunked"))
+}
+
+/// How decay_scan / ratplus_kv walk the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScanPath {
+    /// One thread per lane over the whole sequence (`decay_scan`, `ratplus_kv`).
+    Serial,
+    /// `n_chunks` runs of `chunk` steps, three passes (`*_chunks`, `*_carry`, `*_apply`).
+    Chunked { n_chunks: usize, chunk: usize },
+    /// One pass with decoupled look-back between runs (`*_onepass`).
+    OnePass,
 }
 
 fn tensor_cores() -> bool {
@@ -121,6 +148,17 @@ fn decode_entry(hpc: usize) -> &'static str {
         (4, true) => "attention_decode_t4",
         (_, true) => "attention_decode_t8",
     }
+}
+
+/// Scratch and launch shape of a one-pass scan (see `Cuda::lookback`): `sync` = ticket counter
+/// and run flags (zeroed), `agg` = each run's (A, B) per lane and state, `incl` = the state after
+/// each run.
+struct LookBack {
+    sync: CudaSlice<u8>,
+    agg: CudaSlice<u8>,
+    incl: CudaSlice<u8>,
+    n_chunks: u32,
+    cfg: LaunchConfig,
 }
 
 /// How the decode kernel finds its keys (`mode` of `attention_decode_g*`).
@@ -213,9 +251,6 @@ impl Cuda {
     /// (run, lane-tile) CTAs for about 8 per SM, runs of at least 64 steps; `(1, seq)` means the
     /// serial kernel (already enough lanes, or too short a sequence).
     fn scan_runs(&self, lanes: usize, seq: usize) -> (usize, usize) {
-        if legacy() {
-            return (1, seq);
-        }
         let tiles = lanes.div_ceil(ELEMENTWISE as usize).max(1);
         let want = (8 * self.sm_count as usize).div_ceil(tiles);
         let n = want.min(seq / 64).max(1);
@@ -224,6 +259,48 @@ impl Cuda {
         }
         let chunk = seq.div_ceil(n);
         (seq.div_ceil(chunk), chunk)
+    }
+
+    /// The scan path for `lanes` independent recurrences over `seq` steps: serial when the lanes
+    /// alone fill the device (or `KVSPARSE_CUDA_LEGACY=1`), else the one-pass look-back scan,
+    /// or the chunked scan of [`Self::scan_runs`] under `KVSPARSE_CUDA_SCAN=chunked`.
+    fn scan_path(&self, lanes: usize, seq: usize) -> ScanPath {
+        if legacy() || lanes.div_ceil(ELEMENTWISE as usize) >= 8 * self.sm_count as usize {
+            return ScanPath::Serial;
+        }
+        if !scan_chunked() {
+            return ScanPath::OnePass;
+        }
+        match self.scan_runs(lanes, seq) {
+            (1, _) => ScanPath::Serial,
+            (n_chunks, chunk) => ScanPath::Chunked { n_chunks, chunk },
+        }
+    }
+
+    /// Launch shape and scratch of a one-pass scan over `lanes` lanes of `states` states and
+    /// `seq` steps, `steps` per CTA: one CTA per (lane tile of 32, run), the ticket counter and
+    /// run flags zeroed by a stream-ordered memset.
+    fn lookback(&self, lanes: usize, seq: usize, steps: usize, states: usize) -> Result<LookBack> {
+        let tiles = lanes.div_ceil(SCAN_TILE);
+        let n_chunks = seq.div_ceil(steps);
+        let ctas = tiles * n_chunks;
+        if n_chunks > u32::MAX as usize || ctas >= i32::MAX as usize {
+            return Err(Error::TooLarge { backend: "cuda", what: format!("one-pass scan of {ctas} runs") });
+        }
+        let mut sync = self.scratch(4 * (1 + ctas))?;
+        self.stream.memset_zeros(&mut sync).map_err(|e| device_err("memset scan flags", e))?;
+        let values = states * n_chunks * tiles * SCAN_TILE;
+        Ok(LookBack {
+            sync,
+            agg: self.scratch(8 * values)?,
+            incl: self.scratch(4 * values)?,
+            n_chunks: n_chunks as u32,
+            cfg: LaunchConfig {
+                grid_dim: (ctas as u32, 1, 1),
+                block_dim: (32 * SCAN_WARPS, 1, 1),
+                shared_mem_bytes: 0,
+            },
+        })
     }
 
     /// SnapKV passes 1 and 2 on tensor cores: the window rows' lse by `attention_prefill_mma`
@@ -717,8 +794,24 @@ impl Backend for Cuda {
         ops::check(op, &[x, g, h0, y])?;
         let p = op.params();
         let lanes = op.outer * op.inner;
-        let (n_chunks, chunk) = self.scan_runs(lanes, op.seq);
-        if n_chunks > 1 {
+        let path = self.scan_path(lanes, op.seq);
+        if path == ScanPath::OnePass {
+            let mut lb = self.lookback(lanes, op.seq, SCAN_STEPS_DECAY, 1)?;
+            let f = self.function(Family::Decay, Spec::dtype(op.dtype), "decay_scan_onepass")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&x.slice).arg(&g.slice).arg(&h0.slice).arg(&mut y.slice);
+            b.arg(&mut lb.sync).arg(&mut lb.agg).arg(&mut lb.incl).arg(&lb.n_chunks);
+            // SAFETY: matches `decay_scan_onepass(p, x, g, h0, y, sync, agg, incl, n_chunks)`;
+            // x, y [outer, seq, inner] in the module's storage dtype, g the same shape in f32, h0
+            // [outer*inner] f32 (checked); sync holds 1 + grid u32, zeroed above on this stream;
+            // agg / incl hold n_chunks * 32 * ceil(lanes / 32) float2 / f32, each entry written
+            // before the flag that announces it; grid = ceil(lanes / 32) * n_chunks with
+            // n_chunks = ceil(seq / (KVS_SCAN_WARPS * KVS_SCAN_DECAY_R)), as the kernel derives
+            // its runs; lanes and steps guarded; every CTA waits only on smaller tickets.
+            unsafe { b.launch(lb.cfg) }.map_err(|e| device_err("decay_scan_onepass", e))?;
+            return Ok(());
+        }
+        if let ScanPath::Chunked { n_chunks, chunk } = path {
             let spec = Spec::dtype(op.dtype);
             let mut ab = self.scratch(4 * 2 * n_chunks * lanes)?;
             let grid = ((lanes as u32).div_ceil(ELEMENTWISE), n_chunks as u32, 1);
@@ -799,8 +892,26 @@ impl Backend for Cuda {
         ops::check(op, &[k, v, g, k_tilde, v_tilde, k_rope])?;
         let p = op.params();
         let lanes = op.heads * op.dim / 2;
-        let (n_chunks, chunk) = self.scan_runs(lanes, op.seq);
-        if n_chunks > 1 {
+        let path = self.scan_path(lanes, op.seq);
+        if path == ScanPath::OnePass {
+            // States k_a, k_b, v_a, v_b per lane (`RatplusLanes::NS` in cuda/decay.cu).
+            let mut lb = self.lookback(lanes, op.seq, SCAN_STEPS_RATPLUS, 4)?;
+            let f = self.function(Family::Decay, Spec::dtype(op.dtype), "ratplus_kv_onepass")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&k.slice).arg(&v.slice).arg(&g.slice);
+            b.arg(&mut k_tilde.slice).arg(&mut v_tilde.slice).arg(&mut k_rope.slice);
+            b.arg(&mut lb.sync).arg(&mut lb.agg).arg(&mut lb.incl).arg(&lb.n_chunks);
+            // SAFETY: matches `ratplus_kv_onepass(p, k, v, g, k_tilde, v_tilde, k_rope, sync,
+            // agg, incl, n_chunks)`; all tensors [H, T, D] (checked, D even), lanes = H*D/2;
+            // sync holds 1 + grid u32, zeroed above on this stream; agg / incl hold 4 * n_chunks *
+            // 32 * ceil(lanes / 32) float2 / f32, each entry written before the flag that
+            // announces it; grid = ceil(lanes / 32) * n_chunks with n_chunks = ceil(seq /
+            // (KVS_SCAN_WARPS * KVS_SCAN_RKV_R)); lanes and steps guarded; every CTA waits only
+            // on smaller tickets.
+            unsafe { b.launch(lb.cfg) }.map_err(|e| device_err("ratplus_kv_onepass", e))?;
+            return Ok(());
+        }
+        if let ScanPath::Chunked { n_chunks, chunk } = path {
             let spec = Spec::dtype(op.dtype);
             // [4 states][A, B][n_chunks][lanes] (RKV_STATES in cuda/decay.cu).
             let mut ab = self.scratch(4 * 4 * 2 * n_chunks * lanes)?;
