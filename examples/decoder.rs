@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo run --release --example decoder [--features cuda] -- [--backend cpu|wgpu|cuda]
 //!     [--prompt 4096] [--steps 256] [--batch 1] [--dtype bf16] [--budget 8] [--check-every 32]
-//!     [--only ratplus:quest,attention:dense]
+//!     [--only ratplus:quest,attention:dense] [--graph]
 //! ```
 //!
 //! The backend defaults to the best one found (CUDA, wgpu, CPU). A batch of `B` holds prompts of
@@ -15,7 +15,8 @@
 //! budget is 1/`budget` of the live blocks (Quest, random, MoBA) or of the longest prompt
 //! (SnapKV, at least 128 tokens).
 //! Times are the backend's own timers (CUDA events, wgpu timestamps) around one whole step
-//! (append, advance, decode), median over the steps; bytes are the cost model's compulsory
+//! (append, advance, decode), median over the steps (with `--graph` on CUDA, every step after
+//! the first is one replay of a CUDA graph recorded from the second step); bytes are the cost model's compulsory
 //! traffic of the step at its live lengths. A checked step passes when its selected blocks and
 //! outputs match the reference; a step whose selection differs only between blocks whose
 //! reference scores lie within the keys' rounding margin is reported as a near tie (its
@@ -37,6 +38,8 @@ struct Args {
     check_every: usize,
     /// `backbone:method` pairs to run (all when empty), e.g. `ratplus:quest`.
     only: Vec<String>,
+    /// CUDA: record the step once in a graph and replay it (steps after the first).
+    graph: bool,
 }
 
 fn parse() -> std::result::Result<Args, String> {
@@ -49,8 +52,12 @@ fn parse() -> std::result::Result<Args, String> {
         budget: 8,
         check_every: 32,
         only: Vec::new(),
+        graph: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `--graph` is the one flag without a value.
+    a.graph = argv.iter().any(|f| f == "--graph");
+    let argv: Vec<String> = argv.into_iter().filter(|f| f != "--graph").collect();
     let mut it = argv.chunks(2);
     for pair in &mut it {
         let [flag, value] = pair else { return Err(format!("{} needs a value", pair[0])) };
@@ -117,7 +124,11 @@ fn stored(dtype: DType, v: &[f32]) -> (HostData, Vec<f32>) {
     (h, r)
 }
 
-fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run) -> Result<Row> {
+/// Records the work a closure enqueues and returns a replay of it (a CUDA graph), where the
+/// backend has one.
+type Capture<'a> = &'a dyn Fn(&mut dyn FnMut() -> Result<()>) -> Result<Box<dyn Fn() -> Result<()> + 'a>>;
+
+fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run, capture: Option<Capture<'_>>) -> Result<Row> {
     let (hq, hkv, d, bs) = (32, 8, 128, 64);
     let lens: Vec<usize> = (0..a.batch).map(|i| a.prompt - 256 * i).collect();
     let capacity = a.prompt + a.steps;
@@ -176,13 +187,31 @@ fn one_run<B: Backend>(b: &B, a: &Args, backbone: Backbone, run: Run) -> Result<
         };
         kvsparse::ops::CacheAppend::new(*cache.shape(), hkv, r, base)?.cost()
     };
+    // Fixed input buffers (a captured step keeps their addresses); each step's tokens are copied in.
+    let [mut qd, mut kd, mut vd] =
+        [hq, hkv, hkv].map(|h| b.alloc(a.dtype, a.batch * h * d).expect("step input buffers"));
+    let mut gd = b.alloc(DType::F32, a.batch * hkv * d)?;
+    let mut replay: Option<Box<dyn Fn() -> Result<()> + '_>> = None;
     for step in 0..a.steps {
         let (qh, q) = stored(a.dtype, &data.normal(a.batch * hq * d));
         let (kh, k) = stored(a.dtype, &data.normal(a.batch * hkv * d));
         let (vh, v) = stored(a.dtype, &data.normal(a.batch * hkv * d));
         let g = data.gates(a.batch * hkv * d);
-        let (qd, kd, vd, gd) = (b.upload(&qh)?, b.upload(&kh)?, b.upload(&vh)?, b.upload(&HostData::F32(g.clone()))?);
-        times.push(b.time(&mut || cache.decode_step(b, &qd, &kd, &vd, ratplus.then_some(&gd), &method, &mut outs))?);
+        b.copy_buffer(&b.upload(&qh)?, &mut qd)?;
+        b.copy_buffer(&b.upload(&kh)?, &mut kd)?;
+        b.copy_buffer(&b.upload(&vh)?, &mut vd)?;
+        b.copy_buffer(&b.upload(&HostData::F32(g.clone()))?, &mut gd)?;
+        let gate = ratplus.then_some(&gd);
+        times.push(match (&replay, capture) {
+            (Some(replay), _) => b.time(&mut || cache.replay_step(replay))?,
+            (None, Some(capture)) if step > 0 => {
+                // Step 0 ran eagerly (compiling every kernel); record the step once, then replay.
+                let recorded = cache.record_step(b, &qd, &kd, &vd, gate, &mut outs, |f| capture(f))?;
+                let replayed = &**replay.insert(recorded);
+                b.time(&mut || cache.replay_step(replayed))?
+            }
+            _ => b.time(&mut || cache.decode_step(b, &qd, &kd, &vd, gate, &method, &mut outs))?,
+        });
         bytes += outs.op().cost_at(cache.lens()).bytes + append_cost.bytes;
         oracle.append(&k, &v, ratplus.then_some(&g[..]))?;
         if (step + 1) % a.check_every == 0 || step + 1 == a.steps {
@@ -280,12 +309,13 @@ fn compare_selection(
     Selection::NearTie
 }
 
-fn run_all<B: Backend>(b: &B, a: &Args) -> Result<bool> {
+fn run_all<B: Backend>(b: &B, a: &Args, capture: Option<Capture<'_>>) -> Result<bool> {
     println!(
-        "decoder example on {} ({}), timer {}: 32 q / 8 kv heads, D 128, {} prompt(s) of up to {} tokens, {} steps, {}, budget 1/{}",
+        "decoder example on {} ({}), timer {}{}: 32 q / 8 kv heads, D 128, {} prompt(s) of up to {} tokens, {} steps, {}, budget 1/{}",
         b.name(),
         b.device_name(),
         b.timer_kind(),
+        if capture.is_some() { ", steps replayed from a CUDA graph" } else { "" },
         a.batch,
         a.prompt,
         a.steps,
@@ -305,7 +335,7 @@ fn run_all<B: Backend>(b: &B, a: &Args) -> Result<bool> {
             if !a.only.is_empty() && !a.only.iter().any(|o| *o == format!("{bname}:{name}")) {
                 continue;
             }
-            let r = one_run(b, a, backbone, run)?;
+            let r = one_run(b, a, backbone, run, capture)?;
             let secs = r.step.as_secs_f64();
             let ties = if r.near_ties > 0 { format!(" ({} near-tie selection)", r.near_ties) } else { String::new() };
             println!(
@@ -340,7 +370,16 @@ fn main() -> std::process::ExitCode {
         #[cfg(feature = "cuda")]
         if want.as_deref().is_none_or(|w| w == "cuda") {
             match kvsparse::Cuda::new() {
-                Ok(c) => return run_all(&c, &a).map_err(|e| e.to_string()),
+                Ok(c) => {
+                    // SAFETY: the example keeps every buffer a recorded step touches (the cache,
+                    // the step outputs and inputs) alive for as long as its replay, and uses the
+                    // backend from this thread only.
+                    let capture = |f: &mut dyn FnMut() -> Result<()>| -> Result<Box<dyn Fn() -> Result<()> + '_>> {
+                        let graph = unsafe { c.capture(f)? };
+                        Ok(Box::new(move || graph.replay()))
+                    };
+                    return run_all(&c, &a, a.graph.then_some(&capture as Capture<'_>)).map_err(|e| e.to_string());
+                }
                 Err(e) if want.is_some() => return Err(e.to_string()),
                 Err(_) => {}
             }
@@ -348,13 +387,13 @@ fn main() -> std::process::ExitCode {
         #[cfg(feature = "wgpu")]
         if want.as_deref().is_none_or(|w| w == "wgpu") {
             match kvsparse::Wgpu::new() {
-                Ok(w) => return run_all(&w, &a).map_err(|e| e.to_string()),
+                Ok(w) => return run_all(&w, &a, None).map_err(|e| e.to_string()),
                 Err(e) if want.is_some() => return Err(e.to_string()),
                 Err(_) => {}
             }
         }
         match want.as_deref() {
-            None | Some("cpu") => run_all(&kvsparse::Cpu::new(), &a).map_err(|e| e.to_string()),
+            None | Some("cpu") => run_all(&kvsparse::Cpu::new(), &a, None).map_err(|e| e.to_string()),
             Some(other) => Err(format!("backend {other} is not available in this build")),
         }
     })();
