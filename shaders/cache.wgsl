@@ -177,7 +177,7 @@ fn ap_token(row: u32, b: u32, j: u32) -> array<vec2<f32>, 2> {
     ap_hk[ia.y] = hk.y;
     ap_hv[ia.x] = hv.x;
     ap_hv[ia.y] = hv.y;
-    let cs = rope_cos_sin(ap_pos[b], j, p.dim, p.base);
+    let cs = rope_cos_sin(ap_pos[b], j, vec2<f32>(p.rope_step_hi, p.rope_step_lo));
     let kr = vec2<f32>(hk.x * cs.x - hk.y * cs.y, hk.y * cs.x + hk.x * cs.y);
     return array<vec2<f32>, 2>(kr, hv);
 }

@@ -59,14 +59,16 @@ fn bf16_bits(v: f32) -> u32 {
     return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
 }
 
-// sin and cos of x, accurate to a few ulp for |x| up to ~1e5: Cody-Waite reduction by pi/2 with
-// 8-bit constant parts (n * part stays exact), then Taylor polynomials on [-pi/4, pi/4].
-// Built-in sin/cos are only specified on [-pi, pi], and RoPE angles reach thousands of radians.
-fn sincos(x: f32) -> vec2<f32> {
-    let n = round(x * 0.636619772);
-    var r = x - n * 1.5703125;
+// sin and cos of the two-float angle a.x + a.y, accurate to a few ulp for |a| up to ~1e5:
+// Cody-Waite reduction of a.x by pi/2 with 8-bit constant parts (n * part stays exact), a.y
+// added to the remainder, then Taylor polynomials on [-pi/4, pi/4]. Built-in sin/cos are only
+// specified on [-pi, pi], and RoPE angles reach thousands of radians.
+fn sincos(a: vec2<f32>) -> vec2<f32> {
+    let n = round(a.x * 0.636619772);
+    var r = a.x - n * 1.5703125;
     r = r - n * 4.84466552734375e-4;
     r = r + n * 6.397578431460715e-7;
+    r = r + a.y;
     let r2 = r * r;
     let s = r + r * r2 * (-1.6666667e-1 + r2 * (8.3333333e-3 + r2 * (-1.9841270e-4 + r2 * 2.7557319e-6)));
     let c = 1.0 + r2 * (-0.5 + r2 * (4.1666667e-2 + r2 * (-1.3888889e-3 + r2 * (2.4801587e-5 - r2 * 2.7557319e-7))));
@@ -79,11 +81,35 @@ fn sincos(x: f32) -> vec2<f32> {
     }
 }
 
-// (cos, sin) of RoPE's rotate-half angle pos * base^(-2i/dim) for pair i, the angle in f32 as
-// RAT+'s f32 tables (decay.wgsl's rope kernels, cache.wgsl's append).
-fn rope_cos_sin(pos: i32, i: u32, dim: u32, base: f32) -> vec2<f32> {
-    let inv_freq = exp2(-(f32(2u * i) / f32(dim)) * log2(base));
-    let sc = sincos(f32(pos) * inv_freq);
+// x * y of two-floats (hi, lo), the product's rounding error recovered by fma: about 2^-44
+// relative, where one f32 product is 2^-24.
+fn df_mul(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
+    let p = x.x * y.x;
+    let e = fma(x.x, y.x, -p) + (x.x * y.y + x.y * y.x);
+    let s = p + e;
+    return vec2<f32>(s, e - (s - p));
+}
+
+// (cos, sin) of RoPE's rotate-half angle pos * base^(-2i/dim) for pair i. `step` is
+// base^(-2/dim) as a two-float computed in f64 on the host (params::rope_step); its i-th power
+// and the product with pos stay two-floats, so the angle keeps ~1e-8 relative error (CUDA
+// computes it in f64; f32 alone loses ~1e-2 rad at positions near 32K).
+fn rope_cos_sin(pos: i32, i: u32, step: vec2<f32>) -> vec2<f32> {
+    var freq = vec2<f32>(1.0, 0.0);
+    var pw = step;
+    var e = i;
+    loop {
+        if (e == 0u) {
+            break;
+        }
+        if ((e & 1u) != 0u) {
+            freq = df_mul(freq, pw);
+        }
+        pw = df_mul(pw, pw);
+        e = e >> 1u;
+    }
+    // f32(pos) is exact below 2^24.
+    let sc = sincos(df_mul(freq, vec2<f32>(f32(pos), 0.0)));
     return vec2<f32>(sc.y, sc.x);
 }
 

@@ -67,9 +67,9 @@ fn lane_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return flat_group(wid, nwg) * WG_SIZE + lid;
 }
 
-// (cos, sin) of the rotate-half angle pos * base^(-2i/D), angle in f32 as RAT+'s f32 tables.
+// (cos, sin) of the rotate-half angle pos * base^(-2i/D) (see rope_cos_sin).
 fn rope_cs(pos: i32, i: u32) -> vec2<f32> {
-    return rope_cos_sin(pos, i, p.inner, p.base);
+    return rope_cos_sin(pos, i, vec2<f32>(p.rope_step_hi, p.rope_step_lo));
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -103,10 +103,11 @@ gpu_params! {
         pub pos0: u32,
         /// RoPE base (10000 for RAT+).
         pub base: f32,
-        /// Padding to 16 bytes; always 0.
-        pub _pad0: u32,
-        /// Padding to 16 bytes; always 0.
-        pub _pad1: u32,
+        /// `base^(-2/D)` as a two-float (`hi + lo`, from f64; see [`rope_step`]): WGSL builds
+        /// each pair's frequency and angle from it without f32's rounding (CUDA uses f64).
+        pub rope_step_hi: f32,
+        /// The low part of `rope_step_hi`.
+        pub rope_step_lo: f32,
         /// Padding to 16 bytes; always 0.
         pub _pad2: u32,
     }
@@ -307,11 +308,24 @@ gpu_params! {
         pub scale: f32,
         /// Key splits chosen by the backend (flash-decoding); 1 = no split.
         pub splits: u32,
-        /// Padding to 16 bytes; always 0.
-        pub _pad0: u32,
-        /// Padding to 16 bytes; always 0.
-        pub _pad1: u32,
+        /// `cache_append`: `base^(-2/D)` as a two-float (see [`rope_step`]).
+        pub rope_step_hi: f32,
+        /// The low part of `rope_step_hi`.
+        pub rope_step_lo: f32,
     }
+}
+
+/// RoPE's frequency ratio `base^(-2/dim)` (pair `i` turns at `pos * ratio^i` radians) computed
+/// in f64 and split into two f32 (`hi + lo`), for kernels without f64.
+///
+/// ```
+/// let [hi, lo] = kvsparse::params::rope_step(10000.0, 128);
+/// assert!(((hi as f64 + lo as f64) - 10000f64.powf(-2.0 / 128.0)).abs() < 1e-15);
+/// ```
+pub fn rope_step(base: f32, dim: usize) -> [f32; 2] {
+    let r = (base as f64).powf(-2.0 / dim.max(1) as f64);
+    let hi = r as f32;
+    [hi, (r - hi as f64) as f32]
 }
 
 /// One params struct described for the layout tests: name, WGSL declaration, `(field, offset)`

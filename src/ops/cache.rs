@@ -372,10 +372,13 @@ impl CacheAppend {
     }
     /// Fills the `cache` parameter block.
     pub fn params(&self) -> CacheParams {
+        let [rope_step_hi, rope_step_lo] = crate::params::rope_step(self.base, self.shape.dim);
         CacheParams {
             src_heads: self.kv_heads as u32,
             ratplus: self.ratplus as u32,
             base: self.base,
+            rope_step_hi,
+            rope_step_lo,
             ..self.shape.params()
         }
     }

@@ -227,8 +227,7 @@ impl Rope {
             outer: self.heads as u32,
             seq: self.seq as u32,
             inner: self.dim as u32,
-            base: self.base,
-            ..Default::default()
+            ..rope_params(self.base, self.dim)
         }
     }
 }
@@ -323,8 +322,7 @@ impl RatplusKv {
             outer: self.heads as u32,
             seq: self.seq as u32,
             inner: self.dim as u32,
-            base: self.base,
-            ..Default::default()
+            ..rope_params(self.base, self.dim)
         }
     }
 }
@@ -424,8 +422,7 @@ impl RatplusStep {
             seq: 1,
             inner: self.dim as u32,
             pos0: self.pos,
-            base: self.base,
-            ..Default::default()
+            ..rope_params(self.base, self.dim)
         }
     }
 }
@@ -460,6 +457,12 @@ impl Op for RatplusStep {
     fn label(&self) -> String {
         format!("h{}_d{}_pos{}_{}", self.heads, self.dim, self.pos, self.dtype)
     }
+}
+
+/// The RoPE fields of the `decay` parameter block (the rest zero).
+fn rope_params(base: f32, dim: usize) -> DecayParams {
+    let [rope_step_hi, rope_step_lo] = crate::params::rope_step(base, dim);
+    DecayParams { base, rope_step_hi, rope_step_lo, ..Default::default() }
 }
 
 /// Re-labels an argument error of a delegated check with the calling op's name.
