@@ -40,22 +40,27 @@ extern "C" __global__ void topk(const TopkParams p, const float* __restrict__ sc
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tuned top-k (opt-in, KVSPARSE_CUDA_TOPK_TUNE=1): several CTAs per row, same result as `topk`.
+// Multi-CTA top-k (the default for long rows), same result as `topk`. Two digit schedules:
+//   wide = 1 (default): 3 radix passes of 11, 11 and 10 bits, and the sort fused into the
+//                       gather's last CTA when out_k <= TOPK_RUN;
+//   wide = 0 (KVSPARSE_CUDA_TOPK=runs): 4 passes of 8 bits, sort always a separate launch.
 //
-//   topk_hist       (p, scores, ghist[R*4*256], lhist[R*ctas*256], ctas, slice, pass)
+//   topk_hist       (p, scores, ws, ctas, slice, pass, wide)
 //                   grid (ctas, R). CTA c of row r takes items [c*slice, (c+1)*slice) and adds a
-//                   256-bin shared histogram of digit `pass` (8 bits, most significant first)
-//                   of the keys that match the digits fixed by passes 0..pass-1 into
-//                   ghist[r][pass] (global atomics). The fixed digits are re-derived in every
-//                   CTA from ghist[r][0..pass] (topk_state), so no launch is spent on them.
-//                   Pass 3 also stores the CTA's own histogram in lhist[r][c].
-//   topk_gather     (p, scores, ghist, lhist, counter[R], pairs[R*out_k] u64, ctas, slice)
-//                   grid (ctas, R). Threshold key thr and take_eq from the 4 histograms; the
-//                   items with key == thr in earlier CTAs are lhist[r][c'][thr & 255]; each
-//                   CTA keeps its items with key > thr and its equal items whose rank among the
+//                   shared histogram of digit `pass` (most significant first) of the keys that
+//                   match the digits fixed by the earlier passes into the row's ghist (global
+//                   atomics). The fixed digits are re-derived in every CTA from the earlier
+//                   histograms (topk_state), so no launch is spent on them. The last pass also
+//                   stores the CTA's own histogram in lhist[r][c].
+//   topk_gather     (p, scores, ws, indices, ctas, slice, wide, fuse)
+//                   grid (ctas, R). Threshold key thr and take_eq from the histograms; the items
+//                   with key == thr in earlier CTAs are lhist[r][c'][low digit of thr]; each CTA
+//                   keeps its items with key > thr and its equal items whose rank among the
 //                   row's equal items (index order) is below take_eq, and appends them as
-//                   (~key << 32 | index) to the row's pairs at a position taken from
-//                   counter[r] (atomics: the order is fixed by the sort, not here).
+//                   (~key << 32 | index) to the row's pairs at a position taken from the row's
+//                   counter (atomics: the order is fixed by the sort, not here). With fuse != 0
+//                   (out_k <= TOPK_RUN) the row's last CTA to finish (ticket) sorts the pairs
+//                   and writes the indices.
 //   topk_sort_runs  (p, pairs, indices, run, direct)
 //                   grid (runs, R), TOPK_SORT_THREADS threads: bitonic sort ascending of a run
 //                   of at most TOPK_RUN pairs in shared memory (padded with ~0 to a power of
@@ -67,19 +72,47 @@ extern "C" __global__ void topk(const TopkParams p, const float* __restrict__ sc
 //                   (2*run after). Every pair is distinct (the index is in it), so a pair's
 //                   place is its place in its run plus the count of smaller pairs in the other
 //                   run (a binary search): no ties, no merge path. `last` writes the indices.
-// Scratch ghist and counter must be zero before topk_hist pass 0 (the host memsets them).
+//
+// Workspace ws (u32 words, one allocation; TopkWs below, mirrored by `topk_ws_words` in
+// src/cuda_backend/ops.rs): ghist R*TOPK_GH, counters R*2 (gather position, done ticket),
+// both zeroed by one memset before pass 0; lhist R*ctas*TOPK_LB; then (even word offset) the
+// pairs R*out_k u64.
 // ---------------------------------------------------------------------------------------------
 #define TOPK_RUN 4096
 #define TOPK_SORT_THREADS 1024
+#define TOPK_BINS 2048                // bins of the widest digit (11 bits)
+#define TOPK_GH (4 * TOPK_BINS)       // ghist words per row (pass t at t * TOPK_BINS)
+#define TOPK_LB 1024                  // lhist words per CTA (the last digit has at most 10 bits)
+#define TOPK_STATE_WORDS (5 * 1024)   // shared histogram words of topk_state (2048+2048+1024)
 
-// Warp 0 of the block: the digit walk of block_radix_threshold over hist[256] (the count still
-// needed is *s_rem; the digit found is or-ed into *s_prefix at `shift`).
-__device__ void topk_walk(const u32* hist, u32 shift, u32* s_prefix, u32* s_rem) {
+struct TopkWs {
+    u32* ghist;
+    u32* counter;
+    u32* lhist;
+    u64* pairs;
+    __device__ TopkWs(u32* ws, u32 rows, u32 ctas) {
+        ghist = ws;
+        counter = ws + rows * TOPK_GH;
+        lhist = counter + 2u * rows;
+        const u32 off = rows * (TOPK_GH + 2u) + rows * ctas * TOPK_LB;
+        pairs = (u64*)(ws + ((off + 1u) & ~1u));
+    }
+};
+
+// Digit `pass` of a schedule: its width and shift (most significant first).
+__device__ __forceinline__ u32 topk_passes(u32 wide) { return wide != 0u ? 3u : 4u; }
+__device__ __forceinline__ u32 topk_bits(u32 wide, u32 pass) { return wide != 0u ? (pass < 2u ? 11u : 10u) : 8u; }
+__device__ __forceinline__ u32 topk_shift(u32 wide, u32 pass) { return wide != 0u ? (pass < 2u ? 21u - 11u * pass : 0u) : 24u - 8u * pass; }
+
+// Warp 0 of the block: the digit walk of block_radix_threshold over hist[1 << bits] (the count
+// still needed is *s_rem; the digit found is or-ed into *s_prefix at `shift`). Lane l sums the
+// `per` bins from top = nbins-1 - per*l down; one lane walks the run where the count is reached.
+__device__ void topk_walk(const u32* hist, u32 bits, u32 shift, u32* s_prefix, u32* s_rem) {
     const u32 lane = threadIdx.x;
-    const u32 top = 255u - 8u * lane;
+    const u32 per = (1u << bits) / 32u;
+    const u32 top = (1u << bits) - 1u - per * lane;
     u32 run = 0u;
-#pragma unroll
-    for (u32 i = 0; i < 8u; ++i) run += hist[top - i];
+    for (u32 i = 0; i < per; ++i) run += hist[top - i];
     u32 incl = run;
 #pragma unroll
     for (u32 o = 1; o < 32u; o <<= 1) {
@@ -92,7 +125,7 @@ __device__ void topk_walk(const u32* hist, u32 shift, u32* s_prefix, u32* s_rem)
     if (lane == owner) {
         u32 rem = rem0 - (incl - run);
         u32 d = top;
-        for (u32 i = 0; i < 7u && d > 0u && hist[d] < rem; ++i) {
+        for (u32 i = 0; i + 1u < per && d > 0u && hist[d] < rem; ++i) {
             rem -= hist[d];
             --d;
         }
@@ -103,20 +136,27 @@ __device__ void topk_walk(const u32* hist, u32 shift, u32* s_prefix, u32* s_rem)
 
 // Every thread of the block: the digits fixed by the first `npass` passes (*prefix) and the
 // count still needed among the keys that carry them (*rem), from the row's histograms gh.
-__device__ void topk_state(const u32* gh, u32 npass, u32 want, u32* prefix, u32* rem) {
+// `hist` is TOPK_STATE_WORDS words of the caller's shared memory (free again on return).
+__device__ void topk_state(const u32* gh, u32 wide, u32 npass, u32 want, u32* hist, u32* prefix, u32* rem) {
     // All the histograms in one round of loads (one L2 round trip), then warp 0 walks them.
-    __shared__ u32 hist[1024];
     __shared__ u32 s_prefix;
     __shared__ u32 s_rem;
     if (threadIdx.x == 0) {
         s_prefix = 0u;
         s_rem = want;
     }
-    for (u32 b = threadIdx.x; b < npass * 256u; b += blockDim.x) hist[b] = gh[b];
+    u32 base = 0u;
+    for (u32 t = 0; t < npass; ++t) {
+        const u32 nb = 1u << topk_bits(wide, t);
+        for (u32 b = threadIdx.x; b < nb; b += blockDim.x) hist[base + b] = gh[t * TOPK_BINS + b];
+        base += nb;
+    }
     __syncthreads();
     if (threadIdx.x < 32u) {
+        base = 0u;
         for (u32 t = 0; t < npass; ++t) {
-            topk_walk(hist + t * 256u, 24u - 8u * t, &s_prefix, &s_rem);
+            topk_walk(hist + base, topk_bits(wide, t), topk_shift(wide, t), &s_prefix, &s_rem);
+            base += 1u << topk_bits(wide, t);
             __syncwarp();  // the owner lane's s_prefix / s_rem are seen by the next walk
         }
     }
@@ -126,18 +166,21 @@ __device__ void topk_state(const u32* gh, u32 npass, u32 want, u32* prefix, u32*
     __syncthreads();
 }
 
-extern "C" __global__ void topk_hist(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ghist,
-                                     u32* __restrict__ lhist, const u32 ctas, const u32 slice, const u32 pass) {
-    __shared__ u32 sh[256];
+extern "C" __global__ void topk_hist(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ws,
+                                     const u32 ctas, const u32 slice, const u32 pass, const u32 wide) {
+    __shared__ u32 sh[TOPK_STATE_WORDS];
     const u32 r = blockIdx.y;
     const u32 c = blockIdx.x;
     if (r >= p.rows || c >= ctas) return;  // uniform per block
-    u32* gh = ghist + r * 1024u;
+    const TopkWs w(ws, p.rows, ctas);
+    u32* gh = w.ghist + r * TOPK_GH;
     u32 prefix, rem;
-    topk_state(gh, pass, p.out_k, &prefix, &rem);
-    const u32 mask = pass == 0u ? 0u : 0xffffffffu << (32u - 8u * pass);
-    const u32 shift = 24u - 8u * pass;
-    for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) sh[b] = 0u;
+    topk_state(gh, wide, pass, p.out_k, sh, &prefix, &rem);
+    const u32 bits = topk_bits(wide, pass);
+    const u32 shift = topk_shift(wide, pass);
+    const u32 nb = 1u << bits;
+    const u32 mask = shift + bits >= 32u ? 0u : 0xffffffffu << (shift + bits);
+    for (u32 b = threadIdx.x; b < nb; b += blockDim.x) sh[b] = 0u;
     __syncthreads();
     const float* row = scores + r * p.n;
     const u32 i0 = c * slice;
@@ -145,33 +188,72 @@ extern "C" __global__ void topk_hist(const TopkParams p, const float* __restrict
 #pragma unroll 4
     for (u32 i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
         const u32 key = f32_order_key(row[i]);
-        if ((key & mask) == prefix) atomicAdd(&sh[(key >> shift) & 255u], 1u);
+        if ((key & mask) == prefix) atomicAdd(&sh[(key >> shift) & (nb - 1u)], 1u);
     }
     __syncthreads();
-    for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) {
+    const bool last = pass + 1u == topk_passes(wide);
+    for (u32 b = threadIdx.x; b < nb; b += blockDim.x) {
         const u32 x = sh[b];
-        if (x != 0u) atomicAdd(&gh[pass * 256u + b], x);
-        if (pass == 3u) lhist[(r * ctas + c) * 256u + b] = x;
+        if (x != 0u) atomicAdd(&gh[pass * TOPK_BINS + b], x);
+        if (last) w.lhist[(r * ctas + c) * TOPK_LB + b] = x;
     }
 }
 
-extern "C" __global__ void topk_gather(const TopkParams p, const float* __restrict__ scores,
-                                       const u32* __restrict__ ghist, const u32* __restrict__ lhist,
-                                       u32* __restrict__ counter, u64* __restrict__ pairs, const u32 ctas,
-                                       const u32 slice) {
+// The block's bitonic sort ascending of `len` <= TOPK_RUN pairs from src (padded with ~0 to a
+// power of two in the shared tile s); the sorted pairs go back to src, or with out != nullptr
+// only their indices to out.
+__device__ void topk_sort_tile(u64* src, u32 len, u64* s, int* out) {
+    u32 size_p = 1u;
+    while (size_p < len) size_p <<= 1;
+    for (u32 i = threadIdx.x; i < size_p; i += blockDim.x) s[i] = i < len ? __ldcg(src + i) : ~0ull;
+    for (u32 size = 2u; size <= size_p; size <<= 1) {
+        for (u32 stride = size >> 1; stride > 0u; stride >>= 1) {
+            __syncthreads();
+            for (u32 t = threadIdx.x; t < size_p / 2u; t += blockDim.x) {
+                const u32 i = (t / stride) * stride * 2u + (t % stride);
+                const u32 j = i + stride;
+                const bool asc = (i & size) == 0u;
+                const u64 a = s[i];
+                const u64 b = s[j];
+                if ((a > b) == asc) {
+                    s[i] = b;
+                    s[j] = a;
+                }
+            }
+        }
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < len; i += blockDim.x) {
+        if (out != nullptr) {
+            out[i] = (int)(u32)s[i];
+        } else {
+            src[i] = s[i];
+        }
+    }
+}
+
+extern "C" __global__ void topk_gather(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ws,
+                                       int* __restrict__ indices, const u32 ctas, const u32 slice, const u32 wide,
+                                       const u32 fuse) {
+    // The state's histograms, then (fused sort, last CTA of the row) the sort tile.
+    __shared__ u64 smem[TOPK_RUN];
     __shared__ u32 s_base;
     const u32 r = blockIdx.y;
     const u32 c = blockIdx.x;
     if (r >= p.rows || c >= ctas) return;  // uniform per block
     const u32 m = p.out_k;
+    const TopkWs w(ws, p.rows, ctas);
+    const u32 npass = topk_passes(wide);
     u32 thr, take_eq;
-    topk_state(ghist + r * 1024u, 4u, m, &thr, &take_eq);
+    topk_state(w.ghist + r * TOPK_GH, wide, npass, m, (u32*)smem, &thr, &take_eq);
     // Items equal to the threshold in the row's earlier CTAs (index order = CTA order).
+    const u32 low = thr & ((1u << topk_bits(wide, npass - 1u)) - 1u);
     u32 eq_before = 0u;
-    for (u32 c2 = threadIdx.x; c2 < c; c2 += blockDim.x) eq_before += lhist[(r * ctas + c2) * 256u + (thr & 255u)];
+    for (u32 c2 = threadIdx.x; c2 < c; c2 += blockDim.x) eq_before += w.lhist[(r * ctas + c2) * TOPK_LB + low];
     eq_before = block_sum_u32(eq_before);
     const float* row = scores + r * p.n;
-    u64* out = pairs + r * m;
+    u64* out = w.pairs + r * m;
+    u32* counter = w.counter + 2u * r;
     const u32 i1 = min(p.n, c * slice + slice);
     u32 eq_seen = eq_before;
     for (u32 base = c * slice; base < i1; base += blockDim.x * KVS_COMPACT_ITEMS) {
@@ -199,7 +281,7 @@ extern "C" __global__ void topk_gather(const TopkParams p, const float* __restri
         u32 take_total;
         u32 pos = block_exclusive_scan((u32)__popc(take), &take_total);
         if (take_total != 0u) {  // uniform
-            if (threadIdx.x == 0) s_base = atomicAdd(&counter[r], take_total);
+            if (threadIdx.x == 0) s_base = atomicAdd(&counter[0], take_total);
             __syncthreads();
             pos += s_base;
 #pragma unroll
@@ -213,6 +295,16 @@ extern "C" __global__ void topk_gather(const TopkParams p, const float* __restri
         }
         eq_seen += eq_total;
     }
+    if (fuse == 0u) return;  // uniform
+    // Last CTA of the row: every other CTA's pairs are written (each fenced its writes before
+    // taking its ticket), so it sorts the row (m <= TOPK_RUN: one tile).
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_base = atomicAdd(&counter[1], 1u);
+    __syncthreads();
+    if (s_base + 1u != ctas) return;  // uniform
+    __threadfence();
+    topk_sort_tile(out, m, smem, indices + r * m);
 }
 
 extern "C" __global__ void __launch_bounds__(TOPK_SORT_THREADS)
@@ -223,35 +315,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_SORT_THREADS)
     const u32 m = p.out_k;
     const u32 start = blockIdx.x * run;
     if (r >= p.rows || start >= m) return;  // uniform per block
-    const u32 len = min(run, m - start);
-    u32 size_p = 1u;
-    while (size_p < len) size_p <<= 1;
-    u64* src = pairs + r * m + start;
-    for (u32 i = threadIdx.x; i < size_p; i += blockDim.x) s[i] = i < len ? src[i] : ~0ull;
-    for (u32 size = 2u; size <= size_p; size <<= 1) {
-        for (u32 stride = size >> 1; stride > 0u; stride >>= 1) {
-            __syncthreads();
-            for (u32 t = threadIdx.x; t < size_p / 2u; t += blockDim.x) {
-                const u32 i = (t / stride) * stride * 2u + (t % stride);
-                const u32 j = i + stride;
-                const bool asc = (i & size) == 0u;
-                const u64 a = s[i];
-                const u64 b = s[j];
-                if ((a > b) == asc) {
-                    s[i] = b;
-                    s[j] = a;
-                }
-            }
-        }
-    }
-    __syncthreads();
-    for (u32 i = threadIdx.x; i < len; i += blockDim.x) {
-        if (direct != 0u) {
-            indices[r * m + start + i] = (int)(u32)s[i];
-        } else {
-            src[i] = s[i];
-        }
-    }
+    topk_sort_tile(pairs + r * m + start, min(run, m - start), s, direct != 0u ? indices + r * m + start : nullptr);
 }
 
 extern "C" __global__ void topk_merge_runs(const TopkParams p, const u64* __restrict__ src, u64* __restrict__ dst,

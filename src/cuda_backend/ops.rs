@@ -41,8 +41,12 @@ const TOPK_GATHER_ITEMS: usize = 8;
 const TOPK_MIN_SLICE: usize = 2048;
 const TOPK_RUN: usize = 4096;
 const TOPK_SORT_THREADS: u32 = 1024;
-/// Most rows for the tuned top-k (its scratch holds 5 KiB of histograms per row and CTA); more
-/// rows go to `topk` (one CTA per row already fills the device).
+/// Global histogram words per row (`TOPK_GH`: 4 passes of up to 2048 bins) and per-CTA
+/// histogram words of the last pass (`TOPK_LB`) in `cuda/topk.cu`.
+const TOPK_GH: usize = 4 * 2048;
+const TOPK_LB: usize = 1024;
+/// Most rows for the tuned top-k (its workspace holds 32 KiB of histograms per row and 4 KiB per
+/// CTA); more rows go to `topk` (one CTA per row already fills the device).
 const TOPK_TUNE_MAX_ROWS: usize = 4096;
 /// Row length from which top-k uses several CTAs per row by default.
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
@@ -83,6 +87,22 @@ fn decode_tune() -> bool {
 fn topk_tune() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_TOPK_TUNE"))
+}
+
+/// `KVSPARSE_CUDA_TOPK=runs`: the multi-CTA top-k keeps its first design (4 radix passes of 8-bit
+/// digits, the sort always a separate `topk_sort_runs` launch) instead of 3 passes of 11/11/10
+/// bits with the sort fused into the gather's last CTA (to time both in one run; same results).
+fn topk_runs() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_TOPK").is_ok_and(|v| v.trim() == "runs"))
+}
+
+/// Workspace of the multi-CTA top-k in u32 words (`TopkWs` in `cuda/topk.cu`): the words to
+/// zero (histograms `TOPK_GH` and 2 counters per row) and the offset of the pairs (after the
+/// per-CTA histograms `TOPK_LB`, rounded up to an even word).
+fn topk_ws_words(rows: usize, ctas: usize) -> (usize, usize) {
+    let zero = rows * (TOPK_GH + 2);
+    (zero, (zero + rows * ctas * TOPK_LB).next_multiple_of(2))
 }
 
 /// `KVSPARSE_CUDA_SCAN=chunked`: decay_scan and ratplus_kv with few lanes go to the three-pass
@@ -565,9 +585,12 @@ impl Cuda {
         Ok(())
     }
 
-    /// Top-k with several CTAs per row (`KVSPARSE_CUDA_TOPK_TUNE=1`; see `cuda/topk.cu`): four
-    /// histogram passes (`topk_hist`), the kept pairs (`topk_gather`), a bitonic sort of runs of
-    /// up to `TOPK_RUN` pairs (`topk_sort_runs`) and merge passes (`topk_merge_runs`).
+    /// Top-k with several CTAs per row (see `cuda/topk.cu`): radix histogram passes
+    /// (`topk_hist`: 3 of 11/11/10 bits, or 4 of 8 bits with `KVSPARSE_CUDA_TOPK=runs`), the
+    /// kept pairs (`topk_gather`, which also sorts them in its last CTA per row when
+    /// `out_k <= TOPK_RUN` on the default path), else a bitonic sort of runs of up to
+    /// `TOPK_RUN` pairs (`topk_sort_runs`) and merge passes (`topk_merge_runs`). One workspace
+    /// allocation and one memset per call.
     fn topk_tuned(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
         let p = op.params();
         let (rows, n, m) = (op.rows, op.n, op.out_k());
@@ -578,33 +601,39 @@ impl Cuda {
         let slice = n.div_ceil(want).max(TOPK_MIN_SLICE).div_ceil(round) * round;
         let ctas = n.div_ceil(slice).max(1);
         let rows_y = grid_y(TopK::NAME, rows)?;
-        let mut ghist = self.scratch(4 * 1024 * rows)?;
-        let mut counter = self.scratch(4 * rows)?;
-        self.stream.memset_zeros(&mut ghist).map_err(|e| device_err("memset topk histograms", e))?;
-        self.stream.memset_zeros(&mut counter).map_err(|e| device_err("memset topk counters", e))?;
-        let mut lhist = self.scratch(4 * 256 * ctas * rows)?;
-        let mut pairs_a = self.scratch(8 * m * rows)?;
-        let mut pairs_b = self.scratch(8 * m * rows)?;
+        let wide = u32::from(!topk_runs());
+        let passes = if wide != 0 { 3u32 } else { 4 };
+        let runs = m.div_ceil(TOPK_RUN);
+        let fuse = u32::from(wide != 0 && runs == 1);
+        let (zero_words, pairs_words) = topk_ws_words(rows, ctas);
+        let mut ws = self.scratch(4 * pairs_words + 8 * m * rows)?;
+        let mut zero = ws.slice_mut(..4 * zero_words);
+        self.stream.memset_zeros(&mut zero).map_err(|e| device_err("memset topk workspace", e))?;
         let (ctas32, slice32) = (ctas as u32, slice as u32);
         let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
         let f = self.function(Family::Topk, Spec::NONE, "topk_hist")?;
-        for pass in 0u32..4 {
+        for pass in 0..passes {
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&p).arg(&scores.slice).arg(&mut ghist).arg(&mut lhist).arg(&ctas32).arg(&slice32).arg(&pass);
-            // SAFETY: matches `topk_hist(p, scores, ghist, lhist, ctas, slice, pass)`; scores
-            // [R*n] f32 (checked), ghist R*1024 u32 zeroed above, lhist R*ctas*256 u32 (written
-            // whole by pass 3); CTA c reads items [c*slice, min(n, (c+1)*slice)).
+            b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&ctas32).arg(&slice32).arg(&pass).arg(&wide);
+            // SAFETY: matches `topk_hist(p, scores, ws, ctas, slice, pass, wide)`; scores [R*n]
+            // f32 (checked), ws laid out as `topk_ws_words` (= TopkWs in the kernel) with ghist
+            // and the counters zeroed above; lhist written whole by the last pass; CTA c reads
+            // items [c*slice, min(n, (c+1)*slice)).
             unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_hist", e))?;
         }
         let f = self.function(Family::Topk, Spec::NONE, "topk_gather")?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&p).arg(&scores.slice).arg(&ghist).arg(&lhist).arg(&mut counter).arg(&mut pairs_a);
-        b.arg(&ctas32).arg(&slice32);
-        // SAFETY: matches `topk_gather(p, scores, ghist, lhist, counter, pairs, ctas, slice)`;
-        // histograms written by the four passes above, counter R u32 zeroed above, pairs R*out_k
-        // u64; every write position is checked against out_k.
+        b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&mut indices.slice);
+        b.arg(&ctas32).arg(&slice32).arg(&wide).arg(&fuse);
+        // SAFETY: matches `topk_gather(p, scores, ws, indices, ctas, slice, wide, fuse)`;
+        // histograms written by the passes above, counters zeroed above, pairs R*out_k u64 at
+        // the end of ws; every write position is checked against out_k; indices [R*out_k] i32
+        // (checked), written by the row's last CTA when fuse (out_k <= TOPK_RUN).
         unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_gather", e))?;
-        let runs = m.div_ceil(TOPK_RUN);
+        if fuse != 0 {
+            return Ok(());
+        }
+        let mut pairs_a = ws.slice_mut(4 * pairs_words..);
         let direct = u32::from(runs == 1);
         let run32 = TOPK_RUN as u32;
         let f = self.function(Family::Topk, Spec::NONE, "topk_sort_runs")?;
@@ -619,15 +648,25 @@ impl Cuda {
         // written whole by topk_gather (exactly out_k kept per row), indices [R*out_k] i32
         // (checked); run = TOPK_RUN, the kernel's shared tile.
         unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sort_runs", e))?;
+        if runs == 1 {
+            return Ok(());
+        }
+        let mut pairs_b = self.scratch(8 * m * rows)?;
         let f = self.function(Family::Topk, Spec::NONE, "topk_merge_runs")?;
         let mut run = TOPK_RUN;
         let mut in_a = true;
         while run < m {
             let last = u32::from(2 * run >= m);
             let run32 = run as u32;
-            let (src, dst) = if in_a { (&pairs_a, &mut pairs_b) } else { (&pairs_b, &mut pairs_a) };
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&p).arg(src).arg(dst).arg(&mut indices.slice).arg(&run32).arg(&last);
+            b.arg(&p);
+            // src is const in the kernel; both are passed as device pointers.
+            if in_a {
+                b.arg(&mut pairs_a).arg(&mut pairs_b);
+            } else {
+                b.arg(&mut pairs_b).arg(&mut pairs_a);
+            }
+            b.arg(&mut indices.slice).arg(&run32).arg(&last);
             let cfg = LaunchConfig {
                 grid_dim: ((m as u32).div_ceil(ELEMENTWISE), rows_y, 1),
                 block_dim: (ELEMENTWISE, 1, 1),
