@@ -28,17 +28,9 @@
 //                top-k over the NB_b live blocks (rowselect.wgsl), ascending, -1 after n_sel_b.
 //                Bindings: 1 q[B,Hq,D], 2 kmin, 3 kmax, 4 lens, 5 ranking u32[B,Hq,NBcap] (f32
 //                bits of the scores, or the keys), 6 selected i32[B,Hq,W].
-// cache_union:   one workgroup per cache row b*Hc + c (GQA, G = Hq/Hc <= 32): the union of the
-//                selected blocks of its query rows (b*Hc + c)*G + g, ascending, with bit g of
-//                an entry's mask set when row g chose the block; written as splitk.wgsl's
-//                MODE_UNION record [count, ids (-1 after count), masks (0 after count)] of
-//                cap = min(NBcap, G*W) entries. Chunks of UN_CHUNK blocks: a bit set of heads
-//                per block (workgroup atomics), then an ascending compaction (workgroup scan).
-//                Bindings: 1 selected i32[B,Hq,W], 2 union i32[B*Hc, 2*cap + 1].
-// cache_decode_dense / cache_decode_blocks / cache_decode_union / cache_merge: splitk.wgsl over
-//                the query rows b*Hq + h (kv rows b*Hc + c, stride Tcap, live lens[b]): dense
-//                over the live tokens, the row's selected blocks, or the kv row's union (idx =
-//                cache_union's records). Bindings: splitk.wgsl's, 8 lens.
+// cache_decode_dense / cache_decode_blocks / cache_merge: splitk.wgsl over the query rows
+//                b*Hq + h (kv rows b*Hc + c, stride Tcap, live lens[b]): dense over the live
+//                tokens, or the row's selected blocks. Bindings: splitk.wgsl's, 8 lens.
 
 override WG_SIZE: u32 = 256u;
 
@@ -77,9 +69,6 @@ override WG_SIZE: u32 = 256u;
 @group(0) @binding(4) var<storage, read> cs_lens: array<i32>;
 @group(0) @binding(5) var<storage, read_write> cs_ranking: array<u32>;
 @group(0) @binding(6) var<storage, read_write> cs_selected: array<i32>;
-
-@group(0) @binding(1) var<storage, read> un_sel: array<i32>;
-@group(0) @binding(2) var<storage, read_write> un_out: array<i32>;
 
 @group(0) @binding(8) var<storage, read> cd_lens: array<i32>;
 
@@ -405,80 +394,6 @@ fn cache_select(
     }
 }
 
-// Entries of a cache row's union: at most every block, at most every selection of the group.
-fn union_cap() -> u32 {
-    return min(p.nb, (p.q_heads / p.heads) * p.width);
-}
-
-// Blocks per cache_union pass.
-const UN_CHUNK: u32 = 1024u;
-var<workgroup> un_heads: array<atomic<u32>, UN_CHUNK>;
-
-@compute @workgroup_size(WG_SIZE)
-fn cache_union(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let row = flat_group(wid, nwg);
-    // Query rows row*G .. row*G + G: G * W consecutive entries of `selected`.
-    let n_sel = (p.q_heads / p.heads) * p.width;
-    if (row >= p.batch * p.heads) {
-        return;
-    }
-    let sel0 = row * n_sel;
-    let cap = union_cap();
-    let out0 = row * (2u * cap + 1u);
-    let per = (UN_CHUNK + WG_SIZE - 1u) / WG_SIZE;
-    var written = 0u;
-    for (var base = 0u; base < p.nb; base += UN_CHUNK) {
-        for (var i = lid; i < UN_CHUNK; i += WG_SIZE) {
-            atomicStore(&un_heads[i], 0u);
-        }
-        workgroupBarrier();
-        let end = min(p.nb, base + UN_CHUNK);
-        for (var e = lid; e < n_sel; e += WG_SIZE) {
-            let x = un_sel[sel0 + e];
-            if (x >= 0 && u32(x) >= base && u32(x) < end) {
-                atomicOr(&un_heads[u32(x) - base], 1u << (e / p.width));
-            }
-        }
-        workgroupBarrier();
-        // Invocation lid compacts blocks base + lid*per .. + per, in order.
-        var n = 0u;
-        for (var k = 0u; k < per; k++) {
-            let i = lid * per + k;
-            if (i < UN_CHUNK && atomicLoad(&un_heads[i]) != 0u) {
-                n++;
-            }
-        }
-        let scan = rs_scan_excl(n, lid);
-        var at = written + scan.x;
-        for (var k = 0u; k < per; k++) {
-            let i = lid * per + k;
-            if (i < UN_CHUNK) {
-                let bits = atomicLoad(&un_heads[i]);
-                if (bits != 0u) {
-                    if (at < cap) {
-                        un_out[out0 + 1u + at] = i32(base + i);
-                        un_out[out0 + 1u + cap + at] = bitcast<i32>(bits);
-                    }
-                    at++;
-                }
-            }
-        }
-        written += scan.y;
-        workgroupBarrier();
-    }
-    for (var e = written + lid; e < cap; e += WG_SIZE) {
-        un_out[out0 + 1u + e] = -1;
-        un_out[out0 + 1u + cap + e] = 0;
-    }
-    if (lid == 0u) {
-        un_out[out0] = i32(min(written, cap));
-    }
-}
-
 // The split-K job of workgroup `w`: query rows b*Hq + h, kv rows b*Hc + c, live = lens[b].
 fn cache_job(w: u32, n_idx: u32) -> DecodeJob {
     let rows = p.batch * p.q_heads;
@@ -516,16 +431,6 @@ fn cache_decode_blocks(
 ) {
     let w = flat_group(wid, nwg);
     decode(cache_job(w, p.width), MODE_BLOCKS, w, lid);
-}
-
-@compute @workgroup_size(WG_SIZE)
-fn cache_decode_union(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let w = flat_group(wid, nwg);
-    decode(cache_job(w, union_cap()), MODE_UNION, w, lid);
 }
 
 @compute @workgroup_size(WG_SIZE)

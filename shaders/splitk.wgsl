@@ -21,11 +21,7 @@
 // Slots map to tokens as in attention.wgsl: dense = 0..live (one query: all visible);
 // sparse = the unit's index row (a kv head's row when shared, else GROUP = 1); blocks = the
 // query head's n_idx selected blocks x min(bs, live) tokens (GROUP = 1), causal to the last
-// token; union = the same over the kv row's union of its group's selections (GQA: every block
-// read once for the group), row kvh of idx holding [count, n_idx block ids ascending (-1
-// after count), n_idx head masks (bit h0 % group + g: query row h0 + g selected the block)];
-// the splits cover the n_idx entries (the launch shape), the slots past count are skipped and a
-// head's logit of an entry whose bit is clear is -inf. Rows are "query rows": a head, or (sequence, head) flattened for the batched cache,
+// token. Rows are "query rows": a head, or (sequence, head) flattened for the batched cache,
 // whose kv rows are (sequence, cache head) `stride` slots apart; only the first `live` slots of
 // a kv row are keys.
 //
@@ -72,12 +68,6 @@ var<workgroup> t_acc: array<vec4<f32>, GROUP * HEAD_DIM / 4u>;
 const MODE_DENSE: u32 = 0u;
 const MODE_SPARSE: u32 = 1u;
 const MODE_BLOCKS: u32 = 2u;
-const MODE_UNION: u32 = 3u;
-
-// MODE_UNION: offset of kv row `kvh`'s record in idx ([count, ids, masks], 2 * n_idx + 1 words).
-fn union_row(j: DecodeJob, kvh: u32) -> u32 {
-    return kvh * (2u * j.n_idx + 1u);
-}
 
 // Sums each entry of `v` over the lanes of a team; every lane of the team gets the same sums
 // (butterfly additions are commutative pairwise, the workgroup path sums in one order).
@@ -127,11 +117,7 @@ fn slot_token(j: DecodeJob, mode: u32, s: u32, r: u32, kvh: u32) -> i32 {
     let nb = (j.live + j.block_size - 1u) / j.block_size;
     let span = min(j.block_size, j.live);
     let i = s / span;
-    var at = r * j.n_idx + i;
-    if (mode == MODE_UNION) {
-        at = union_row(j, kvh) + 1u + i;
-    }
-    let b = didx[at];
+    let b = didx[r * j.n_idx + i];
     if (b < 0 || u32(b) >= nb) {
         return -1;
     }
@@ -140,17 +126,6 @@ fn slot_token(j: DecodeJob, mode: u32, s: u32, r: u32, kvh: u32) -> i32 {
         return -1;
     }
     return i32(t);
-}
-
-// Query heads of the unit that attend the token of slot `s` (bit g: row h0 + g): MODE_UNION
-// the entry's mask shifted to the unit, else all. 0: no K/V load.
-fn slot_heads(j: DecodeJob, mode: u32, s: u32, h0: u32, kvh: u32) -> u32 {
-    let unit = ~0u >> (32u - GROUP);
-    if (mode != MODE_UNION) {
-        return unit;
-    }
-    let i = s / min(j.block_size, j.live);
-    return (bitcast<u32>(didx[union_row(j, kvh) + 1u + j.n_idx + i]) >> (h0 % j.group)) & unit;
 }
 
 // Workgroup `w` of the decode of job `j` (uniform: `j` comes from the uniform params, and
@@ -171,21 +146,14 @@ fn decode(j: DecodeJob, mode: u32, w: u32, lid: u32) {
     let d4 = (dim + 3u) / 4u;
 
     var n_slots = j.live;
-    var n_live = j.live;
     if (mode == MODE_SPARSE) {
         n_slots = j.n_idx;
-        n_live = n_slots;
-    } else if (mode >= MODE_BLOCKS) {
+    } else if (mode == MODE_BLOCKS) {
         n_slots = j.n_idx * min(j.block_size, j.live);
-        n_live = n_slots;
-        if (mode == MODE_UNION) {
-            let count = min(u32(max(didx[union_row(j, kvh)], 0)), j.n_idx);
-            n_live = count * min(j.block_size, j.live);
-        }
     }
     let per = (n_slots + j.splits - 1u) / j.splits;
-    let s0 = min(n_live, split * per);
-    let s1 = min(n_live, s0 + per);
+    let s0 = min(n_slots, split * per);
+    let s1 = min(n_slots, s0 + per);
 
     // The scale is folded into q: logits come out scaled.
     var qv: array<vec4<f32>, QN>;
@@ -210,8 +178,7 @@ fn decode(j: DecodeJob, mode: u32, w: u32, lid: u32) {
     for (var base = s0; base < s1; base += nt * KB) {
         // All K and V loads of the step first: they do not depend on the scores, so every
         // lane keeps 2 * KB * EPV loads in flight before the first reduction.
-        // Unit heads attending each key (0: no key).
-        var heads: array<u32, KB>;
+        var tok: array<i32, KB>;
         var kx: array<vec4<f32>, KB * EPV>;
         var vx: array<vec4<f32>, KB * EPV>;
         for (var kb = 0u; kb < KB; kb++) {
@@ -220,10 +187,8 @@ fn decode(j: DecodeJob, mode: u32, w: u32, lid: u32) {
             if (s < s1) {
                 t = slot_token(j, mode, s, h0, kvh);
             }
+            tok[kb] = t;
             if (t >= 0) {
-                heads[kb] = slot_heads(j, mode, s, h0, kvh);
-            }
-            if (heads[kb] != 0u) {
                 let rb = kvbase + u32(t) * dim;
                 for (var e = 0u; e < EPV; e++) {
                     let c = e * TEAM + lane;
@@ -248,7 +213,7 @@ fn decode(j: DecodeJob, mode: u32, w: u32, lid: u32) {
         for (var g = 0u; g < GROUP; g++) {
             var mx = m[g];
             for (var kb = 0u; kb < KB; kb++) {
-                if (((heads[kb] >> g) & 1u) == 1u) {
+                if (tok[kb] >= 0) {
                     mx = max(mx, dots[kb * GROUP + g]);
                 }
             }
@@ -260,8 +225,8 @@ fn decode(j: DecodeJob, mode: u32, w: u32, lid: u32) {
             }
         }
         for (var kb = 0u; kb < KB; kb++) {
-            for (var g = 0u; g < GROUP; g++) {
-                if (((heads[kb] >> g) & 1u) == 1u) {
+            if (tok[kb] >= 0) {
+                for (var g = 0u; g < GROUP; g++) {
                     let pr = exp(dots[kb * GROUP + g] - m[g]);
                     l[g] += pr;
                     for (var e = 0u; e < EPV; e++) {

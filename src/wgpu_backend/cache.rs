@@ -10,15 +10,10 @@
 //! | append | `cache_append` | B x Hs x ceil(units / 32), units = D (or D / 2 RAT+ rotation pairs); 256 invocations: 32 units x 8 token lanes |
 //! | advance | `cache_advance` | one invocation per sequence |
 //! | decode, dense | `cache_decode_dense` [+ `cache_merge`] | (B x Hq / GROUP) x splits [+ B x Hq] |
-//! | decode, blocks (Hq = Hc, or G = Hq / Hc > 32 or without a divisor in 2..=8) | `cache_select`, `cache_decode_blocks` [+ `cache_merge`] | B x Hq, (B x Hq) x splits [+ B x Hq] |
-//! | decode, blocks, GQA union | `cache_select`, `cache_union`, `cache_decode_union` [+ `cache_merge`] | B x Hq, B x Hc, (B x Hq / GROUP) x splits [+ B x Hq] |
+//! | decode, blocks | `cache_select`, `cache_decode_blocks` [+ `cache_merge`] | B x Hq, (B x Hq) x splits [+ B x Hq] |
 //!
-//! The decode splits are chosen from the capacity (dense), the selection's widest token span
-//! (blocks) or the union's (cap = min(NBcap, G x width) blocks), so a replayed step launches
-//! the same grid whatever the lengths. The union (GROUP = the largest divisor of G up to 8
-//! heads per workgroup) reads each block a group selected once per workgroup of the group's
-//! heads, masking per head the blocks it did not select, instead of once per selecting head;
-//! its records ([count, ids, masks] per (sequence, cache head)) live in a pooled scratch.
+//! The decode splits are chosen from the capacity (dense) or the selection's widest token span
+//! (blocks), so a replayed step launches the same grid whatever the lengths.
 
 use super::pipeline::{Kernel, Spec};
 use super::{too_large, Buf, Dispatch, Wgpu, WgpuBuffer};
@@ -187,53 +182,27 @@ impl Wgpu {
         whole.extend(selected.map(|b| ("selected", b)));
         whole.extend(ranking.map(|b| ("ranking", b)));
         let blocks = matches!(op.select, CacheSelect::Blocks { .. });
-        // GQA over blocks: the union of each cache head's group (cache_union, a u32 mask of
-        // heads per entry) when decode_plan puts several of the group's heads in a workgroup
-        // (the largest divisor of G up to 8) so that they share each K/V load.
-        let group = op.q_heads / s.heads;
-        let cap = s.nb().min(group * op.width());
-        let union_bytes = 4 * (s.batch * s.heads * (2 * cap + 1)) as u64;
-        let union = blocks
-            && selected.is_some()
-            && (2..=32).contains(&group)
-            && (2..=8).any(|d| group.is_multiple_of(d))
-            && union_bytes <= self.binding_limit();
-        let kernel = match (blocks, union) {
-            (false, _) => Kernel::CacheDecodeDense,
-            (true, false) => Kernel::CacheDecodeBlocks,
-            (true, true) => Kernel::CacheDecodeUnion,
-        };
+        let kernel = if blocks { Kernel::CacheDecodeBlocks } else { Kernel::CacheDecodeDense };
         self.cache_bindable(name, kernel, &whole)?;
-        // Dense and union: a group of query heads shares each K/V load; blocks: every head its
-        // own selection. The split count follows the widest span any sequence can reach.
-        let span = s.block_size.min(s.capacity);
-        let slots = match (blocks, union) {
-            (false, _) => s.capacity,
-            (true, false) => op.width() * span,
-            (true, true) => cap * span,
-        };
-        let plan = self
-            .decode_plan(name, s.dtype, s.dim, rows, s.batch * s.heads, !blocks || union, slots, true)?
-            .ok_or_else(|| {
-                too_large(format!("{name}: head dim {} does not fit the decode kernel's workgroup memory", s.dim))
-            })?;
+        // Dense: a group of query heads shares each K/V load; blocks: every head its own
+        // selection. The split count follows the widest span any sequence can reach.
+        let slots = if blocks { op.width() * s.block_size.min(s.capacity) } else { s.capacity };
+        let plan = self.decode_plan(name, s.dtype, s.dim, rows, s.batch * s.heads, !blocks, slots, true)?.ok_or_else(
+            || too_large(format!("{name}: head dim {} does not fit the decode kernel's workgroup memory", s.dim)),
+        )?;
         let p = CacheParams { splits: plan.splits, ..op.params() };
-        let union_scratch = if union { Some(self.scratch(union_bytes, name)?) } else { None };
         let mut dispatches = Vec::new();
-        let mut idx = self.dummy_read.buf();
-        if let (Some(sel), Some(rank)) = (selected, ranking) {
-            let (lo, hi) = (self.or_dummy_read(stats.map(|s| s.0)), self.or_dummy_read(stats.map(|s| s.1)));
-            let bufs = vec![q.buf(), lo, hi, lens.buf(), rank.buf(), sel.buf()];
-            dispatches.push(Dispatch::rows(Kernel::CacheSelect, select_spec, &p, bufs, rows));
-            idx = sel.buf();
-            if let Some(u) = &union_scratch {
-                let bufs = vec![sel.buf(), u.buf()];
-                dispatches.push(Dispatch::rows(Kernel::CacheUnion, select_spec, &p, bufs, s.batch * s.heads));
-                idx = u.buf();
+        let idx = match (selected, ranking) {
+            (Some(sel), Some(rank)) => {
+                let (lo, hi) = (self.or_dummy_read(stats.map(|s| s.0)), self.or_dummy_read(stats.map(|s| s.1)));
+                let bufs = vec![q.buf(), lo, hi, lens.buf(), rank.buf(), sel.buf()];
+                dispatches.push(Dispatch::rows(Kernel::CacheSelect, select_spec, &p, bufs, rows));
+                Some(sel)
             }
-        }
+            _ => None,
+        };
         let part = plan.part.as_ref().map_or(self.dummy_write.buf(), |s| s.buf());
-        let bufs = vec![q.buf(), k.buf(), v.buf(), idx, out.buf(), lse.buf(), part, lens.buf()];
+        let bufs = vec![q.buf(), k.buf(), v.buf(), self.or_dummy_read(idx), out.buf(), lse.buf(), part, lens.buf()];
         let units = rows / plan.spec.group as usize;
         dispatches.push(Dispatch::rows(kernel, plan.spec, &p, bufs, units * plan.splits as usize));
         if plan.splits > 1 {

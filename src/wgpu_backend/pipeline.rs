@@ -178,9 +178,7 @@ const SNAPKV: Family = Family {
 // Unchecked: every index of the cache kernels is guarded against the validated shapes (the live
 // lengths are clamped to the capacity, append's slot is skipped at or past it), loops are
 // bounded by the shapes and divisors are validated non-zero; decode is splitk.wgsl's (trusted in
-// the decode family) and select is rowselect.wgsl's (trusted in the top-k family); union takes
-// only block ids inside its pass's chunk and writes entries below its cap, and the union decode
-// reads the entries below min(count, cap).
+// the decode family) and select is rowselect.wgsl's (trusted in the top-k family).
 const CACHE: Family = Family {
     name: "cache",
     unchecked_ok: true,
@@ -275,10 +273,8 @@ pub(crate) enum Kernel {
     CacheAppend,
     CacheAdvance,
     CacheSelect,
-    CacheUnion,
     CacheDecodeDense,
     CacheDecodeBlocks,
-    CacheDecodeUnion,
     CacheMerge,
 }
 
@@ -342,10 +338,8 @@ impl Kernel {
         Kernel::CacheAppend,
         Kernel::CacheAdvance,
         Kernel::CacheSelect,
-        Kernel::CacheUnion,
         Kernel::CacheDecodeDense,
         Kernel::CacheDecodeBlocks,
-        Kernel::CacheDecodeUnion,
         Kernel::CacheMerge,
     ];
 
@@ -402,10 +396,8 @@ impl Kernel {
             Kernel::CacheAppend => (&CACHE, "cache_append", &[R, R, R, R, R, W, W, W, W, W, W, W], 256),
             Kernel::CacheAdvance => (&CACHE, "cache_advance", &[W, W], 64),
             Kernel::CacheSelect => (&CACHE, "cache_select", &[R, R, R, R, W, W], 64),
-            Kernel::CacheUnion => (&CACHE, "cache_union", &[R, W], 256),
             Kernel::CacheDecodeDense => (&CACHE, "cache_decode_dense", CACHE_DECODE_BINDINGS, 128),
             Kernel::CacheDecodeBlocks => (&CACHE, "cache_decode_blocks", CACHE_DECODE_BINDINGS, 128),
-            Kernel::CacheDecodeUnion => (&CACHE, "cache_decode_union", CACHE_DECODE_BINDINGS, 128),
             Kernel::CacheMerge => (&CACHE, "cache_merge", CACHE_DECODE_BINDINGS, 128),
         }
     }
@@ -454,7 +446,7 @@ impl Kernel {
             Kernel::CacheFill => &[1, 2, 4, 5, 6, 7, 8],
             Kernel::CacheAppend => &[1, 2, 8, 9, 10, 11, 12],
             Kernel::CacheSelect => &[1, 2, 3],
-            Kernel::CacheDecodeDense | Kernel::CacheDecodeBlocks | Kernel::CacheDecodeUnion => &[1, 2, 3, 5],
+            Kernel::CacheDecodeDense | Kernel::CacheDecodeBlocks => &[1, 2, 3, 5],
             Kernel::PrefillDense | Kernel::PrefillBlocks => &[1, 2, 3, 5],
             Kernel::SnapkvLse
             | Kernel::SnapkvColsum
