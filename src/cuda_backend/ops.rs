@@ -89,12 +89,15 @@ fn topk_tune() -> bool {
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_TOPK_TUNE"))
 }
 
-/// `KVSPARSE_CUDA_TOPK=runs`: the multi-CTA top-k keeps its first design (4 radix passes of 8-bit
-/// digits, the sort always a separate `topk_sort_runs` launch) instead of 3 passes of 11/11/10
-/// bits with the sort fused into the gather's last CTA (to time both in one run; same results).
+/// Whether the multi-CTA top-k runs 4 radix passes of 8-bit digits with the sort as its own
+/// `topk_sort_runs` launch (the default) rather than 3 passes of 11/11/10 bits with the sort
+/// fused into the gather's last CTA (`KVSPARSE_CUDA_TOPK=fused`; same results). The fused
+/// design was measured slower on the H200 (81.0 against 63.1 µs at 1 x 131072, k 2048; 119.4
+/// against 99.6 µs at 8 x 131072, k 8192: BENCHMARKS.md run 13), its larger histograms costing
+/// more than the launches it saves, so it stays opt-in.
 fn topk_runs() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_TOPK").is_ok_and(|v| v.trim() == "runs"))
+    *FLAG.get_or_init(|| !std::env::var("KVSPARSE_CUDA_TOPK").is_ok_and(|v| v.trim() == "fused"))
 }
 
 /// Workspace of the multi-CTA top-k in u32 words (`TopkWs` in `cuda/topk.cu`): the words to
@@ -586,9 +589,9 @@ impl Cuda {
     }
 
     /// Top-k with several CTAs per row (see `cuda/topk.cu`): radix histogram passes
-    /// (`topk_hist`: 3 of 11/11/10 bits, or 4 of 8 bits with `KVSPARSE_CUDA_TOPK=runs`), the
+    /// (`topk_hist`: 4 of 8 bits, or 3 of 11/11/10 bits with `KVSPARSE_CUDA_TOPK=fused`), the
     /// kept pairs (`topk_gather`, which also sorts them in its last CTA per row when
-    /// `out_k <= TOPK_RUN` on the default path), else a bitonic sort of runs of up to
+    /// `out_k <= TOPK_RUN` on the fused path), else a bitonic sort of runs of up to
     /// `TOPK_RUN` pairs (`topk_sort_runs`) and merge passes (`topk_merge_runs`). One workspace
     /// allocation and one memset per call.
     fn topk_tuned(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
