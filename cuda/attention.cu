@@ -450,6 +450,74 @@ __device__ __forceinline__ kvs_u4 ldg16_kv(const void* ptr, u64 pol) {
 // Element offset of this lane's vector i within a row.
 __device__ __forceinline__ u32 dec_col(u32 lr, int i) { return (lr + DEC_LR * (u32)i) * DEC_VE; }
 
+// Token of key n of a grouped decode CTA's range (n < n1), or -1 (past the range, padding, or
+// at or past the live length); *hm = the entry's head mask in mode 2, all ones otherwise.
+__device__ __forceinline__ int decode_token(u32 mode, u32 n, u32 n1, const int* __restrict__ irow,
+                                            const u32* __restrict__ mrow, u32 bs, u32 n_key_blocks, u32 live,
+                                            u32* hm) {
+    int j = -1;
+    *hm = 0xffffffffu;
+    if (n < n1) {
+        if (mode == 0u) {
+            j = (int)n;
+        } else {
+            const u32 ent = n / bs;
+            const int e = irow[ent];
+            if (e >= 0 && (u32)e < n_key_blocks) {
+                const u32 jj = (u32)e * bs + (n - ent * bs);
+                if (jj < live) {
+                    j = (int)jj;
+                    if (mode == 2u) *hm = mrow[ent];
+                }
+            }
+        }
+    }
+    return j;
+}
+
+// The end of a grouped decode CTA: merges the DEC_WARPS warps' states of the hpc heads h0 ..
+// (max s_m in base e, sum s_l, unnormalised rows s_acc; s_m = -inf for a warp that saw no key)
+// by log-sum-exp, one thread per (head, column), and writes out / lse (splits == 1) or the
+// split's partial (normalised output + lse; out = 0, lse = -inf when no warp saw a key).
+// Pointers already offset to the CTA's sequence. Follows a __syncthreads().
+template <int GM>
+__device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const float (*s_l)[GM],
+                                                  const float (*s_acc)[GM][DEC_D], u32 split, u32 splits, u32 h0,
+                                                  u32 hpc, store_t* __restrict__ out, float* __restrict__ lse,
+                                                  float* __restrict__ part_out, float* __restrict__ part_lse) {
+    // Merge the warps: one thread per (head, column).
+    for (u32 t = threadIdx.x; t < hpc * DEC_D; t += blockDim.x) {
+        const u32 g = t / DEC_D;
+        const u32 d = t - g * DEC_D;
+        float mm = KVS_NEG_INF;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) mm = (s_m[w][g] > mm || s_m[w][g] != s_m[w][g]) ? s_m[w][g] : mm;
+        float tot = 0.0f;
+        float a = 0.0f;
+        if (mm != KVS_NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; ++w) {
+                if (s_m[w][g] == KVS_NEG_INF) continue;  // empty warp
+                const float wt = expf(s_m[w][g] - mm);
+                tot += s_l[w][g] * wt;
+                a += s_acc[w][g][d] * wt;
+            }
+        }
+        const bool any = tot != 0.0f;  // NaN propagates
+        const float o = any ? a / tot : 0.0f;
+        const float row_lse = any ? mm + logf(tot) : KVS_NEG_INF;
+        const u32 h = h0 + g;
+        if (splits <= 1u) {
+            store_f(out, h * DEC_D + d, o);
+            if (d == 0u) lse[h] = row_lse;
+        } else {
+            const u32 ps = h * splits + split;
+            part_out[ps * DEC_D + d] = o;
+            if (d == 0u) part_lse[ps] = row_lse;
+        }
+    }
+}
+
 template <int GM, bool STREAM>
 __device__ __forceinline__ void decode_body(const AttentionParams& p, const store_t* __restrict__ q,
                                             const store_t* __restrict__ k, const store_t* __restrict__ v,
@@ -526,23 +594,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
 #pragma unroll
         for (int u = 0; u < DEC_U; ++u) {
             const u32 n = base + (u32)u * DEC_RPW + rg;
-            j[u] = -1;
-            hm[u] = 0xffffffffu;
-            if (n < n1) {
-                if (mode == 0u) {
-                    j[u] = (int)n;
-                } else {
-                    const u32 ent = n / bs;
-                    const int e = irow[ent];
-                    if (e >= 0 && (u32)e < n_key_blocks) {
-                        const u32 jj = (u32)e * bs + (n - ent * bs);
-                        if (jj < live) {
-                            j[u] = (int)jj;
-                            if (mode == 2u) hm[u] = mrow[ent];
-                        }
-                    }
-                }
-            }
+            j[u] = decode_token(mode, n, n1, irow, mrow, bs, n_key_blocks, live, &hm[u]);
         }
         // All loads of the tile before any use: K and V rows in flight together.
         kvs_u4 kw[DEC_U][DEC_VPL], vw[DEC_U][DEC_VPL];
@@ -659,37 +711,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
         }
     }
     __syncthreads();
-    // Merge the warps: one thread per (head, column).
-    for (u32 t = threadIdx.x; t < hpc * DEC_D; t += blockDim.x) {
-        const u32 g = t / DEC_D;
-        const u32 d = t - g * DEC_D;
-        float mm = KVS_NEG_INF;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; ++w) mm = (s_m[w][g] > mm || s_m[w][g] != s_m[w][g]) ? s_m[w][g] : mm;
-        float tot = 0.0f;
-        float a = 0.0f;
-        if (mm != KVS_NEG_INF) {
-#pragma unroll
-            for (int w = 0; w < DEC_WARPS; ++w) {
-                if (s_m[w][g] == KVS_NEG_INF) continue;  // empty warp
-                const float wt = expf(s_m[w][g] - mm);
-                tot += s_l[w][g] * wt;
-                a += s_acc[w][g][d] * wt;
-            }
-        }
-        const bool any = tot != 0.0f;  // NaN propagates
-        const float o = any ? a / tot : 0.0f;
-        const float row_lse = any ? mm + logf(tot) : KVS_NEG_INF;
-        const u32 h = h0 + g;
-        if (splits <= 1u) {
-            store_f(out, h * DEC_D + d, o);
-            if (d == 0u) lse[h] = row_lse;
-        } else {
-            const u32 ps = h * splits + split;
-            part_out[ps * DEC_D + d] = o;
-            if (d == 0u) part_lse[ps] = row_lse;
-        }
-    }
+    decode_write_rows<GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse);
 }
 
 #define KVS_DECODE_ENTRY(GM)                                                                                  \
@@ -1032,4 +1054,218 @@ extern "C" __global__ void __launch_bounds__(128)
                          float* __restrict__ lse) {
     prefill_mma_body<true>(p, q, k, v, sel, out, lse);
 }
+// ---------------------------------------------------------------------------------------------
+// Tensor-core grouped decode (f16 / bf16, D = 64 or 128, opt-in: KVSPARSE_CUDA_DECODE_MMA=1):
+// attention_decode_mma, the arguments, grid, modes 0/1/2, batch / lens handling and partials of
+// attention_decode_g* (see there), for hpc <= MD_GM query heads per CTA.
+// Per warp and tile of MD_KT keys: S = Q K^T on mma.sync m16n8k16 with the hpc query heads as
+// the A rows 0..hpc-1 (rows hpc..15 zero, never written back) and the tile's K rows as the B
+// columns, the online softmax (base 2, f32) on the S fragments, then O += P V with P rounded to
+// the storage type in registers (as attention_prefill_mma) and V from shared memory through
+// ldmatrix.trans. K goes straight from global memory into B fragments with 16-byte loads: the
+// head dimension is the reduction of Q K^T, so any permutation of it applied to both Q and K
+// gives the same S; thread (g, t) of a fragment takes the 16-byte chunks t, t+4, ... of its row,
+// and word w of those chunks is the B (and A) register of k-step w/2, half w%2. V rows go to the
+// warp's shared tile by cp.async (zero-filled for masked keys, which also carry P = 0). Keys are
+// masked by a per-tile ballot of the row's live keys (per head in mode 2). Each warp keeps its own
+// state; the warps merge at the end by decode_write_rows, as in decode_body.
+// ---------------------------------------------------------------------------------------------
+#define MD_GM 8
+#define MD_KT 32
+#define MD_CH (PF_D / 8)  // 16-byte chunks per row
+
+// 16-byte global -> shared copy; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void kvs_cp_async16(void* smem, const void* gmem, u32 src_bytes) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void kvs_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Four 8x8 16-bit matrices from shared memory, transposed: lanes 8i .. 8i+7 address matrix i.
+__device__ __forceinline__ void kvs_ldsm_x4_trans(u32 (&r)[4], const store_t* smem_row) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
+    attention_decode_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,
+                         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,
+                         float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,
+                         const int* __restrict__ lens) {
+    // The warps' V tiles; after the key loop, the warps' output rows for decode_write_rows.
+    __shared__ __attribute__((aligned(16))) store_t vs[DEC_WARPS][MD_KT][PF_LD];
+    __shared__ float s_m[DEC_WARPS][MD_GM];
+    __shared__ float s_l[DEC_WARPS][MD_GM];
+    static_assert(sizeof(vs) >= sizeof(float) * DEC_WARPS * MD_GM * PF_D, "s_acc aliases vs");
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 gq = lane >> 2;  // fragment row (query head h0 + gq) and key column group
+    const u32 tg = lane & 3u;  // thread in the group
+    const u32 splits = max(p.splits, 1u);
+    const u32 split = blockIdx.x;
+    const u32 h0 = blockIdx.y * hpc;
+    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
+    const u32 bs = max(p.block_size, 1u);
+    const u32 bz = blockIdx.z;
+    q += bz * p.q_heads * PF_D;
+    out += bz * p.q_heads * PF_D;
+    lse += bz * p.q_heads;
+    part_out += bz * p.q_heads * splits * PF_D;
+    part_lse += bz * p.q_heads * splits;
+    k += bz * p.kv_heads * p.kv_len * PF_D;
+    v += bz * p.kv_heads * p.kv_len * PF_D;
+    idx += bz * p.idx_heads * p.n_idx;
+    hmask += bz * p.kv_heads * p.n_idx;
+    counts += bz * p.kv_heads;
+    const int len = lens != nullptr ? lens[bz] : (int)p.kv_len;
+    const u32 live = len <= 0 ? 0u : min((u32)len, p.kv_len);
+    const u32 n_key_blocks = (live + bs - 1u) / bs;
+    const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
+    const u32* mrow = hmask + kvh * p.n_idx;                // read in mode 2 only
+    const u32 hbit = (h0 - kvh * (p.q_heads / p.kv_heads) + gq) & 31u;  // hmask bit of this row's head
+
+    // Q's A fragments (rows 8..15 are zero: a[1] = a[3] = 0): words 2kk, 2kk+1 of row gq's chunks.
+    u32 qw[KVS_DPL * 4];
+#pragma unroll
+    for (int i = 0; i < KVS_DPL; ++i) {
+        const kvs_u4 x = gq < hpc ? ldg16(q + (h0 + gq) * PF_D + (tg + 4u * (u32)i) * 8u) : kvs_u4{0u, 0u, 0u, 0u};
+        qw[4 * i] = x.x;
+        qw[4 * i + 1] = x.y;
+        qw[4 * i + 2] = x.z;
+        qw[4 * i + 3] = x.w;
+    }
+    const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
+    float o[PF_D / 8][4];
+#pragma unroll
+    for (int n = 0; n < PF_D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m = KVS_NEG_INF, l = 0.0f;  // row gq, base 2; l over this thread's columns
+
+    u32 n0, n1;
+    const u32 live_entries = mode == 2u ? min(counts[kvh], p.n_idx) : p.n_idx;
+    split_range(mode == 0u ? live : live_entries * bs, splits, split, &n0, &n1);
+    const store_t* kh = k + kvh * p.kv_len * PF_D;
+    const store_t* vh = v + kvh * p.kv_len * PF_D;
+    store_t(*vw)[PF_LD] = vs[warp];
+    for (u32 base = n0 + warp * MD_KT; base < n1; base += DEC_WARPS * MD_KT) {  // warp-uniform
+        u32 hm;
+        const int jl = decode_token(mode, base + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm);
+        // Bit c: key base + c is attended by this row's head.
+        u32 keep;
+        if (mode == 2u) {
+            keep = 0u;
+#pragma unroll
+            for (int g = 0; g < MD_GM; ++g) {
+                const u32 b = __ballot_sync(KVS_FULL_MASK, jl >= 0 && ((hm >> ((hbit - gq + (u32)g) & 31u)) & 1u) != 0u);
+                keep = (u32)g == gq ? b : keep;
+            }
+        } else {
+            keep = __ballot_sync(KVS_FULL_MASK, jl >= 0);
+        }
+        __syncwarp();  // the previous tile's V fragments are read
+        // V rows of the tile -> shared (zeros for dropped keys).
+#pragma unroll
+        for (int i = 0; i < MD_KT * MD_CH / 32; ++i) {
+            const u32 c = (u32)i * 32u + lane;
+            const u32 r = c / MD_CH;
+            const u32 col = (c - r * MD_CH) * 8u;
+            const int jr = __shfl_sync(KVS_FULL_MASK, jl, (int)r);
+            kvs_cp_async16(&vw[r][col], jr >= 0 ? vh + (u32)jr * PF_D + col : vh, jr >= 0 ? 16u : 0u);
+        }
+        // K rows straight into B fragments: row t*8 + gq, chunks tg + 4i.
+        u32 kw[MD_KT / 8][KVS_DPL * 4];
+#pragma unroll
+        for (int t = 0; t < MD_KT / 8; ++t) {
+            const int jr = __shfl_sync(KVS_FULL_MASK, jl, t * 8 + (int)gq);
+#pragma unroll
+            for (int i = 0; i < KVS_DPL; ++i) {
+                const kvs_u4 x =
+                    jr >= 0 ? ldg16(kh + (u32)jr * PF_D + (tg + 4u * (u32)i) * 8u) : kvs_u4{0u, 0u, 0u, 0u};
+                kw[t][4 * i] = x.x;
+                kw[t][4 * i + 1] = x.y;
+                kw[t][4 * i + 2] = x.z;
+                kw[t][4 * i + 3] = x.w;
+            }
+        }
+        float s[MD_KT / 8][4];
+#pragma unroll
+        for (int t = 0; t < MD_KT / 8; ++t) {
+            s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < PF_D / 16; ++kk) {
+                const u32 a[4] = {qw[2 * kk], 0u, qw[2 * kk + 1], 0u};
+                kvs_mma16816(s[t], a, kw[t][2 * kk], kw[t][2 * kk + 1]);
+            }
+        }
+        // Online softmax of row gq over the tile (columns t*8 + tg*2 + e of this thread).
+        float mx = KVS_NEG_INF;
+#pragma unroll
+        for (int t = 0; t < MD_KT / 8; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const u32 c = (u32)t * 8u + tg * 2u + (u32)e;
+                const float x = ((keep >> c) & 1u) != 0u ? s[t][e] * sl2 : KVS_NEG_INF;
+                s[t][e] = x;
+                mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(KVS_FULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(KVS_FULL_MASK, mx, 2));
+        const float mn = fmaxf(m, mx);
+        // A row with no attended key yet keeps m = -inf; subtract 0 then so that exp2(-inf) = 0.
+        const float mu = mn == KVS_NEG_INF ? 0.0f : mn;
+        const float corr = exp2f(m - mu);
+        m = mn;
+        l *= corr;
+#pragma unroll
+        for (int n = 0; n < PF_D / 8; ++n) {
+            o[n][0] *= corr;
+            o[n][1] *= corr;
+        }
+#pragma unroll
+        for (int t = 0; t < MD_KT / 8; ++t) {
+            s[t][0] = exp2f(s[t][0] - mu);
+            s[t][1] = exp2f(s[t][1] - mu);
+            l += s[t][0] + s[t][1];
+        }
+        kvs_cp_async_wait_all();
+        __syncwarp();  // every lane's V rows have landed
+#pragma unroll
+        for (int kk = 0; kk < MD_KT / 16; ++kk) {
+            // S accumulators of key columns 16kk .. 16kk+15 are P's A fragment (rows 8..15 zero).
+            const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), 0u, kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               0u};
+#pragma unroll
+            for (int n = 0; n < PF_D / 8; n += 2) {
+                u32 b[4];  // B fragments of output columns n*8.. and (n+1)*8..
+                kvs_ldsm_x4_trans(b, &vw[kk * 16 + (lane & 15u)][(n + (int)(lane >> 4)) * 8]);
+                kvs_mma16816(o[n], pa, b[0], b[1]);
+                kvs_mma16816(o[n + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+    l += __shfl_xor_sync(KVS_FULL_MASK, l, 1);
+    l += __shfl_xor_sync(KVS_FULL_MASK, l, 2);
+    __syncthreads();  // every warp is done with its V tile: vs becomes s_acc
+    float(*s_acc)[MD_GM][PF_D] = reinterpret_cast<float(*)[MD_GM][PF_D]>(&vs[0][0][0]);
+    if (gq < hpc) {
+#pragma unroll
+        for (int n = 0; n < PF_D / 8; ++n) {
+            s_acc[warp][gq][n * 8 + tg * 2u] = o[n][0];
+            s_acc[warp][gq][n * 8 + tg * 2u + 1u] = o[n][1];
+        }
+        if (tg == 0u) {
+            s_m[warp][gq] = m == KVS_NEG_INF ? KVS_NEG_INF : m * 0.6931471805599453f;  // base e
+            s_l[warp][gq] = l;
+        }
+    }
+    __syncthreads();
+    decode_write_rows<MD_GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse);
+}
+
 #endif  // tensor-core prefill

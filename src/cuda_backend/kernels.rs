@@ -124,6 +124,7 @@ impl Family {
                 "attention_decode_t2",
                 "attention_decode_t4",
                 "attention_decode_t8",
+                "attention_decode_mma",
                 "attention_prefill_mma",
                 "attention_blocks_mma",
             ],
@@ -143,13 +144,16 @@ impl Family {
 
     /// Whether `entry` exists in the module of `spec`: the grouped decode kernels are compiled only
     /// for head dims up to [`DECODE_MAX_DPL`] slots per lane (their register tiles grow with D),
-    /// the tensor-core prefill only where [`prefill_mma_fits`].
+    /// the tensor-core prefill and decode (`attention_decode_mma`) only where [`prefill_mma_fits`].
     pub(crate) fn has_entry(self, spec: &Spec, entry: &str) -> bool {
         if entry == "snapkv_colsum_mma" {
             return prefill_mma_fits(spec);
         }
         if self != Family::Attention {
             return true;
+        }
+        if entry == "attention_decode_mma" {
+            return prefill_mma_fits(spec);
         }
         if entry.starts_with("attention_decode_") {
             return spec.dpl <= DECODE_MAX_DPL;

@@ -81,6 +81,30 @@ fn decode_tune() -> bool {
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_DECODE_TUNE"))
 }
 
+/// `KVSPARSE_CUDA_DECODE_MMA=1`: the grouped decode goes to the tensor-core `attention_decode_mma`
+/// where it fits ([`decode_mma_fits`]), with the same grid, arguments and split count (opt-in,
+/// for timing and validation beside the default; results differ by the rounding of P to the
+/// storage type, as the tensor-core prefill's do).
+fn decode_mma() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_DECODE_MMA"))
+}
+
+/// Query heads per CTA of `attention_decode_mma` (`MD_GM` in `cuda/attention.cu`: the A rows
+/// it fills of the 16 of an m16n8k16 tile).
+const DECODE_MMA_MAX_HPC: usize = 8;
+
+/// Whether `attention_decode_mma` covers a grouped decode of `hpc` heads per CTA: f16/bf16,
+/// D = 64 or 128 (the tensor-core module), 2, 4 or 8 heads (a group of one stays on the
+/// CUDA-core kernels: 15 of the 16 rows would be padding).
+fn decode_mma_fits(spec: Spec, dim: usize, hpc: usize) -> bool {
+    decode_mma()
+        && super::kernels::prefill_mma_fits(&spec)
+        && dim == 32 * spec.dpl as usize
+        && hpc.is_power_of_two()
+        && (2..=DECODE_MMA_MAX_HPC).contains(&hpc)
+}
+
 /// `KVSPARSE_CUDA_TOPK_TUNE=1`: top-k by several CTAs per row (`topk_hist`, `topk_gather`) and a
 /// shared-memory bitonic sort with merge passes (`topk_sort_runs`, `topk_merge_runs`) instead of
 /// the one-CTA-per-row `topk` (opt-in, for timing beside the default; same results).
@@ -413,6 +437,7 @@ impl Cuda {
             DecodeKeys::Sparse(_) => p.idx_heads != p.q_heads || group == 1,
         };
         let (hpc, entry) = if shared { decode_chunk(group) } else { (1, decode_entry(1)) };
+        let entry = if decode_mma_fits(spec, p.dim as usize, hpc) { "attention_decode_mma" } else { entry };
         let chunks = q_heads / hpc;
         let capacity = match keys {
             DecodeKeys::Dense => p.kv_len as usize,
@@ -471,7 +496,9 @@ impl Cuda {
         // hpc divides the group and is at most the kernel's GM; part buffers hold
         // batch*Hq*splits rows when splits > 1; chunks*hpc = Hq <= 65535 grid rows (problem
         // caps), batch <= 65535 (grid_z); every token is checked against min(lens[b], T) and the
-        // split range.
+        // split range. `attention_decode_mma` (same signature and grid) additionally needs
+        // f16/bf16 and D = 64 or 128 (its module) and hpc <= 8 (decode_mma_fits); its K/V rows
+        // are read only for tokens that pass the same checks (cp.async zero-fills the others).
         unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
         if p.splits > 1 {
             let f = self.function(Family::Attention, spec, "attention_merge_rows")?;
