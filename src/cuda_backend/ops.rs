@@ -81,13 +81,15 @@ fn decode_tune() -> bool {
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_DECODE_TUNE"))
 }
 
-/// `KVSPARSE_CUDA_DECODE_MMA=1`: the grouped decode goes to the tensor-core `attention_decode_mma`
-/// where it fits ([`decode_mma_fits`]), with the same grid, arguments and split count (opt-in,
-/// for timing and validation beside the default; results differ by the rounding of P to the
-/// storage type, as the tensor-core prefill's do).
+/// Whether the grouped decode goes to the tensor-core `attention_decode_mma` where it fits
+/// ([`decode_mma_fits`]), with the same grid, arguments and split count: on by default
+/// (validated and measured on the H200: dense decode at 128K in 150.5 µs against 221.5 µs for
+/// `attention_decode_g4`, BENCHMARKS.md run 15); `KVSPARSE_CUDA_NO_MMA=1` (every tensor-core
+/// path) or `KVSPARSE_CUDA_DECODE_MMA=0` (this one) turn it off. Results differ from the CUDA-core
+/// kernel by the rounding of P to the storage type, as the tensor-core prefill's do.
 fn decode_mma() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_DECODE_MMA"))
+    *FLAG.get_or_init(|| tensor_cores() && std::env::var("KVSPARSE_CUDA_DECODE_MMA").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Query heads per CTA of `attention_decode_mma` (`MD_GM` in `cuda/attention.cu`: the A rows
