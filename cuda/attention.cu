@@ -518,6 +518,28 @@ __device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const 
     }
 }
 
+// Where sequence blockIdx.z of a batched cache starts in each tensor of a grouped decode, in
+// rows (q/out/lse: q_heads per sequence; the split partials: q_heads * splits; k/v: kv_heads *
+// kv_len, the capacity) or elements (idx, hmask, counts), and its live keys: all kv_len without
+// `lens`, else lens[z] clipped to 0..kv_len. A single-call decode is sequence 0 without lens.
+struct DecodeSeq {
+    u32 q, part, kv, idx, mask, heads, live;
+};
+
+__device__ __forceinline__ DecodeSeq decode_seq(const AttentionParams& p, u32 splits, const int* lens) {
+    const u32 z = blockIdx.z;
+    DecodeSeq s;
+    s.q = z * p.q_heads;
+    s.part = z * p.q_heads * splits;
+    s.kv = z * p.kv_heads * p.kv_len;
+    s.idx = z * p.idx_heads * p.n_idx;
+    s.mask = z * p.kv_heads * p.n_idx;
+    s.heads = z * p.kv_heads;
+    const int len = lens != nullptr ? lens[z] : (int)p.kv_len;
+    s.live = len <= 0 ? 0u : min((u32)len, p.kv_len);
+    return s;
+}
+
 template <int GM, bool STREAM>
 __device__ __forceinline__ void decode_body(const AttentionParams& p, const store_t* __restrict__ q,
                                             const store_t* __restrict__ k, const store_t* __restrict__ v,
@@ -538,20 +560,11 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
     const u32 h0 = blockIdx.y * hpc;
     const u32 kvh = h0 / (p.q_heads / p.kv_heads);
     const u32 bs = max(p.block_size, 1u);
-    // Sequence blockIdx.z of a batched cache: its rows, and its live keys (all kv_len without lens).
-    const u32 bz = blockIdx.z;
-    q += bz * p.q_heads * DEC_D;
-    out += bz * p.q_heads * DEC_D;
-    lse += bz * p.q_heads;
-    part_out += bz * p.q_heads * splits * DEC_D;
-    part_lse += bz * p.q_heads * splits;
-    k += bz * p.kv_heads * p.kv_len * DEC_D;
-    v += bz * p.kv_heads * p.kv_len * DEC_D;
-    idx += bz * p.idx_heads * p.n_idx;
-    hmask += bz * p.kv_heads * p.n_idx;
-    counts += bz * p.kv_heads;
-    const int len = lens != nullptr ? lens[bz] : (int)p.kv_len;
-    const u32 live = len <= 0 ? 0u : min((u32)len, p.kv_len);
+    // Sequence blockIdx.z of a batched cache (see decode_seq).
+    const DecodeSeq sq = decode_seq(p, splits, lens);
+    q += sq.q * DEC_D, out += sq.q * DEC_D, lse += sq.q, part_out += sq.part * DEC_D, part_lse += sq.part;
+    k += sq.kv * DEC_D, v += sq.kv * DEC_D, idx += sq.idx, hmask += sq.mask, counts += sq.heads;
+    const u32 live = sq.live;
     const u32 n_key_blocks = (live + bs - 1u) / bs;
     const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
     const u32* mrow = hmask + kvh * p.n_idx;  // read in mode 2 only
@@ -1112,19 +1125,10 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
     const u32 h0 = blockIdx.y * hpc;
     const u32 kvh = h0 / (p.q_heads / p.kv_heads);
     const u32 bs = max(p.block_size, 1u);
-    const u32 bz = blockIdx.z;
-    q += bz * p.q_heads * PF_D;
-    out += bz * p.q_heads * PF_D;
-    lse += bz * p.q_heads;
-    part_out += bz * p.q_heads * splits * PF_D;
-    part_lse += bz * p.q_heads * splits;
-    k += bz * p.kv_heads * p.kv_len * PF_D;
-    v += bz * p.kv_heads * p.kv_len * PF_D;
-    idx += bz * p.idx_heads * p.n_idx;
-    hmask += bz * p.kv_heads * p.n_idx;
-    counts += bz * p.kv_heads;
-    const int len = lens != nullptr ? lens[bz] : (int)p.kv_len;
-    const u32 live = len <= 0 ? 0u : min((u32)len, p.kv_len);
+    const DecodeSeq sq = decode_seq(p, splits, lens);
+    q += sq.q * PF_D, out += sq.q * PF_D, lse += sq.q, part_out += sq.part * PF_D, part_lse += sq.part;
+    k += sq.kv * PF_D, v += sq.kv * PF_D, idx += sq.idx, hmask += sq.mask, counts += sq.heads;
+    const u32 live = sq.live;
     const u32 n_key_blocks = (live + bs - 1u) / bs;
     const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
     const u32* mrow = hmask + kvh * p.n_idx;                // read in mode 2 only
