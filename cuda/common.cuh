@@ -421,6 +421,34 @@ __device__ __forceinline__ void kvs_ldsm_x2_trans(u32& r0, u32& r1, const store_
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
 
+// 16-byte global -> shared copy; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void kvs_cp_async16(void* smem, const void* gmem, u32 src_bytes) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void kvs_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Four 8x8 16-bit matrices from shared memory, transposed: lanes 8i .. 8i+7 address matrix i.
+__device__ __forceinline__ void kvs_ldsm_x4_trans(u32 (&r)[4], const store_t* smem_row) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Four 8x8 16-bit matrices from shared memory: lanes 8i .. 8i+7 address the rows of matrix i
+// (B fragments of Q K^T from row-major K: rows = keys, columns = the reduction dimension).
+__device__ __forceinline__ void kvs_ldsm_x4(u32 (&r)[4], const store_t* smem_row) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 // Two consecutive 16-bit elements as one word (4-byte aligned: even element offset).
 __device__ __forceinline__ u32 kvs_ld2(const store_t* p) { return *reinterpret_cast<const u32*>(p); }
 #endif

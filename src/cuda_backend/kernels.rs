@@ -135,6 +135,8 @@ impl Family {
                 "snapkv_keys",
                 "snapkv_select",
                 "snapkv_keep_all",
+                "snapkv_lse_mma",
+                "snapkv_lse_merge",
                 "snapkv_colsum_mma",
             ],
             Family::HitRate => &["hit_rate"],
@@ -146,7 +148,7 @@ impl Family {
     /// for head dims up to [`DECODE_MAX_DPL`] slots per lane (their register tiles grow with D),
     /// the tensor-core prefill and decode (`attention_decode_mma`) only where [`prefill_mma_fits`].
     pub(crate) fn has_entry(self, spec: &Spec, entry: &str) -> bool {
-        if entry == "snapkv_colsum_mma" {
+        if matches!(entry, "snapkv_lse_mma" | "snapkv_lse_merge" | "snapkv_colsum_mma") {
             return prefill_mma_fits(spec);
         }
         if self != Family::Attention {

@@ -352,10 +352,9 @@ impl Cuda {
         })
     }
 
-    /// SnapKV passes 1 and 2 on tensor cores: the window rows' lse by `attention_prefill_mma`
-    /// (q = q_obs, k = v = the keys, causal bottom-right: window query i sees keys 0..=T-w+i,
-    /// exactly `snapkv_lse`'s rows; its attention output goes to scratch), then
-    /// `snapkv_colsum_mma`. The caller checks `prefill_mma_on` and window % 16 == 0.
+    /// SnapKV passes 1 and 2 on tensor cores: `snapkv_lse_mma` (each window row's lse over each
+    /// 64-key tile, every tile and kv head a CTA) and `snapkv_lse_merge` (the tiles folded per
+    /// row), then `snapkv_colsum_mma`. The caller checks `prefill_mma_on` and window % 16 == 0.
     fn snapkv_scores_mma(
         &self,
         op: &SnapKvCompress,
@@ -366,40 +365,32 @@ impl Cuda {
         colsum: &mut CudaSlice<u8>,
     ) -> Result<()> {
         let sp = op.params();
-        let window = sp.window as usize;
-        let ap = AttentionParams {
-            q_heads: sp.q_heads,
-            kv_heads: sp.kv_heads,
-            q_len: sp.window,
-            kv_len: sp.seq,
-            dim: sp.dim,
-            causal: 1,
-            scale: sp.scale,
-            idx_heads: sp.q_heads,
-            n_idx: 0,
-            block_size: 1,
-            splits: 1,
-            _pad0: 0,
-        };
-        let mut att_out = self.scratch(op.q_heads * window * op.dim * op.dtype.size())?;
-        let f = self.function(Family::Attention, spec, "attention_prefill_mma")?;
+        let rows = op.q_heads * sp.window as usize;
+        let n_tiles = op.seq.div_ceil(64);
+        let kv_grid = grid_y(SnapKvCompress::NAME, op.kv_heads)?;
+        let mut part_lse = self.scratch(4 * rows * n_tiles)?;
+        let f = self.function(Family::SnapKv, spec, "snapkv_lse_mma")?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&ap).arg(&q_obs.slice).arg(&k.slice).arg(&k.slice).arg(&mut att_out).arg(&mut *row_lse);
-        let cfg = LaunchConfig {
-            grid_dim: (sp.window.div_ceil(PREFILL_ROWS), grid_y(SnapKvCompress::NAME, op.q_heads)?, 1),
-            block_dim: (PREFILL_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: matches `attention_prefill_mma(p, q, k, v, out, lse)`; q = q_obs [Hq, w, D],
-        // k = v = k [Hkv, T, D] (checked; T > w), out = scratch sized Hq*w*D storage elements,
-        // lse = row_lse sized Hq*w f32 by the caller; f16/bf16, D in {64, 128}.
-        unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_prefill_mma (snapkv)", e))?;
+        b.arg(&sp).arg(&q_obs.slice).arg(&k.slice).arg(&mut part_lse);
+        let cfg = LaunchConfig { grid_dim: (n_tiles as u32, kv_grid, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `snapkv_lse_mma(p, q_obs, k, part_lse)`; q_obs [Hq, w, D], k [Hkv, T, D]
+        // (checked; f16/bf16, D in {64, 128}, w % 16 == 0), part_lse sized Hq*w*n_tiles f32 here
+        // with n_tiles = gridDim.x = ceil(T / 64); key rows staged only below T.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("snapkv_lse_mma", e))?;
+        let n_tiles32 = n_tiles as u32;
+        let f = self.function(Family::SnapKv, spec, "snapkv_lse_merge")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&sp).arg(&part_lse).arg(&mut *row_lse).arg(&n_tiles32);
+        // SAFETY: matches `snapkv_lse_merge(p, part_lse, row_lse, n_tiles)`; part_lse written
+        // above (Hq*w rows of n_tiles), row_lse sized Hq*w f32 by the caller; one warp per row,
+        // guarded row < Hq*w.
+        unsafe { b.launch(warp_rows(rows, 1)) }.map_err(|e| device_err("snapkv_lse_merge", e))?;
         let n_prefix = sp.n_prefix as usize;
         let f = self.function(Family::SnapKv, spec, "snapkv_colsum_mma")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&sp).arg(&q_obs.slice).arg(&k.slice).arg(&*row_lse).arg(colsum);
         let cfg = LaunchConfig {
-            grid_dim: ((n_prefix as u32).div_ceil(64), grid_y(SnapKvCompress::NAME, op.kv_heads)?, 1),
+            grid_dim: ((n_prefix as u32).div_ceil(64), kv_grid, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
