@@ -8,6 +8,8 @@
 //   quest_scores (p, q[Hq,D], kmin, kmax [Hkv,NB,D], scores[Hq,NB] f32)
 //                 one warp per (query head, block), lanes over channels:
 //                 sum_d max(q*kmax, q*kmin), unscaled
+//   quest_group_mean (p, scores[Hq,NB] f32, mean[Hkv,NB] f32)   one thread per (kv head, block):
+//                 the mean of its G query heads' scores (summed in head order, then / G)
 //   block_mean_f32 (p, k[H,T,D], kmean[H,NB,D] f32)           the same, f32 means for moba_gate
 //   moba_gate    (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
 //                 one warp per (query head, token), loops over every block: q . kmean, unscaled
@@ -81,6 +83,18 @@ extern "C" __global__ void quest_scores(const BlockParams p, const store_t* __re
     }
     s = warp_sum(s);
     if (lane == 0) scores[row] = s;
+}
+
+extern "C" __global__ void quest_group_mean(const BlockParams p, const float* __restrict__ scores,
+                                            float* __restrict__ mean) {
+    const u32 e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= p.kv_heads * p.nb) return;
+    const u32 kv = e / p.nb;
+    const u32 b = e - kv * p.nb;
+    const u32 g = p.q_heads / p.kv_heads;
+    float s = 0.0f;
+    for (u32 i = 0; i < g; ++i) s += scores[(kv * g + i) * p.nb + b];
+    mean[e] = s / (float)g;
 }
 
 extern "C" __global__ void moba_gate(const BlockParams p, const store_t* __restrict__ q,

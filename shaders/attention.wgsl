@@ -8,7 +8,8 @@
 //                     position kv_len - q_len + i).
 //   attention_sparse: slots = the n_idx entries of the query's index row (row h when idx_heads =
 //                     q_heads, else its kv head h / G); entries outside 0..kv_len are padding.
-//   attention_blocks: slots = n_idx selected blocks x min(bs, kv_len) tokens of row h*q_len + i;
+//   attention_blocks: slots = n_idx selected blocks x min(bs, kv_len) tokens of row r*q_len + i
+//                     (r = h, or its kv head h / G when idx_heads != q_heads);
 //                     block ids < 0 or >= NB are padding; causal keeps tokens <= the query position.
 // Per tile: logits (f32 dot products), workgroup max, online-softmax rescale of the running
 // (max, sum, acc[D]); every invocation then accumulates p_j * v_j for its dims d = lid + k*WG.
@@ -85,7 +86,12 @@ fn slot_token(mode: u32, s: u32, h: u32, i: u32, qpos: u32) -> i32 {
     let nb = (p.kv_len + p.block_size - 1u) / p.block_size;
     let span = min(p.block_size, p.kv_len);
     let j = s / span;
-    let b = idx[(h * p.q_len + i) * p.n_idx + j];
+    // A group's heads share their kv head's row when idx_heads = Hkv (Quest with gqa = mean).
+    var r = h;
+    if (p.idx_heads != p.q_heads) {
+        r = h / (p.q_heads / p.kv_heads);
+    }
+    let b = idx[(r * p.q_len + i) * p.n_idx + j];
     if (b < 0 || u32(b) >= nb) {
         return -1;
     }

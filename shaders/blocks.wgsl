@@ -7,6 +7,8 @@
 // block_mean:   one invocation per (h, b, d).  Bindings: 1 k[H,T,D], 2 kmean[H,NB,D].
 // quest_scores: one invocation per (h, b): sum_d max(q*kmax, q*kmin), unscaled, f32.
 //               Bindings: 1 q[Hq,D], 2 kmin[Hkv,NB,D], 3 kmax[Hkv,NB,D], 4 scores f32[Hq,NB].
+// quest_group_mean: one invocation per (kv head, b): the mean of its G query heads' scores
+//               (summed in head order, then / G). Bindings: 1 scores f32[Hq,NB], 2 mean f32[Hkv,NB].
 // moba_gate:    one invocation per (h, t, b): q_t . kmean_b, unscaled, f32 (every block).
 //               Bindings: 1 q[Hq,T,D], 2 kmean[Hkv,NB,D], 3 gate f32[Hq,T,NB].
 
@@ -25,6 +27,9 @@ override WG_SIZE: u32 = 256u;
 @group(0) @binding(2) var<storage, read> qs_kmin: array<qs_kmin_t>;
 @group(0) @binding(3) var<storage, read> qs_kmax: array<qs_kmax_t>;
 @group(0) @binding(4) var<storage, read_write> qs_scores: array<f32>;
+
+@group(0) @binding(1) var<storage, read> qm_scores: array<f32>;
+@group(0) @binding(2) var<storage, read_write> qm_mean: array<f32>;
 
 @group(0) @binding(1) var<storage, read> mg_q: array<mg_q_t>;
 @group(0) @binding(2) var<storage, read> mg_kmean: array<mg_kmean_t>;
@@ -104,6 +109,26 @@ fn quest_scores(
         s += max(qd * ld_qs_kmax(stats + d), qd * ld_qs_kmin(stats + d));
     }
     qs_scores[e] = s;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn quest_group_mean(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = thread_id(wid, nwg, lid);
+    if (e >= p.kv_heads * p.nb) {
+        return;
+    }
+    let kv = e / p.nb;
+    let b = e - kv * p.nb;
+    let g = p.q_heads / p.kv_heads;
+    var s = 0.0;
+    for (var i = 0u; i < g; i++) {
+        s += qm_scores[(kv * g + i) * p.nb + b];
+    }
+    qm_mean[e] = s / f32(g);
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -20,8 +20,8 @@
 // - at the end the teams' states are merged in workgroup memory.
 // Slots map to tokens as in attention.wgsl: dense = 0..live (one query: all visible);
 // sparse = the unit's index row (a kv head's row when shared, else GROUP = 1); blocks = the
-// query head's n_idx selected blocks x min(bs, live) tokens (GROUP = 1), causal to the last
-// token. Rows are "query rows": a head, or (sequence, head) flattened for the batched cache,
+// unit's n_idx selected blocks x min(bs, live) tokens (the kv head's row when shared, else the
+// query head's with GROUP = 1), causal to the last token. Rows are "query rows": a head, or (sequence, head) flattened for the batched cache,
 // whose kv rows are (sequence, cache head) `stride` slots apart; only the first `live` slots of
 // a kv row are keys.
 //
@@ -117,7 +117,11 @@ fn slot_token(j: DecodeJob, mode: u32, s: u32, r: u32, kvh: u32) -> i32 {
     let nb = (j.live + j.block_size - 1u) / j.block_size;
     let span = min(j.block_size, j.live);
     let i = s / span;
-    let b = didx[r * j.n_idx + i];
+    var row = r;
+    if (j.idx_shared) {
+        row = kvh;
+    }
+    let b = didx[row * j.n_idx + i];
     if (b < 0 || u32(b) >= nb) {
         return -1;
     }

@@ -292,6 +292,7 @@ impl Backend for Cpu {
             op.kv_heads,
             op.dim,
             &op.select,
+            op.gqa,
             op.scale as f64,
         );
         put_i32(selected, r.selected);
@@ -613,6 +614,7 @@ impl Backend for Cpu {
                         s.heads,
                         d,
                         &cfg,
+                        reference::GqaMode::PerHead,
                         scale,
                     );
                     o_all.extend(r.out);

@@ -109,7 +109,7 @@ impl Preset {
         let b = self.budget_denominators.len();
         self.contexts
             .iter()
-            .map(|&t| 2 + 2 * (1 + 3 * b) + if t <= self.prefill_max { 2 * (1 + b) + b } else { 0 })
+            .map(|&t| 2 + 2 * (1 + 4 * b) + if t <= self.prefill_max { 2 * (1 + b) + b } else { 0 })
             .sum::<usize>()
             + 1
             + self.topk_shapes.len()
@@ -143,7 +143,8 @@ pub enum Bound {
 pub struct Row {
     /// `decode`, `prefill`, `compress` (SnapKV, once per prompt) or `kernel` (one op alone).
     pub phase: &'static str,
-    /// `dense`, `quest`, `random`, `snapkv`, `moba`, or for kernel rows the op's name
+    /// `dense`, `quest`, `quest_kv` (Quest with one selection per kv head), `random`, `snapkv`,
+    /// `moba`, or for kernel rows the op's name
     /// (`topk`, `decay_scan`, `quest_scores`).
     pub method: &'static str,
     /// `attention` (plain K/V) or `ratplus` (decaying memory).
@@ -463,9 +464,16 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
 
         for &den in &p.budget_denominators {
             let n_blocks = (nb / den).max(1);
-            for (method, selector) in [("quest", Selector::Score), ("random", Selector::Random { seed: 42 })] {
+            // `quest_kv`: one selection per kv head from the group's mean score (GqaMode::Mean).
+            let methods = [
+                ("quest", Selector::Score, GqaMode::PerHead),
+                ("quest_kv", Selector::Score, GqaMode::Mean),
+                ("random", Selector::Random { seed: 42 }, GqaMode::PerHead),
+            ];
+            for (method, selector, gqa) in methods {
                 let cfg = SelectConfig { block_size: p.block_size, n_blocks, force_first: true, n_local: 1, selector };
                 let op = QuestDecode::new(hq, hkv, t, d, cfg, scale, dt)?.with_cached_stats();
+                let op = if gqa == GqaMode::Mean { op.with_group_selection() } else { op };
                 let [mut sel, mut o, mut l, mut rank] = op.alloc_outputs(b)?;
                 let times = measure_backbones(
                     b,

@@ -2,12 +2,12 @@
 
 use crate::attention::attend;
 use crate::blocks::{block_minmax, group, quest_scores_f64, seq_len};
-use crate::{num_blocks, random_key, select_forced_topk, SelectConfig, Selector};
+use crate::{num_blocks, random_key, select_forced_topk, GqaMode, SelectConfig, Selector};
 
 /// Output of [`quest_decode`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuestDecode {
-    /// `[Hq, n_sel]` ascending block ids.
+    /// `[Hs, n_sel]` ascending block ids: `Hs = Hq` (`GqaMode::PerHead`) or `Hkv` (`Mean`).
     pub selected: Vec<i32>,
     /// `n_sel = min(NB, max(n_blocks, |forced|))`.
     pub n_sel: usize,
@@ -15,9 +15,9 @@ pub struct QuestDecode {
     pub out: Vec<f32>,
     /// `[Hq]`.
     pub lse: Vec<f32>,
-    /// `[Hq, NB]` Quest scores (filled for both selectors).
+    /// `[Hs, NB]` Quest scores (filled for both selectors); for `Mean`, the group's mean.
     pub scores: Vec<f32>,
-    /// `[Hq, NB]` random keys (row = h); empty for `Selector::Score`.
+    /// `[Hs, NB]` random keys (row = selection row); empty for `Selector::Score`.
     pub keys: Vec<u32>,
 }
 
@@ -80,6 +80,12 @@ pub fn quest_select(scores: &[f32], q_heads: usize, nb: usize, cfg: &SelectConfi
 /// the selected blocks (all `<= T-1`, no mask). `T = 1`: one block, attention over token 0.
 /// `stats = Some((kmin, kmax))` (`[Hkv, NB, D]`) uses those statistics instead of computing them
 /// from `k` (a decoder's cache keeps them; they must equal [`crate::block_minmax`] of `k`).
+///
+/// `gqa` (**[OURS]**, not in Quest, which has no GQA): `PerHead` selects per query head as above
+/// (what Quest's evaluation does after `repeat_kv`); `Mean` selects once per kv head from the
+/// mean over its `G` query heads of their scores (`sum_g scores[kvh*G + g, b] / G`; random keys
+/// with `row = kvh`), and every query head of the group attends over that one set, so a
+/// group reads each selected block once (SnapKV's `gqa = mean`, kvpress, applied to Quest).
 #[allow(clippy::too_many_arguments)]
 pub fn quest_decode(
     q: &[f32],
@@ -90,6 +96,7 @@ pub fn quest_decode(
     kv_heads: usize,
     dim: usize,
     cfg: &SelectConfig,
+    gqa: GqaMode,
     scale: f64,
 ) -> QuestDecode {
     let g = group(q_heads, kv_heads);
@@ -107,20 +114,34 @@ pub fn quest_decode(
         }
     };
     assert_eq!(kmin.len(), kv_heads * nb * dim, "quest_decode: stats must be [Hkv, NB, D]");
-    let scores = quest_scores_f64(q, kmin, kmax, q_heads, kv_heads, dim);
+    let per_head = quest_scores_f64(q, kmin, kmax, q_heads, kv_heads, dim);
+    // Selection rows: one per query head, or one per kv head over the group's mean score.
+    let (rows, scores) = match gqa {
+        GqaMode::PerHead => (q_heads, per_head),
+        GqaMode::Mean => {
+            let mean = (0..kv_heads * nb)
+                .map(|e| {
+                    let (kvh, b) = (e / nb, e % nb);
+                    (0..g).map(|i| per_head[(kvh * g + i) * nb + b]).sum::<f64>() / g as f64
+                })
+                .collect();
+            (kv_heads, mean)
+        }
+    };
     let keys = match cfg.selector {
         Selector::Score => Vec::new(),
-        Selector::Random { seed } => quest_keys(seed, q_heads, nb),
+        Selector::Random { seed } => quest_keys(seed, rows, nb),
     };
     let (selected, n_sel) = match cfg.selector {
-        Selector::Score => quest_select_by(q_heads, nb, cfg, |h, a, b| scores[h * nb + a] > scores[h * nb + b]),
-        Selector::Random { .. } => quest_select_by(q_heads, nb, cfg, |h, a, b| keys[h * nb + a] > keys[h * nb + b]),
+        Selector::Score => quest_select_by(rows, nb, cfg, |r, a, b| scores[r * nb + a] > scores[r * nb + b]),
+        Selector::Random { .. } => quest_select_by(rows, nb, cfg, |r, a, b| keys[r * nb + a] > keys[r * nb + b]),
     };
     let mut out = Vec::with_capacity(q_heads * dim);
     let mut lse = Vec::with_capacity(q_heads);
     for h in 0..q_heads {
         let kv = h / g;
-        let tokens: Vec<usize> = selected[h * n_sel..(h + 1) * n_sel]
+        let row = if gqa == GqaMode::Mean { kv } else { h };
+        let tokens: Vec<usize> = selected[row * n_sel..(row + 1) * n_sel]
             .iter()
             .flat_map(|&b| b as usize * bs..((b as usize + 1) * bs).min(t_len))
             .collect();

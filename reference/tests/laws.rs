@@ -89,13 +89,35 @@ proptest! {
         let nb = r::num_blocks(t, bs);
         let selector = if random { r::Selector::Random { seed: 7 } } else { r::Selector::Score };
         let cfg = r::SelectConfig { block_size: bs, n_blocks: nb, force_first: ff, n_local, selector };
-        let got = r::quest_decode(&q, &k, &v, None, hq, hkv, d, &cfg, scale(d));
         let want = r::attention_dense(&q, &k, &v, hq, hkv, d, false, scale(d));
-        prop_assert_eq!(got.n_sel, nb);
-        let all: Vec<i32> = (0..hq).flat_map(|_| 0..nb as i32).collect();
-        prop_assert_eq!(&got.selected, &all);
-        close(&got.out, &want.out, 1e-5)?;
-        close(&got.lse, &want.lse, 1e-5)?;
+        for (gqa, rows) in [(r::GqaMode::PerHead, hq), (r::GqaMode::Mean, hkv)] {
+            let got = r::quest_decode(&q, &k, &v, None, hq, hkv, d, &cfg, gqa, scale(d));
+            prop_assert_eq!(got.n_sel, nb);
+            let all: Vec<i32> = (0..rows).flat_map(|_| 0..nb as i32).collect();
+            prop_assert_eq!(&got.selected, &all);
+            close(&got.out, &want.out, 1e-5)?;
+            close(&got.lse, &want.lse, 1e-5)?;
+        }
+    }
+
+    #[test]
+    fn quest_group_mean_selects_on_the_mean_score((hq, hkv, d, t, q, k, v) in attn_case(false), bs in 1usize..=9, ff in any::<bool>(), n_local in 0usize..3, budget in 1usize..6) {
+        // Mean mode = the per-head selection applied to the group-mean scores, shared by the group.
+        let nb = r::num_blocks(t, bs);
+        let cfg = r::SelectConfig { block_size: bs, n_blocks: budget, force_first: ff, n_local, selector: r::Selector::Score };
+        let got = r::quest_decode(&q, &k, &v, None, hq, hkv, d, &cfg, r::GqaMode::Mean, scale(d));
+        let per_head = r::quest_decode(&q, &k, &v, None, hq, hkv, d, &cfg, r::GqaMode::PerHead, scale(d));
+        let g = hq / hkv;
+        let mean: Vec<f32> = (0..hkv * nb)
+            .map(|e| (0..g).map(|i| per_head.scores[(e / nb * g + i) * nb + e % nb] as f64).sum::<f64>() / g as f64)
+            .map(|x| x as f32)
+            .collect();
+        close(&got.scores, &mean, 1e-6)?;
+        if g == 1 {
+            prop_assert_eq!(&got.selected, &per_head.selected);
+        }
+        let want = r::quest_select(&got.scores, hkv, nb, &cfg);
+        prop_assert_eq!(&got.selected, &want.0);
     }
 
     #[test]

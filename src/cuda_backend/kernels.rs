@@ -105,9 +105,15 @@ impl Family {
                 "decay_scan_onepass",
                 "ratplus_kv_onepass",
             ],
-            Family::Blocks => {
-                &["block_minmax", "block_mean", "block_mean_f32", "quest_scores", "quest_scores_grouped", "moba_gate"]
-            }
+            Family::Blocks => &[
+                "block_minmax",
+                "block_mean",
+                "block_mean_f32",
+                "quest_scores",
+                "quest_scores_grouped",
+                "quest_group_mean",
+                "moba_gate",
+            ],
             Family::Select => &["select_keys", "select_blocks", "quest_union"],
             Family::Attention => &[
                 "attention_dense",

@@ -1097,6 +1097,7 @@ impl Backend for Cuda {
         let head = head_spec(QuestDecode::NAME, op.dtype, op.dim)?;
         let nb = op.nb();
         let bs = op.select.block_size;
+        let shared = op.gqa == GqaMode::Mean;
         if op.select.selector == Selector::Score {
             // 1. block min/max per kv head (scratch in the storage dtype) unless cached,
             // 2. Quest scores.
@@ -1121,11 +1122,48 @@ impl Backend for Cuda {
                 }
             };
             let sop = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype };
-            // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB].
-            self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut ranking.slice)?;
+            // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB]
+            // per head, or [Hkv, NB] group means of per-head scores in scratch.
+            if shared {
+                let mut per_head = self.scratch(4 * op.q_heads * nb)?;
+                self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut per_head)?;
+                let p = BlockParams {
+                    q_heads: op.q_heads as u32,
+                    kv_heads: op.kv_heads as u32,
+                    seq: 1,
+                    dim: op.dim as u32,
+                    block_size: 1,
+                    nb: nb as u32,
+                    ..Default::default()
+                };
+                let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_group_mean")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&per_head).arg(&mut ranking.slice);
+                // SAFETY: matches `quest_group_mean(p, scores, mean)`; per_head holds Hq*NB f32
+                // written above, ranking = mean [Hkv, NB] f32 (checked); guarded e < Hkv*NB.
+                unsafe { b.launch(elementwise(op.kv_heads * nb)) }.map_err(|e| device_err("quest_group_mean", e))?;
+            } else {
+                self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut ranking.slice)?;
+            }
         }
-        // 3. forced top-k block selection per query head (keys filled first for random).
+        // 3. forced top-k block selection per selection row (keys filled first for random).
         self.select(&op.select_params(), ranking, selected)?;
+        if shared {
+            // 4. one block set per kv head: the grouped decode reads each block once per group.
+            let mut p = AttentionSparse {
+                q_heads: op.q_heads,
+                kv_heads: op.kv_heads,
+                seq: op.seq,
+                dim: op.dim,
+                idx_heads: op.kv_heads,
+                n_idx: op.n_sel(),
+                scale: op.scale,
+                dtype: op.dtype,
+            }
+            .params();
+            p.block_size = bs as u32;
+            return self.sparse_attention(head, p, q, k, v, &selected.slice, out, lse);
+        }
         // 4. attention over every token of the selected blocks: with GQA, over the union of the
         // group's blocks, each block read once for the group (per-head masks keep each query
         // head on its own selection).

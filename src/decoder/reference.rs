@@ -258,7 +258,18 @@ impl ReferenceDecoder {
                     let nb = t.div_ceil(bs);
                     let cfg =
                         SelectConfig { block_size: bs, n_blocks: budget.blocks(nb), force_first, n_local, selector };
-                    let a = reference::quest_decode(qb, &keys, &values, None, hq, self.heads, d, &cfg, scale);
+                    let a = reference::quest_decode(
+                        qb,
+                        &keys,
+                        &values,
+                        None,
+                        hq,
+                        self.heads,
+                        d,
+                        &cfg,
+                        reference::GqaMode::PerHead,
+                        scale,
+                    );
                     out.extend(a.out);
                     lse.extend(a.lse);
                     scores.push(a.scores);

@@ -1,7 +1,7 @@
 //! Quest decode: block scoring, forced top-k block selection, attention over the selected
 //! blocks (SPEC §2).
 
-use super::{fits, float_dtype, gqa, nonzero, scale, BufferSpec, Cost, Op, SelectConfig, Selector};
+use super::{fits, float_dtype, gqa, nonzero, scale, BufferSpec, Cost, GqaMode, Op, SelectConfig, Selector};
 use crate::params::SelectParams;
 use crate::{DType, Error, Result};
 
@@ -82,9 +82,16 @@ pub enum QuestStats {
 /// ([`QuestStats::Cached`], what a decoder whose cache keeps them up to date passes; then only
 /// the statistics and the selected blocks are read).
 ///
-/// Outputs, in order: `selected[Hq, n_sel]` (i32, ascending block ids), `out[Hq, D]` (storage
-/// dtype), `lse[Hq]` (f32), and the ranking `[Hq, NB]`: `scores` (f32) for the score
-/// selector or `keys` (u32) for the random one.
+/// Under GQA each query head selects its own blocks ([`GqaMode::PerHead`], the default: Quest's
+/// evaluation after `repeat_kv`), so a kv head's K/V is read over the union of its group's
+/// selections; or, with [`QuestDecode::with_group_selection`] ([`GqaMode::Mean`], ours), each kv
+/// head selects once from the mean of its group's scores and the group attends over that one
+/// set, so the selected blocks are read once and the budget is the bytes read.
+///
+/// Outputs, in order: `selected[Hs, n_sel]` (i32, ascending block ids), `out[Hq, D]` (storage
+/// dtype), `lse[Hq]` (f32), and the ranking `[Hs, NB]`: `scores` (f32, the group mean for
+/// `Mean`) for the score selector or `keys` (u32, row = selection row) for the random one;
+/// `Hs = Hq` per head, `Hkv` for `Mean`.
 ///
 /// Cost: the statistics (or all of `k` when computed), `q`, and the K and V of the selected
 /// blocks; see the [`Op::cost`] impl for the GQA count. Reference:
@@ -129,6 +136,8 @@ pub struct QuestDecode {
     pub dtype: DType,
     /// Whether the block statistics are computed in the call or passed in.
     pub stats: QuestStats,
+    /// One selection per query head (default) or one per kv head from the group's mean score.
+    pub gqa: GqaMode,
 }
 
 impl QuestDecode {
@@ -148,7 +157,17 @@ impl QuestDecode {
         scale: f32,
         dtype: DType,
     ) -> Result<Self> {
-        let op = QuestDecode { q_heads, kv_heads, seq, dim, select, scale, dtype, stats: QuestStats::Compute };
+        let op = QuestDecode {
+            q_heads,
+            kv_heads,
+            seq,
+            dim,
+            select,
+            scale,
+            dtype,
+            stats: QuestStats::Compute,
+            gqa: GqaMode::PerHead,
+        };
         op.validate()?;
         Ok(op)
     }
@@ -161,13 +180,34 @@ impl QuestDecode {
         let nb = self.nb();
         nb.min(self.select.n_blocks.max(forced_count(&self.select, nb - 1)))
     }
-    /// Parameters of the selection kernel (one row per query head).
+    /// Selection rows `Hs`: `Hq` per head, `Hkv` for [`GqaMode::Mean`].
+    pub fn select_rows(&self) -> usize {
+        match self.gqa {
+            GqaMode::PerHead => self.q_heads,
+            GqaMode::Mean => self.kv_heads,
+        }
+    }
+    /// Parameters of the selection kernel (one row per selection row).
     pub fn select_params(&self) -> SelectParams {
-        select_params(&self.select, self.q_heads, self.nb(), 1, self.n_sel(), 0)
+        select_params(&self.select, self.select_rows(), self.nb(), 1, self.n_sel(), 0)
     }
     /// The same problem with the block statistics passed in.
     pub fn with_cached_stats(mut self) -> Self {
         self.stats = QuestStats::Cached;
+        self
+    }
+    /// The same problem with one block selection per kv head ([`GqaMode::Mean`]).
+    ///
+    /// ```
+    /// use kvsparse::ops::{GqaMode, QuestDecode, SelectConfig, Selector};
+    /// use kvsparse::DType;
+    /// let cfg = SelectConfig { block_size: 16, n_blocks: 4, force_first: true, n_local: 1, selector: Selector::Score };
+    /// let op = QuestDecode::new(32, 8, 4096, 128, cfg, 0.088, DType::BF16)?.with_group_selection();
+    /// assert_eq!((op.gqa, op.select_rows()), (GqaMode::Mean, 8));
+    /// # Ok::<(), kvsparse::Error>(())
+    /// ```
+    pub fn with_group_selection(mut self) -> Self {
+        self.gqa = GqaMode::Mean;
         self
     }
     /// Allocates the four outputs (poisoned) in argument order.
@@ -203,18 +243,20 @@ impl Op for QuestDecode {
             v.push(BufferSpec::input("kmin", self.dtype, stats));
             v.push(BufferSpec::input("kmax", self.dtype, stats));
         }
+        let rows = self.select_rows();
         v.extend([
-            BufferSpec::output("selected", DType::I32, self.q_heads * self.n_sel()),
+            BufferSpec::output("selected", DType::I32, rows * self.n_sel()),
             BufferSpec::output("out", self.dtype, self.q_heads * self.dim),
             BufferSpec::output("lse", DType::F32, self.q_heads),
-            BufferSpec::output(rank_name, rank_dtype, self.q_heads * self.nb()),
+            BufferSpec::output(rank_name, rank_dtype, rows * self.nb()),
         ]);
         v
     }
     /// Statistics read (or all of `k` when they are computed), the query, and the K and V of
-    /// the selected blocks. Each query head selects its own blocks, so a kv head reads the
-    /// union of its group's selections: counted as `min(NB, G * n_sel)` blocks (the heads of a
-    /// group choosing disjoint blocks), which for MHA is exactly `n_sel`.
+    /// the selected blocks. Per head, each query head selects its own blocks, so a kv head
+    /// reads the union of its group's selections: counted as `min(NB, G * n_sel)` blocks (the
+    /// heads of a group choosing disjoint blocks), which for MHA is exactly `n_sel`; with
+    /// [`GqaMode::Mean`] a kv head reads its `n_sel` blocks.
     fn cost(&self) -> Cost {
         let es = self.dtype.size() as u64;
         let (d, bs) = (self.dim as u64, self.select.block_size as u64);
@@ -223,19 +265,21 @@ impl Op for QuestDecode {
             QuestStats::Cached => 2 * (self.kv_heads * self.nb()) as u64 * d,
             QuestStats::Compute => (self.kv_heads * self.seq) as u64 * d,
         };
-        let blocks_read = self.nb().min(group * self.n_sel()) as u64;
+        let sharing = if self.gqa == GqaMode::Mean { 1 } else { group };
+        let blocks_read = self.nb().min(sharing * self.n_sel()) as u64;
         let tokens_read = (blocks_read * bs).min(self.seq as u64);
         let kv_read = 2 * self.kv_heads as u64 * tokens_read * d;
         let tokens_attended = (self.n_sel() as u64 * bs).min(self.seq as u64);
         Cost {
             flops: 4 * (self.q_heads * self.nb()) as u64 * d + 4 * self.q_heads as u64 * tokens_attended * d,
             bytes: (stats + kv_read + 2 * self.q_heads as u64 * d) * es
-                + 4 * (self.q_heads * (self.nb() + self.n_sel() + 1)) as u64,
+                + 4 * (self.select_rows() * (self.nb() + self.n_sel()) + self.q_heads) as u64,
         }
     }
     fn label(&self) -> String {
+        let gqa = if self.gqa == GqaMode::Mean { "_kvsel" } else { "" };
         format!(
-            "hq{}_hkv{}_t{}_d{}_bs{}_nb{}_{}",
+            "hq{}_hkv{}_t{}_d{}_bs{}_nb{}_{}{gqa}",
             self.q_heads, self.kv_heads, self.seq, self.dim, self.select.block_size, self.select.n_blocks, self.dtype
         )
     }

@@ -565,26 +565,41 @@ impl Backend for Wgpu {
             (None, Some((lo, hi))) => Some((lo.buf(), hi.buf(), op.dtype)),
             (None, None) => None,
         };
+        // gqa = mean: the per-head scores go to scratch, their group mean to the ranking.
+        let shared = op.gqa == GqaMode::Mean;
+        let head_scores = if shared && op.select.selector == Selector::Score {
+            Some(self.scratch(f32_bytes(op.q_heads * nb), name)?)
+        } else {
+            None
+        };
         if let (Selector::Score, Some((kmin, kmax, stat))) = (op.select.selector, stat_bufs) {
             let spec = Spec::new(op.dtype).with_stat(stat);
             let p = BlockParams { q_heads: op.q_heads as u32, seq: 1, ..p };
-            let bufs = vec![q.buf(), kmin, kmax, ranking.buf()];
+            let dst = head_scores.as_ref().map_or(ranking.buf(), |s| s.buf());
+            let bufs = vec![q.buf(), kmin, kmax, dst];
             dispatches.push(Dispatch::items(Kernel::QuestScores, spec, &p, bufs, op.q_heads * nb));
+        }
+        if let Some(scores) = &head_scores {
+            let p = BlockParams { q_heads: op.q_heads as u32, seq: 1, ..p };
+            let bufs = vec![scores.buf(), ranking.buf()];
+            dispatches.push(Dispatch::items(Kernel::QuestGroupMean, Spec::new(DType::F32), &p, bufs, op.kv_heads * nb));
         }
         let sel = op.select_params();
         let bufs = vec![ranking.buf(), selected.buf()];
-        dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, op.q_heads));
+        dispatches.push(Dispatch::rows(Kernel::SelectBlocks, Spec::new(DType::F32), &sel, bufs, op.select_rows()));
         let p = AttentionParams {
             causal: 1,
             scale: op.scale,
             n_idx: op.n_sel() as u32,
             block_size: bs as u32,
+            idx_heads: op.select_rows() as u32,
             ..attention_rows(op.q_heads, op.kv_heads, 1, op.seq, op.dim)
         };
-        // Each query head reads its own selected blocks (contiguous tokens), split across
-        // workgroups; a group's heads overlap in L2 rather than sharing loads (their selections differ).
+        // Per head, each query head reads its own selected blocks (contiguous tokens), split
+        // across workgroups; a group's heads overlap in L2 rather than sharing loads (their
+        // selections differ). With gqa = mean a unit of the group's heads shares each load.
         let slots = op.n_sel() * bs.min(op.seq);
-        let plan = self.decode_plan(name, op.dtype, op.dim, op.q_heads, op.kv_heads, false, slots, false)?;
+        let plan = self.decode_plan(name, op.dtype, op.dim, op.q_heads, op.kv_heads, shared, slots, false)?;
         match &plan {
             Some(plan) => dispatches.extend(self.decode_dispatches(
                 Kernel::DecodeBlocks,

@@ -255,6 +255,8 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
             let mut inputs = vec![f(r.grid(q_len)), f(r.grid(kv)), f(r.normal(kv, 1.0))];
             let op = if quest {
                 let op = QuestDecode::new(hq, hkv, t, d, select, scale, dtype).unwrap();
+                // One selection per kv head (gqa = mean) in a third of the cases.
+                let op = if r.bool(0.35) { op.with_group_selection() } else { op };
                 if r.bool(0.3) {
                     // A decoder passes the statistics its cache keeps.
                     let k = inputs[1].to_f32().unwrap();
