@@ -938,13 +938,16 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         ++sub;
         return true;
     };
-    // Rows j .. j+63 of one kv head into a shared tile by cp.async, zeros past kv_len.
+    // Rows j .. j+63 of one kv head into a shared tile by cp.async, zeros past kv_len. A thread
+    // copies the same 16-byte column of rows st_r, st_r + step, ... of every tile, so only the
+    // row offset is computed per tile (the staging loop was most of the kernel's integer work).
+    const u32 st_r = tid / (PF_D / 8u);
+    const u32 st_col = (tid % (PF_D / 8u)) * 8u;
+    const u32 st_step = blockDim.x / (PF_D / 8u);
     auto stage = [&](store_t (*dst)[PF_LD], const store_t* src, u32 j) {
-        for (u32 c = tid; c < PF_BN * (PF_D / 8u); c += blockDim.x) {
-            const u32 r = c / (PF_D / 8u);
-            const u32 col = (c - r * (PF_D / 8u)) * 8u;
+        for (u32 r = st_r; r < PF_BN; r += st_step) {
             const bool live = j + r < p.kv_len;
-            kvs_cp_async16(&dst[r][col], live ? src + (j + r) * PF_D + col : src, live ? 16u : 0u);
+            kvs_cp_async16(&dst[r][st_col], live ? src + (j + r) * PF_D + st_col : src, live ? 16u : 0u);
         }
     };
     // Software pipeline with one K and one V tile (FlashAttention-2's schedule): V of tile j is
@@ -986,32 +989,31 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
             masked = masked || lo != 0xffffffffu || hi != 0xffffffffu;
         }
         const u32 cap_a = take_a ? lim_a : 0u, cap_b = take_b ? lim_b : 0u;
+        // Max over the raw logits (the scale is positive, so it commutes with the max), then
+        // p = 2^(s * scale * log2e - m) as one FMA and ex2.approx.ftz per element.
         float mx_a = KVS_NEG_INF, mx_b = KVS_NEG_INF;
 #pragma unroll
         for (int n = 0; n < PF_BN / 8; ++n) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const u32 key = j0 + (u32)n * 8u + tg * 2u + (u32)e;
-                float xa = s[n][e] * sl2, xb = s[n][2 + e] * sl2;
                 if (masked) {
-                    xa = key < cap_a ? xa : KVS_NEG_INF;
-                    xb = key < cap_b ? xb : KVS_NEG_INF;
+                    const u32 key = j0 + (u32)n * 8u + tg * 2u + (u32)e;
+                    s[n][e] = key < cap_a ? s[n][e] : KVS_NEG_INF;
+                    s[n][2 + e] = key < cap_b ? s[n][2 + e] : KVS_NEG_INF;
                 }
-                s[n][e] = xa;
-                s[n][2 + e] = xb;
-                mx_a = fmaxf(mx_a, xa);
-                mx_b = fmaxf(mx_b, xb);
+                mx_a = fmaxf(mx_a, s[n][e]);
+                mx_b = fmaxf(mx_b, s[n][2 + e]);
             }
         }
         mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 1));
         mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 2));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 2));
-        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        const float mn_a = fmaxf(m_a, mx_a * sl2), mn_b = fmaxf(m_b, mx_b * sl2);
         // A row with no visible key yet keeps m = -inf; subtract 0 then so that exp2(-inf) = 0.
         const float mu_a = mn_a == KVS_NEG_INF ? 0.0f : mn_a;
         const float mu_b = mn_b == KVS_NEG_INF ? 0.0f : mn_b;
-        const float ca = exp2f(m_a - mu_a), cb = exp2f(m_b - mu_b);
+        const float ca = kvs_exp2(m_a - mu_a), cb = kvs_exp2(m_b - mu_b);
         m_a = mn_a;
         m_b = mn_b;
         l_a *= ca;
@@ -1025,10 +1027,10 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         }
 #pragma unroll
         for (int n = 0; n < PF_BN / 8; ++n) {
-            s[n][0] = exp2f(s[n][0] - mu_a);
-            s[n][1] = exp2f(s[n][1] - mu_a);
-            s[n][2] = exp2f(s[n][2] - mu_b);
-            s[n][3] = exp2f(s[n][3] - mu_b);
+            s[n][0] = kvs_exp2(fmaf(s[n][0], sl2, -mu_a));
+            s[n][1] = kvs_exp2(fmaf(s[n][1], sl2, -mu_a));
+            s[n][2] = kvs_exp2(fmaf(s[n][2], sl2, -mu_b));
+            s[n][3] = kvs_exp2(fmaf(s[n][3], sl2, -mu_b));
             l_a += s[n][0] + s[n][1];
             l_b += s[n][2] + s[n][3];
         }

@@ -402,6 +402,14 @@ __device__ __forceinline__ void kvs_mma16816(float (&c)[4], const u32 (&a)[4], u
 #endif
 }
 
+// 2^x by the SFU alone (ex2.approx.ftz: about 2 ulp, subnormal results flushed to 0, 2^-inf = 0):
+// exp2f without fast-math adds range handling around the same instruction.
+__device__ __forceinline__ float kvs_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Two f32 rounded to the storage type, `lo` in the low half (the element with the lower index).
 __device__ __forceinline__ u32 kvs_pack2(float lo, float hi) {
     u32 r;
