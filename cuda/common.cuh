@@ -249,16 +249,16 @@ __device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr,
     __syncthreads();  // s_prefix / s_rem may be reused by a later call
 }
 
-// Writes every kept item (forced, or eligible and above the threshold, or among the first
-// `take_eq` eligible items equal to it) in ascending index order to out[0..], at most `cap`
-// entries; returns how many were kept (every thread).
+// Hands every kept item (forced, or eligible and above the threshold, or among the first
+// `take_eq` eligible items equal to it) to sink.put(pos, i): item i is the pos-th kept item in
+// ascending index order. Returns how many were kept (every thread).
 // Each thread classifies KVS_COMPACT_ITEMS consecutive items per round, so a round covers
 // blockDim * KVS_COMPACT_ITEMS items for the price of two block scans (the scans and their
 // barriers, not the loads, bound this pass on long rows).
 #define KVS_COMPACT_ITEMS 8
-template <class Src>
-__device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 thr, u32 take_eq, int* out,
-                                  u32 cap) {
+template <class Src, class Sink>
+__device__ u32 block_compact_kept_to(const Src& src, u32 n, bool have_chosen, u32 thr, u32 take_eq,
+                                     const Sink& sink) {
     u32 written = 0u;
     u32 eq_seen = 0u;
     for (u32 base = 0; base < n; base += blockDim.x * KVS_COMPACT_ITEMS) {
@@ -291,7 +291,7 @@ __device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 t
 #pragma unroll
         for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
             if ((take >> u) & 1u) {
-                if (pos < cap) out[pos] = (int)(i0 + u);
+                sink.put(pos, i0 + u);
                 ++pos;
             }
         }
@@ -299,6 +299,23 @@ __device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 t
         eq_seen += eq_total;
     }
     return written;
+}
+
+// block_compact_kept_to's sink for a list of kept indices: out[pos] = i, at most `cap` entries.
+struct KeptIndexSink {
+    int* out;
+    u32 cap;
+    __device__ void put(u32 pos, u32 i) const {
+        if (pos < cap) out[pos] = (int)i;
+    }
+};
+
+// The kept indices in ascending order to out[0..], at most `cap` entries; returns how many were
+// kept (every thread).
+template <class Src>
+__device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 thr, u32 take_eq, int* out,
+                                  u32 cap) {
+    return block_compact_kept_to(src, n, have_chosen, thr, take_eq, KeptIndexSink{out, cap});
 }
 
 // The whole forced top-k of one row: writes `width` entries to `out` (kept items ascending, then

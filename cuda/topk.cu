@@ -40,10 +40,12 @@ extern "C" __global__ void topk(const TopkParams p, const float* __restrict__ sc
 }
 
 // ---------------------------------------------------------------------------------------------
-// Multi-CTA top-k (the default for long rows), same result as `topk`. Two digit schedules:
-//   wide = 1 (default): 3 radix passes of 11, 11 and 10 bits, and the sort fused into the
-//                       gather's last CTA when out_k <= TOPK_RUN;
-//   wide = 0 (KVSPARSE_CUDA_TOPK=runs): 4 passes of 8 bits, sort always a separate launch.
+// Radix-pass multi-CTA top-k (KVSPARSE_CUDA_TOPK=runs / fused; the select design at the end of
+// this file is the default), same result as `topk`. Two digit schedules:
+//   wide = 0 (runs):  4 passes of 8 bits, sort always a separate launch;
+//   wide = 1 (fused): 3 radix passes of 11, 11 and 10 bits, and the sort fused into the
+//                     gather's last CTA when out_k <= TOPK_RUN.
+// topk_sort_runs and topk_merge_runs also sort the select design's pairs when out_k > TOPK_TILE.
 //
 //   topk_hist       (p, scores, ws, ctas, slice, pass, wide)
 //                   grid (ctas, R). CTA c of row r takes items [c*slice, (c+1)*slice) and adds a
@@ -135,9 +137,12 @@ __device__ void topk_walk(const u32* hist, u32 bits, u32 shift, u32* s_prefix, u
 }
 
 // Every thread of the block: the digits fixed by the first `npass` passes (*prefix) and the
-// count still needed among the keys that carry them (*rem), from the row's histograms gh.
-// `hist` is TOPK_STATE_WORDS words of the caller's shared memory (free again on return).
-__device__ void topk_state(const u32* gh, u32 wide, u32 npass, u32 want, u32* hist, u32* prefix, u32* rem) {
+// count still needed among the keys that carry them (*rem), from the row's histograms gh (pass t
+// at gh + t * gh_stride). `hist` is the caller's shared memory for the histograms (the bins of
+// the npass digits: at most TOPK_STATE_WORDS words); on return it still holds them, pass t's
+// after the bins of the passes before it.
+__device__ void topk_state(const u32* gh, u32 gh_stride, u32 wide, u32 npass, u32 want, u32* hist, u32* prefix,
+                           u32* rem) {
     // All the histograms in one round of loads (one L2 round trip), then warp 0 walks them.
     __shared__ u32 s_prefix;
     __shared__ u32 s_rem;
@@ -148,7 +153,7 @@ __device__ void topk_state(const u32* gh, u32 wide, u32 npass, u32 want, u32* hi
     u32 base = 0u;
     for (u32 t = 0; t < npass; ++t) {
         const u32 nb = 1u << topk_bits(wide, t);
-        for (u32 b = threadIdx.x; b < nb; b += blockDim.x) hist[base + b] = gh[t * TOPK_BINS + b];
+        for (u32 b = threadIdx.x; b < nb; b += blockDim.x) hist[base + b] = gh[t * gh_stride + b];
         base += nb;
     }
     __syncthreads();
@@ -175,7 +180,7 @@ extern "C" __global__ void topk_hist(const TopkParams p, const float* __restrict
     const TopkWs w(ws, p.rows, ctas);
     u32* gh = w.ghist + r * TOPK_GH;
     u32 prefix, rem;
-    topk_state(gh, wide, pass, p.out_k, sh, &prefix, &rem);
+    topk_state(gh, TOPK_BINS, wide, pass, p.out_k, sh, &prefix, &rem);
     const u32 bits = topk_bits(wide, pass);
     const u32 shift = topk_shift(wide, pass);
     const u32 nb = 1u << bits;
@@ -245,7 +250,7 @@ extern "C" __global__ void topk_gather(const TopkParams p, const float* __restri
     const TopkWs w(ws, p.rows, ctas);
     const u32 npass = topk_passes(wide);
     u32 thr, take_eq;
-    topk_state(w.ghist + r * TOPK_GH, wide, npass, m, (u32*)smem, &thr, &take_eq);
+    topk_state(w.ghist + r * TOPK_GH, TOPK_BINS, wide, npass, m, (u32*)smem, &thr, &take_eq);
     // Items equal to the threshold in the row's earlier CTAs (index order = CTA order).
     const u32 low = thr & ((1u << topk_bits(wide, npass - 1u)) - 1u);
     u32 eq_before = 0u;
@@ -347,4 +352,408 @@ extern "C" __global__ void topk_merge_runs(const TopkParams p, const u64* __rest
     }
     dst[r * m + place] = x;
     if (last != 0u) indices[r * m + place] = (int)(u32)x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Select design (the default for long rows): two histogram passes fix the top 16 bits of the
+// threshold key, one compaction pass writes the few items that can still be in the top out_k
+// to the workspace, and one CTA per row selects among them and sorts in shared memory. Three
+// reads of the row (L2-resident after the first) and four launches whatever k is; no atomics
+// decide where an item goes, so every intermediate list is in index order and the result does
+// not depend on which CTA ran first.
+//
+//   topk_sel_hist    (p, scores, ws, ctas, slice, pass)   grid (ctas, R), TOPK_SEL_THREADS
+//       CTA c of row r reads items [c*slice, (c+1)*slice) (slice a multiple of TOPK_SEL_ROUND).
+//       pass 0: the row's histogram of digit 1 (key >> 24) into ghist[r][0] (global atomics).
+//       pass 1: d1 = digit 1 of the out_k-th largest key (walk of pass 0's histogram); the
+//               histogram of digit 2 ((key >> 16) & 255) of the items with digit 1 == d1 into
+//               ghist[r][1], and the CTA's record rec[r][c][b], b in 0..=256: its items with
+//               digit 1 > d1, or == d1 and digit 2 >= b (so rec[d2 + 1] counts its sure items and
+//               rec[d2] - rec[d2 + 1] its candidates, for any d2).
+//   topk_sel_compact (p, scores, ws, ctas, slice)         grid (ctas, R), TOPK_SEL_THREADS
+//       t16 = the top 16 bits of the out_k-th largest key (both walks), s = out_k - need of
+//       them strictly above. Items with key >> 16 > t16 are sure (s < out_k of them), those with
+//       key >> 16 == t16 candidates (c >= need). Each CTA writes its sure items to sure[r] and
+//       its candidates to cand[r], as (key << 32 | index), at their rank in index order: the
+//       earlier CTAs' counts from their records plus a block scan. Candidates from
+//       TOPK_CAND_CAP on are not stored (the finish then reads the row instead).
+//   topk_sel_finish  (p, scores, ws, indices, ctas)       grid (1, R), TOPK_FINISH_THREADS,
+//       dynamic shared memory 8 * (out_k <= TOPK_TILE ? out_k : 0) + 4 * TOPK_AUX bytes.
+//       Keeps need of the c candidates, ties to the lower index (block_radix_threshold and
+//       block_compact_kept_to over the candidates staged in shared memory, or when c exceeds
+//       TOPK_CAND_CAP (heavy ties) over the row's items with key >> 16 == t16, index order both
+//       ways). The out_k pairs are the sure items then the kept candidates: every sure key is
+//       above every candidate key and both parts are in index order, so a stable sort by key
+//       descending gives the order of `topk`. out_k <= TOPK_TILE: that sort in shared memory
+//       (topk_tile_sort) and the indices to the output; else the pairs go to `pairs` as
+//       (~key << 32 | index) for topk_sort_runs / topk_merge_runs.
+//
+// Workspace ws (u32 words; TopkSelWs, mirrored by `topk_sel_ws` in src/cuda_backend/ops.rs):
+// ghist R*TOPK_SEL_GH (zeroed by one memset before pass 0), rec R*ctas*TOPK_REC (written whole by
+// pass 1), then at an even word offset u64 sure R*out_k, cand R*min(n, TOPK_CAND_CAP), and
+// pairs R*out_k when out_k > TOPK_TILE.
+// ---------------------------------------------------------------------------------------------
+#define TOPK_SEL_THREADS 256                                   // = TOPK_THREADS in ops.rs
+#define TOPK_SEL_ROUND (TOPK_SEL_THREADS * KVS_COMPACT_ITEMS)  // items per CTA round
+#define TOPK_SEL_BINS 256                                      // bins of an 8-bit digit
+#define TOPK_SEL_GH (2 * TOPK_SEL_BINS)                        // ghist words per row
+#define TOPK_REC (TOPK_SEL_BINS + 1)                           // record words per CTA
+#define TOPK_CAND_CAP 4096                                     // candidates stored per row
+#define TOPK_TILE 8192                                         // most pairs sorted in shared memory
+#define TOPK_FINISH_THREADS 1024
+#define TOPK_SORT_ITEMS (TOPK_TILE / TOPK_FINISH_THREADS)      // items per thread of topk_tile_sort
+#define TOPK_SORT_WARPS (TOPK_FINISH_THREADS / 32)
+#define TOPK_SORT_STRIDE (TOPK_SEL_BINS + 1)                   // counter words per warp (bank spread)
+#define TOPK_AUX (TOPK_SORT_WARPS * TOPK_SORT_STRIDE)          // finish scratch words after the tile
+static_assert(TOPK_SEL_THREADS == TOPK_SEL_BINS, "topk_sel_hist: one bin per thread");
+static_assert(2 * TOPK_CAND_CAP <= TOPK_AUX && TOPK_SEL_GH <= TOPK_AUX, "finish scratch holds the staged candidates");
+
+__device__ __forceinline__ u32 topk_cand_cap(u32 n) { return min(n, (u32)TOPK_CAND_CAP); }
+
+struct TopkSelWs {
+    u32* ghist;
+    u32* rec;
+    u64* sure;
+    u64* cand;
+    u64* pairs;
+    __device__ TopkSelWs(u32* ws, u32 rows, u32 ctas, u32 n, u32 m) {
+        ghist = ws;
+        rec = ws + rows * TOPK_SEL_GH;
+        const u32 off = rows * TOPK_SEL_GH + rows * ctas * TOPK_REC;
+        sure = (u64*)(ws + ((off + 1u) & ~1u));
+        cand = sure + rows * m;
+        pairs = cand + rows * topk_cand_cap(n);
+    }
+};
+
+// Keys of the KVS_COMPACT_ITEMS items from i0 (a multiple of 8) of a row with `end` items; items
+// at or past `end` get key 0 (callers test the index). With `vec` (the row starts 16-byte
+// aligned) a whole group is two float4 loads: one round trip for the thread's 8 items.
+__device__ __forceinline__ void topk_load_keys(const float* row, u32 i0, u32 end, bool vec,
+                                               u32 (&keys)[KVS_COMPACT_ITEMS]) {
+    if (vec && i0 + KVS_COMPACT_ITEMS <= end) {
+        const float4 a = __ldg((const float4*)(row + i0));
+        const float4 b = __ldg((const float4*)(row + i0 + 4u));
+        keys[0] = f32_order_key(a.x);
+        keys[1] = f32_order_key(a.y);
+        keys[2] = f32_order_key(a.z);
+        keys[3] = f32_order_key(a.w);
+        keys[4] = f32_order_key(b.x);
+        keys[5] = f32_order_key(b.y);
+        keys[6] = f32_order_key(b.z);
+        keys[7] = f32_order_key(b.w);
+    } else {
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) keys[u] = i0 + u < end ? f32_order_key(row[i0 + u]) : 0u;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_SEL_THREADS)
+    topk_sel_hist(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ws, const u32 ctas,
+                  const u32 slice, const u32 pass) {
+    __shared__ u32 state[TOPK_SEL_BINS];  // pass 0's row histogram, for pass 1's walk
+    __shared__ u32 hist[TOPK_SEL_BINS];
+    const u32 r = blockIdx.y;
+    const u32 c = blockIdx.x;
+    if (r >= p.rows || c >= ctas) return;  // uniform per block
+    const TopkSelWs w(ws, p.rows, ctas, p.n, p.out_k);
+    u32* gh = w.ghist + r * TOPK_SEL_GH;
+    const float* row = scores + r * p.n;
+    const bool vec = ((r * p.n) & 3u) == 0u;
+    const u32 i1 = min(p.n, c * slice + slice);
+    u32 keys[KVS_COMPACT_ITEMS];
+    // The first round's loads go out before the state's: they do not depend on it.
+    topk_load_keys(row, c * slice + threadIdx.x * KVS_COMPACT_ITEMS, i1, vec, keys);
+    hist[threadIdx.x] = 0u;
+    u32 d1 = 0u;
+    if (pass != 0u) {  // uniform
+        u32 prefix, rem;
+        topk_state(gh, TOPK_SEL_BINS, 0u, 1u, p.out_k, state, &prefix, &rem);
+        d1 = prefix >> 24;
+    }
+    __syncthreads();  // hist zeroed
+    u32 above = 0u;   // this thread's items with digit 1 > d1 (pass 1)
+    for (u32 base = c * slice; base < i1; base += TOPK_SEL_ROUND) {
+        const u32 j0 = base + threadIdx.x * KVS_COMPACT_ITEMS;
+        u32 next[KVS_COMPACT_ITEMS];  // the next round's keys, in flight while this one counts
+        topk_load_keys(row, j0 + TOPK_SEL_ROUND, i1, vec, next);
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
+            if (j0 + u >= i1) continue;
+            const u32 key = keys[u];
+            if (pass == 0u) {
+                atomicAdd(&hist[key >> 24], 1u);
+            } else if ((key >> 24) == d1) {
+                atomicAdd(&hist[(key >> 16) & 255u], 1u);
+            } else if ((key >> 24) > d1) {
+                ++above;
+            }
+        }
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) keys[u] = next[u];
+    }
+    __syncthreads();
+    const u32 x = hist[threadIdx.x];
+    if (x != 0u) atomicAdd(&gh[pass * TOPK_SEL_BINS + threadIdx.x], x);
+    if (pass == 0u) return;  // uniform
+    // The record: thread t takes bin b = 255 - t, so the exclusive scan counts the bins above b.
+    const u32 b = TOPK_SEL_BINS - 1u - threadIdx.x;
+    const u32 v = hist[b];
+    u32 total;
+    const u32 from_b = block_exclusive_scan(v, &total) + v;
+    const u32 above_all = block_sum_u32(above);
+    u32* rec = w.rec + (r * ctas + c) * TOPK_REC;
+    rec[b] = above_all + from_b;
+    if (threadIdx.x == 0u) rec[TOPK_SEL_BINS] = above_all;
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_SEL_THREADS)
+    topk_sel_compact(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ws, const u32 ctas,
+                     const u32 slice) {
+    __shared__ u32 state[TOPK_SEL_GH];
+    const u32 r = blockIdx.y;
+    const u32 c = blockIdx.x;
+    if (r >= p.rows || c >= ctas) return;  // uniform per block
+    const u32 m = p.out_k;
+    const TopkSelWs w(ws, p.rows, ctas, p.n, m);
+    const float* row = scores + r * p.n;
+    const bool vec = ((r * p.n) & 3u) == 0u;
+    const u32 i1 = min(p.n, c * slice + slice);
+    u32 keys[KVS_COMPACT_ITEMS];
+    topk_load_keys(row, c * slice + threadIdx.x * KVS_COMPACT_ITEMS, i1, vec, keys);  // before the state
+    u32 prefix, need;
+    topk_state(w.ghist + r * TOPK_SEL_GH, TOPK_SEL_BINS, 0u, 2u, m, state, &prefix, &need);
+    const u32 t16 = prefix >> 16;
+    const u32 d2 = t16 & 255u;
+    // Where this CTA's items go: the sure items and candidates of the row's earlier CTAs.
+    u32 sure_at = 0u;
+    u32 cand_at = 0u;
+    for (u32 c2 = threadIdx.x; c2 < c; c2 += blockDim.x) {
+        const u32* rc = w.rec + (r * ctas + c2) * TOPK_REC;
+        const u32 hi = rc[d2 + 1u];
+        sure_at += hi;
+        cand_at += rc[d2] - hi;
+    }
+    sure_at = block_sum_u32(sure_at);
+    cand_at = block_sum_u32(cand_at);
+    const u32 cap = topk_cand_cap(p.n);
+    u64* sure = w.sure + r * m;
+    u64* cand = w.cand + r * cap;
+    for (u32 base = c * slice; base < i1; base += TOPK_SEL_ROUND) {
+        const u32 j0 = base + threadIdx.x * KVS_COMPACT_ITEMS;
+        u32 next[KVS_COMPACT_ITEMS];
+        topk_load_keys(row, j0 + TOPK_SEL_ROUND, i1, vec, next);
+        u32 is_sure = 0u;  // bit u: item j0 + u
+        u32 is_cand = 0u;
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
+            const u32 top = keys[u] >> 16;
+            if (j0 + u < i1 && top > t16) is_sure |= 1u << u;
+            if (j0 + u < i1 && top == t16) is_cand |= 1u << u;
+        }
+        // Both counts in one scan: a round has at most TOPK_SEL_ROUND < 2^16 of each.
+        u32 total;
+        const u32 before = block_exclusive_scan(((u32)__popc(is_sure) << 16) | (u32)__popc(is_cand), &total);
+        u32 ps = sure_at + (before >> 16);
+        u32 pc = cand_at + (before & 0xffffu);
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
+            const u64 pair = ((u64)keys[u] << 32) | (u64)(j0 + u);
+            if ((is_sure >> u) & 1u) {
+                if (ps < m) sure[ps] = pair;  // always (s < out_k); the test keeps NaN keys in bounds too
+                ++ps;
+            }
+            if ((is_cand >> u) & 1u) {
+                if (pc < cap) cand[pc] = pair;
+                ++pc;
+            }
+        }
+        sure_at += total >> 16;
+        cand_at += total & 0xffffu;
+#pragma unroll
+        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) keys[u] = next[u];
+    }
+}
+
+// Sources of the finish's candidate selection (the Src of block_radix_threshold and
+// block_compact_kept_to), both in index order, with pair(i) = (key << 32 | index) of item i.
+struct TopkListSrc {  // the stored candidates
+    const u64* list;
+    __device__ bool forced(u32) const { return false; }
+    __device__ bool eligible(u32) const { return true; }
+    __device__ u32 key(u32 i) const { return (u32)(list[i] >> 32); }
+    __device__ u64 pair(u32 i) const { return list[i]; }
+};
+
+struct TopkRowSrc {  // the row itself, when the candidates did not fit TOPK_CAND_CAP
+    const float* row;
+    u32 t16;
+    __device__ bool forced(u32) const { return false; }
+    __device__ bool eligible(u32 i) const { return (key(i) >> 16) == t16; }
+    __device__ u32 key(u32 i) const { return f32_order_key(row[i]); }
+    __device__ u64 pair(u32 i) const { return ((u64)key(i) << 32) | (u64)i; }
+};
+
+// (key << 32 | index) as topk_sort_runs orders it: ascending (~key << 32 | index) = key
+// descending, ties to the lower index.
+__device__ __forceinline__ u64 topk_run_pair(u64 x) { return x ^ 0xffffffff00000000ull; }
+
+// block_compact_kept_to's sink of the finish: kept candidate number pos to out[pos].
+template <class Src>
+struct TopkPairSink {
+    Src src;
+    u64* out;
+    u32 cap;
+    bool for_runs;  // store as topk_run_pair
+    __device__ void put(u32 pos, u32 i) const {
+        if (pos < cap) out[pos] = for_runs ? topk_run_pair(src.pair(i)) : src.pair(i);
+    }
+};
+
+// Every thread of the block: the `want` largest of the `n_elig` eligible items of src (ties to
+// the lower index) to out[0..want), in index order.
+template <class Src>
+__device__ void topk_keep(const Src& src, u32 n, u32 n_elig, u32 want, u64* out, bool for_runs) {
+    u32 thr = 0u;  // want == n_elig: every eligible key is >= 0, and take_eq covers them all
+    u32 take_eq = n_elig;
+    if (want < n_elig) block_radix_threshold(src, n, want, &thr, &take_eq);  // uniform
+    block_compact_kept_to(src, n, true, thr, take_eq, TopkPairSink<Src>{src, out, want, for_runs});
+}
+
+// Stable sort of tile[0..len) ((key << 32 | index) pairs, 1 <= len <= TOPK_TILE) by key
+// descending, in place, by the whole block of TOPK_FINISH_THREADS; cnt: TOPK_AUX words of shared
+// memory. LSD radix sort on 8-bit digits of key - (least key): the subtraction keeps the order and
+// drops the bits every key shares, so only ceil(log2(span) / 8) passes run (3 for the top 2048
+// of 131072 normal scores). Per pass: warp w owns items [w*32*per, (w+1)*32*per), warp-striped
+// (item u of lane l is w*32*per + 32u + l), so its rounds see its items in order; it ranks them
+// with __match_any_sync against its own 256 counters (cnt[w * TOPK_SORT_STRIDE + digit]); one
+// block scan over the counters in (digit, warp) order gives each (digit, warp) its first slot;
+// the items are stored from registers back into the tile.
+__device__ void topk_tile_sort(u64* tile, u32 len, u32* cnt) {
+    __shared__ u32 s_lo[TOPK_SORT_WARPS];
+    __shared__ u32 s_hi[TOPK_SORT_WARPS];
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    u32 lo = 0xffffffffu;
+    u32 hi = 0u;
+    for (u32 q = threadIdx.x; q < len; q += blockDim.x) {
+        const u32 key = (u32)(tile[q] >> 32);
+        lo = min(lo, key);
+        hi = max(hi, key);
+    }
+#pragma unroll
+    for (u32 o = 16; o > 0u; o >>= 1) {
+        lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
+        hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
+    }
+    if (lane == 0u) {
+        s_lo[warp] = lo;
+        s_hi[warp] = hi;
+    }
+    __syncthreads();
+    for (u32 w2 = 0; w2 < TOPK_SORT_WARPS; ++w2) {
+        lo = min(lo, s_lo[w2]);
+        hi = max(hi, s_hi[w2]);
+    }
+    const u32 span = hi - lo;
+    const u32 passes = (32u - (u32)__clz(span) + 7u) / 8u;  // 0 when every key is equal
+    const u32 per = (len + blockDim.x - 1u) / blockDim.x;   // items per lane, <= TOPK_SORT_ITEMS
+    const u32 wbase = warp * 32u * per;
+    u32* wcnt = cnt + warp * TOPK_SORT_STRIDE;
+    for (u32 pass = 0; pass < passes; ++pass) {
+        const u32 shift = 8u * pass;
+        u64 item[TOPK_SORT_ITEMS];
+        u32 slot[TOPK_SORT_ITEMS];  // digit, then (rank in the warp << 8) | digit
+#pragma unroll
+        for (u32 u = 0; u < TOPK_SORT_ITEMS; ++u) {
+            const u32 q = wbase + 32u * u + lane;
+            const bool real = u < per && q < len;
+            item[u] = real ? tile[q] : 0ull;
+            // Larger keys get smaller digits (descending). Padding gets the last digit: it comes
+            // after every real item in the order, so it ranks after them all and is not stored.
+            slot[u] = real ? 255u - ((((u32)(item[u] >> 32) - lo) >> shift) & 255u) : 255u;
+        }
+        for (u32 b = lane; b < TOPK_SEL_BINS; b += 32u) wcnt[b] = 0u;
+        __syncwarp();
+#pragma unroll
+        for (u32 u = 0; u < TOPK_SORT_ITEMS; ++u) {
+            if (u < per) {  // uniform
+                const u32 d = slot[u];
+                const u32 peers = __match_any_sync(KVS_FULL_MASK, d);
+                const u32 lower = peers & ((1u << lane) - 1u);
+                const u32 seen = wcnt[d];
+                slot[u] = ((seen + (u32)__popc(lower)) << 8) | d;
+                __syncwarp();  // every lane has read wcnt[d] before the leader adds to it
+                if (lower == 0u) wcnt[d] = seen + (u32)__popc(peers);
+                __syncwarp();
+            }
+        }
+        __syncthreads();  // every warp's counters are complete (and every tile read is done)
+        // Thread t owns counters t*8 .. t*8+7 of the (digit, warp) order: 256 * warps counters
+        // over 32 * warps threads.
+        u32 v[8];
+        u32 sum = 0u;
+#pragma unroll
+        for (u32 j = 0; j < 8u; ++j) {
+            const u32 f = threadIdx.x * 8u + j;
+            v[j] = cnt[(f % TOPK_SORT_WARPS) * TOPK_SORT_STRIDE + f / TOPK_SORT_WARPS];
+            sum += v[j];
+        }
+        u32 total;
+        u32 at = block_exclusive_scan(sum, &total);
+#pragma unroll
+        for (u32 j = 0; j < 8u; ++j) {
+            const u32 f = threadIdx.x * 8u + j;
+            cnt[(f % TOPK_SORT_WARPS) * TOPK_SORT_STRIDE + f / TOPK_SORT_WARPS] = at;
+            at += v[j];
+        }
+        __syncthreads();  // every (digit, warp) slot is set
+#pragma unroll
+        for (u32 u = 0; u < TOPK_SORT_ITEMS; ++u) {
+            const u32 q = wbase + 32u * u + lane;
+            if (u < per && q < len) tile[wcnt[slot[u] & 255u] + (slot[u] >> 8)] = item[u];
+        }
+        __syncthreads();  // the tile is whole again (and the counters free)
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
+    topk_sel_finish(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ws,
+                    int* __restrict__ indices, const u32 ctas) {
+    extern __shared__ u64 topk_dyn[];
+    const u32 r = blockIdx.y;
+    if (r >= p.rows) return;  // uniform per block
+    const u32 m = p.out_k;
+    const TopkSelWs w(ws, p.rows, ctas, p.n, m);
+    const bool in_tile = m <= TOPK_TILE;
+    u64* tile = topk_dyn;
+    u32* aux = (u32*)(topk_dyn + (in_tile ? m : 0u));  // TOPK_AUX words
+    u32 prefix, need;
+    topk_state(w.ghist + r * TOPK_SEL_GH, TOPK_SEL_BINS, 0u, 2u, m, aux, &prefix, &need);
+    const u32 t16 = prefix >> 16;
+    const u32 n_cand = aux[TOPK_SEL_BINS + (t16 & 255u)];  // pass 1's bin d2, still in aux
+    const u32 n_sure = m - need;
+    const u32 cap = topk_cand_cap(p.n);
+    __syncthreads();  // every thread has n_cand before aux is reused
+    u64* out = in_tile ? tile : w.pairs + r * m;
+    const u64* sure = w.sure + r * m;
+#pragma unroll 4
+    for (u32 q = threadIdx.x; q < n_sure; q += blockDim.x) {
+        const u64 x = sure[q];
+        out[q] = in_tile ? x : topk_run_pair(x);
+    }
+    if (n_cand <= cap) {  // uniform
+        u64* stage = (u64*)aux;
+        const u64* cand = w.cand + r * cap;
+#pragma unroll 4
+        for (u32 q = threadIdx.x; q < n_cand; q += blockDim.x) stage[q] = cand[q];
+        __syncthreads();
+        topk_keep(TopkListSrc{stage}, n_cand, n_cand, need, out + n_sure, !in_tile);
+    } else {
+        topk_keep(TopkRowSrc{scores + r * p.n, t16}, p.n, n_cand, need, out + n_sure, !in_tile);
+    }
+    if (!in_tile) return;  // uniform: topk_sort_runs takes the pairs from here
+    __syncthreads();       // the tile is whole; the staged candidates are dead
+    topk_tile_sort(tile, m, aux);
+    for (u32 q = threadIdx.x; q < m; q += blockDim.x) indices[r * m + q] = (int)(u32)tile[q];
 }

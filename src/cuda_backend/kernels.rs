@@ -89,7 +89,16 @@ impl Family {
     pub(crate) fn entries(self) -> &'static [&'static str] {
         match self {
             Family::Random => &["pcg_hash", "random_key", "random_select"],
-            Family::Topk => &["topk", "topk_hist", "topk_gather", "topk_sort_runs", "topk_merge_runs"],
+            Family::Topk => &[
+                "topk",
+                "topk_hist",
+                "topk_gather",
+                "topk_sort_runs",
+                "topk_merge_runs",
+                "topk_sel_hist",
+                "topk_sel_compact",
+                "topk_sel_finish",
+            ],
             Family::Decay => &[
                 "decay_scan",
                 "decay_step",

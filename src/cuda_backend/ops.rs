@@ -11,7 +11,8 @@ use super::{device_err, Cuda, CudaBuffer, Family, Spec};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams, SelectParams};
 use crate::{Backend, DType, Error, HostData, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Threads per block of one-thread-per-element kernels.
 const ELEMENTWISE: u32 = 256;
@@ -33,9 +34,9 @@ const DECODE_TUNE_WAVES: usize = 4;
 const DECODE_TUNE_MIN_KEYS: usize = 512;
 /// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
 pub(super) const QUEST_UNION_MAX_NB: usize = 12 * 1024;
-/// Tuned top-k (`KVSPARSE_CUDA_TOPK_TUNE=1`): threads of `topk_hist` / `topk_gather`, items per
-/// thread and round of the gather (`KVS_COMPACT_ITEMS`), fewest items per CTA, the sorted run
-/// (`TOPK_RUN`) and the sort's threads (`TOPK_SORT_THREADS`) in `cuda/topk.cu`.
+/// Multi-CTA top-k: threads of `topk_hist` / `topk_gather` / `topk_sel_hist` /
+/// `topk_sel_compact`, items per thread and round (`KVS_COMPACT_ITEMS`), fewest items per CTA,
+/// the sorted run (`TOPK_RUN`) and the run sort's threads (`TOPK_SORT_THREADS`) in `cuda/topk.cu`.
 const TOPK_THREADS: u32 = 256;
 const TOPK_GATHER_ITEMS: usize = 8;
 const TOPK_MIN_SLICE: usize = 2048;
@@ -48,6 +49,21 @@ const TOPK_LB: usize = 1024;
 /// Most rows for the tuned top-k (its workspace holds 32 KiB of histograms per row and 4 KiB per
 /// CTA); more rows go to `topk` (one CTA per row already fills the device).
 const TOPK_TUNE_MAX_ROWS: usize = 4096;
+/// Select design (`topk_sel_*` in `cuda/topk.cu`): resident CTAs per SM aimed at by the passes
+/// over the row (256 threads each, so 4 use half an SM's threads: enough loads in flight for
+/// latency-bound passes of 0.5-4 MiB), the words of the row histograms (`TOPK_SEL_GH`) and of a
+/// CTA's record (`TOPK_REC`), the candidates stored per row (`TOPK_CAND_CAP`), the most pairs
+/// sorted in shared memory (`TOPK_TILE`), the finish's threads (`TOPK_FINISH_THREADS`) and its
+/// shared words after the tile (`TOPK_AUX`).
+const TOPK_SEL_CTAS_PER_SM: usize = 4;
+const TOPK_SEL_GH: usize = 2 * 256;
+const TOPK_REC: usize = 257;
+const TOPK_CAND_CAP: usize = 4096;
+const TOPK_TILE: usize = 8192;
+const TOPK_FINISH_THREADS: u32 = 1024;
+const TOPK_AUX: usize = 32 * 257;
+/// Dynamic shared memory a kernel may use without opting in (`cuFuncSetAttribute`).
+const DEFAULT_DYNAMIC_SMEM: usize = 48 * 1024;
 /// Row length from which top-k uses several CTAs per row by default.
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
 /// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
@@ -107,31 +123,64 @@ fn decode_mma_fits(spec: Spec, dim: usize, hpc: usize) -> bool {
         && (2..=DECODE_MMA_MAX_HPC).contains(&hpc)
 }
 
-/// `KVSPARSE_CUDA_TOPK_TUNE=1`: top-k by several CTAs per row (`topk_hist`, `topk_gather`) and a
-/// shared-memory bitonic sort with merge passes (`topk_sort_runs`, `topk_merge_runs`) instead of
-/// the one-CTA-per-row `topk` (opt-in, for timing beside the default; same results).
+/// `KVSPARSE_CUDA_TOPK_TUNE=1`: every top-k shape (not only rows of `TOPK_MULTI_CTA_MIN_N`
+/// scores or more) goes to the multi-CTA kernels of [`topk_path`] instead of the
+/// one-CTA-per-row `topk` (opt-in, for timing and testing beside the default; same results).
 fn topk_tune() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_TOPK_TUNE"))
 }
 
-/// Whether the multi-CTA top-k runs 4 radix passes of 8-bit digits with the sort as its own
-/// `topk_sort_runs` launch (the default) rather than 3 passes of 11/11/10 bits with the sort
-/// fused into the gather's last CTA (`KVSPARSE_CUDA_TOPK=fused`; same results). The fused
-/// design was measured slower on the H200 (81.0 against 63.1 µs at 1 x 131072, k 2048; 119.4
-/// against 99.6 µs at 8 x 131072, k 8192: BENCHMARKS.md run 13), its larger histograms costing
-/// more than the launches it saves, so it stays opt-in.
-fn topk_runs() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| !std::env::var("KVSPARSE_CUDA_TOPK").is_ok_and(|v| v.trim() == "fused"))
+/// How the multi-CTA top-k finds and sorts the top k (`KVSPARSE_CUDA_TOPK`; same results).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopkPath {
+    /// The default: 2 histogram passes fix 16 bits of the threshold, a compaction pass stores
+    /// the sure items and the few candidates, one CTA per row selects among the candidates and
+    /// radix-sorts the out_k pairs in shared memory (`topk_sel_*`).
+    Select,
+    /// `runs`: 4 radix passes of 8-bit digits over the row, `topk_gather`, and the sort as its
+    /// own `topk_sort_runs` launch (the default until the select design; H200: 63.1 µs at
+    /// 1 x 131072, k 2048, and 99.6 µs at 8 x 131072, k 8192, BENCHMARKS.md run 13).
+    Runs,
+    /// `fused`: 3 passes of 11/11/10 bits with the sort fused into the gather's last CTA
+    /// (measured slower than `runs`: 81.0 / 119.4 µs, run 13, its larger histograms costing
+    /// more than the launches it saves).
+    Fused,
 }
 
-/// Workspace of the multi-CTA top-k in u32 words (`TopkWs` in `cuda/topk.cu`): the words to
+fn topk_path() -> TopkPath {
+    static PATH: std::sync::OnceLock<TopkPath> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| match std::env::var("KVSPARSE_CUDA_TOPK").as_deref().map(str::trim) {
+        Ok("runs") => TopkPath::Runs,
+        Ok("fused") => TopkPath::Fused,
+        _ => TopkPath::Select,
+    })
+}
+
+/// Workspace of the radix-pass top-k in u32 words (`TopkWs` in `cuda/topk.cu`): the words to
 /// zero (histograms `TOPK_GH` and 2 counters per row) and the offset of the pairs (after the
 /// per-CTA histograms `TOPK_LB`, rounded up to an even word).
 fn topk_ws_words(rows: usize, ctas: usize) -> (usize, usize) {
     let zero = rows * (TOPK_GH + 2);
     (zero, (zero + rows * ctas * TOPK_LB).next_multiple_of(2))
+}
+
+/// Workspace of the select top-k in u32 words (`TopkSelWs` in `cuda/topk.cu`).
+struct TopkSelWs {
+    /// Words to zero: the row histograms.
+    zero: usize,
+    /// Offset of `pairs` (out_k > `TOPK_TILE` only).
+    pairs: usize,
+    /// All words.
+    total: usize,
+}
+
+fn topk_sel_ws(rows: usize, ctas: usize, n: usize, m: usize) -> TopkSelWs {
+    let zero = rows * TOPK_SEL_GH;
+    let sure = (zero + rows * ctas * TOPK_REC).next_multiple_of(2);
+    let pairs = sure + 2 * rows * (m + n.min(TOPK_CAND_CAP));
+    let total = pairs + if m > TOPK_TILE { 2 * rows * m } else { 0 };
+    TopkSelWs { zero, pairs, total }
 }
 
 /// `KVSPARSE_CUDA_SCAN=chunked`: decay_scan and ratplus_kv with few lanes go to the three-pass
@@ -608,26 +657,29 @@ impl Cuda {
         Ok(())
     }
 
-    /// Top-k with several CTAs per row (see `cuda/topk.cu`): radix histogram passes
-    /// (`topk_hist`: 4 of 8 bits, or 3 of 11/11/10 bits with `KVSPARSE_CUDA_TOPK=fused`), the
-    /// kept pairs (`topk_gather`, which also sorts them in its last CTA per row when
-    /// `out_k <= TOPK_RUN` on the fused path), else a bitonic sort of runs of up to
-    /// `TOPK_RUN` pairs (`topk_sort_runs`) and merge passes (`topk_merge_runs`). One workspace
-    /// allocation and one memset per call.
-    fn topk_tuned(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
-        let p = op.params();
-        let (rows, n, m) = (op.rows, op.n, op.out_k());
-        // CTAs per row: about two per SM over all rows, each over a slice of at least
-        // TOPK_MIN_SLICE items (a whole number of gather rounds).
-        let want = (2 * self.sm_count as usize).div_ceil(rows).max(1);
+    /// CTAs per row and items per CTA of the multi-CTA top-k: about `per_sm` CTAs per SM over
+    /// all rows, each over a slice of at least TOPK_MIN_SLICE items (a whole number of rounds of
+    /// TOPK_THREADS x TOPK_GATHER_ITEMS).
+    fn topk_split(&self, rows: usize, n: usize, per_sm: usize) -> (usize, usize) {
+        let want = (per_sm * self.sm_count as usize).div_ceil(rows).max(1);
         let round = TOPK_THREADS as usize * TOPK_GATHER_ITEMS;
         let slice = n.div_ceil(want).max(TOPK_MIN_SLICE).div_ceil(round) * round;
-        let ctas = n.div_ceil(slice).max(1);
+        (n.div_ceil(slice).max(1), slice)
+    }
+
+    /// Top-k with several CTAs per row by radix passes over the whole row (see `cuda/topk.cu`;
+    /// `KVSPARSE_CUDA_TOPK=runs` or `fused`): histogram passes (`topk_hist`: 4 of 8 bits, or 3
+    /// of 11/11/10 bits when fused), the kept pairs (`topk_gather`, which also sorts them in its
+    /// last CTA per row when `out_k <= TOPK_RUN` on the fused path), else [`Self::topk_sort_pairs`].
+    /// One workspace allocation and one memset per call.
+    fn topk_passes(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer, wide: bool) -> Result<()> {
+        let p = op.params();
+        let (rows, n, m) = (op.rows, op.n, op.out_k());
+        let (ctas, slice) = self.topk_split(rows, n, 2);
         let rows_y = grid_y(TopK::NAME, rows)?;
-        let wide = u32::from(!topk_runs());
+        let wide = u32::from(wide);
         let passes = if wide != 0 { 3u32 } else { 4 };
-        let runs = m.div_ceil(TOPK_RUN);
-        let fuse = u32::from(wide != 0 && runs == 1);
+        let fuse = u32::from(wide != 0 && m <= TOPK_RUN);
         let (zero_words, pairs_words) = topk_ws_words(rows, ctas);
         let mut ws = self.scratch(4 * pairs_words + 8 * m * rows)?;
         let mut zero = ws.slice_mut(..4 * zero_words);
@@ -656,19 +708,31 @@ impl Cuda {
         if fuse != 0 {
             return Ok(());
         }
-        let mut pairs_a = ws.slice_mut(4 * pairs_words..);
+        let mut pairs = ws.slice_mut(4 * pairs_words..);
+        self.topk_sort_pairs(op, &mut pairs, indices)
+    }
+
+    /// The indices of R rows of out_k pairs `(~key << 32 | index)` (written whole on this stream
+    /// before), sorted ascending: a bitonic sort of runs of up to `TOPK_RUN` pairs
+    /// (`topk_sort_runs`, straight to the indices when one run is the row), then merge passes
+    /// (`topk_merge_runs`, ping-ponging with a second pair buffer).
+    fn topk_sort_pairs(&self, op: &TopK, pairs_a: &mut CudaViewMut<'_, u8>, indices: &mut CudaBuffer) -> Result<()> {
+        let p = op.params();
+        let (rows, m) = (op.rows, op.out_k());
+        let rows_y = grid_y(TopK::NAME, rows)?;
+        let runs = m.div_ceil(TOPK_RUN);
         let direct = u32::from(runs == 1);
         let run32 = TOPK_RUN as u32;
         let f = self.function(Family::Topk, Spec::NONE, "topk_sort_runs")?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&p).arg(&mut pairs_a).arg(&mut indices.slice).arg(&run32).arg(&direct);
+        b.arg(&p).arg(&mut *pairs_a).arg(&mut indices.slice).arg(&run32).arg(&direct);
         let cfg = LaunchConfig {
             grid_dim: (runs as u32, rows_y, 1),
             block_dim: (TOPK_SORT_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: matches `topk_sort_runs(p, pairs, indices, run, direct)`; pairs R*out_k u64
-        // written whole by topk_gather (exactly out_k kept per row), indices [R*out_k] i32
+        // written whole by the caller's kernels (exactly out_k per row), indices [R*out_k] i32
         // (checked); run = TOPK_RUN, the kernel's shared tile.
         unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sort_runs", e))?;
         if runs == 1 {
@@ -685,9 +749,9 @@ impl Cuda {
             b.arg(&p);
             // src is const in the kernel; both are passed as device pointers.
             if in_a {
-                b.arg(&mut pairs_a).arg(&mut pairs_b);
+                b.arg(&mut *pairs_a).arg(&mut pairs_b);
             } else {
-                b.arg(&mut pairs_b).arg(&mut pairs_a);
+                b.arg(&mut pairs_b).arg(&mut *pairs_a);
             }
             b.arg(&mut indices.slice).arg(&run32).arg(&last);
             let cfg = LaunchConfig {
@@ -703,6 +767,68 @@ impl Cuda {
             run *= 2;
         }
         Ok(())
+    }
+
+    /// Top-k with several CTAs per row, select design (the default; see `cuda/topk.cu`): one
+    /// memset of the row histograms, `topk_sel_hist` x 2 (16 bits of the threshold),
+    /// `topk_sel_compact` (sure items and candidates, in index order), `topk_sel_finish` (one
+    /// CTA per row: keeps the needed candidates, radix-sorts the out_k pairs in shared memory
+    /// and writes the indices; for out_k > TOPK_TILE it leaves the pairs to
+    /// [`Self::topk_sort_pairs`]). One workspace allocation; no host reads; every launch shape
+    /// is fixed by (R, n, k).
+    fn topk_select(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<()> {
+        let p = op.params();
+        let (rows, n, m) = (op.rows, op.n, op.out_k());
+        let (ctas, slice) = self.topk_split(rows, n, TOPK_SEL_CTAS_PER_SM);
+        let rows_y = grid_y(TopK::NAME, rows)?;
+        let lay = topk_sel_ws(rows, ctas, n, m);
+        let mut ws = self.scratch(4 * lay.total)?;
+        let mut zero = ws.slice_mut(..4 * lay.zero);
+        self.stream.memset_zeros(&mut zero).map_err(|e| device_err("memset topk workspace", e))?;
+        let (ctas32, slice32) = (ctas as u32, slice as u32);
+        let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let f = self.function(Family::Topk, Spec::NONE, "topk_sel_hist")?;
+        for pass in 0..2u32 {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&ctas32).arg(&slice32).arg(&pass);
+            // SAFETY: matches `topk_sel_hist(p, scores, ws, ctas, slice, pass)`; scores [R*n] f32
+            // (checked); ws laid out as `topk_sel_ws` (= TopkSelWs in the kernel), ghist zeroed
+            // above, pass 1 writes every CTA's record whole; TOPK_THREADS = TOPK_SEL_THREADS (one
+            // bin per thread); CTA c reads items [c*slice, min(n, (c+1)*slice)).
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_hist", e))?;
+        }
+        let f = self.function(Family::Topk, Spec::NONE, "topk_sel_compact")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&ctas32).arg(&slice32);
+        // SAFETY: matches `topk_sel_compact(p, scores, ws, ctas, slice)`; same grid, slices and
+        // workspace as the passes above, whose histograms and records it reads; its writes are
+        // checked against out_k (sure) and min(n, TOPK_CAND_CAP) (candidates) per row.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_compact", e))?;
+        let tile = if m <= TOPK_TILE { m } else { 0 };
+        let smem = 8 * tile + 4 * TOPK_AUX;
+        let f = self.function(Family::Topk, Spec::NONE, "topk_sel_finish")?;
+        if smem > DEFAULT_DYNAMIC_SMEM {
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(|e| device_err("topk_sel_finish shared memory", e))?;
+        }
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&mut indices.slice).arg(&ctas32);
+        let cfg = LaunchConfig {
+            grid_dim: (1, rows_y, 1),
+            block_dim: (TOPK_FINISH_THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: matches `topk_sel_finish(p, scores, ws, indices, ctas)`; ws as above, its sure
+        // items and candidates written by topk_sel_compact; the dynamic shared memory is the
+        // kernel's tile (out_k pairs when out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as
+        // it lays them out; TOPK_FINISH_THREADS threads (its launch bounds); indices [R*out_k]
+        // i32 (checked), written when out_k <= TOPK_TILE, else `pairs` (R*out_k u64) whole.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_finish", e))?;
+        if m <= TOPK_TILE {
+            return Ok(());
+        }
+        let mut pairs = ws.slice_mut(4 * lay.pairs..);
+        self.topk_sort_pairs(op, &mut pairs, indices)
     }
 
     /// `select_blocks` (after `select_keys` for the random selector, which fills `ranking`).
@@ -831,7 +957,11 @@ impl Backend for Cuda {
         // every shape there, `KVSPARSE_CUDA_LEGACY=1` none.
         let long_row = op.n >= TOPK_MULTI_CTA_MIN_N && !legacy();
         if (topk_tune() || long_row) && op.rows <= TOPK_TUNE_MAX_ROWS {
-            return self.topk_tuned(op, scores, indices);
+            return match topk_path() {
+                TopkPath::Select => self.topk_select(op, scores, indices),
+                TopkPath::Runs => self.topk_passes(op, scores, indices, false),
+                TopkPath::Fused => self.topk_passes(op, scores, indices, true),
+            };
         }
         let p = op.params();
         let mut scratch = self.scratch(4 * 4 * op.rows * op.out_k())?;
