@@ -46,6 +46,15 @@ pub struct Cuda {
     arch: String,
     sm_count: u32,
     modules: RwLock<HashMap<(Family, Spec), Arc<CudaModule>>>,
+    /// Entry points looked up so far: a `cuModuleGetFunction` per launch is host time that a
+    /// short op (a few µs on the GPU) sees as latency.
+    functions: RwLock<HashMap<(Family, Spec, &'static str), CudaFunction>>,
+    /// Resident CTAs per SM of an entry point at a block size (no dynamic shared memory).
+    occupancy: RwLock<HashMap<(Family, Spec, &'static str, u32), usize>>,
+    /// [`ops::DECODE_TICKETS`] words, zeroed here once: the grouped decodes' last CTA per
+    /// (sequence, head chunk) takes its ticket back to 0 after merging the chunk's splits, so
+    /// every launch, eager or replayed from a graph, finds them zero.
+    decode_tickets: CudaSlice<u8>,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -142,6 +151,8 @@ impl Cuda {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_err("SM count", e))?
             .max(1) as u32;
+        let decode_tickets =
+            stream.alloc_zeros::<u8>(4 * ops::DECODE_TICKETS).map_err(|e| device_err("alloc decode tickets", e))?;
         Ok(Cuda {
             ctx,
             stream,
@@ -150,6 +161,9 @@ impl Cuda {
             arch: format!("sm_{}{}", cc.0, cc.1),
             sm_count,
             modules: RwLock::new(HashMap::new()),
+            functions: RwLock::new(HashMap::new()),
+            occupancy: RwLock::new(HashMap::new()),
+            decode_tickets,
         })
     }
 
@@ -209,11 +223,43 @@ impl Cuda {
     }
 
     /// Entry point `entry` of `family` for `spec`.
-    pub(crate) fn function(&self, family: Family, spec: Spec, entry: &str) -> Result<CudaFunction> {
+    pub(crate) fn function(&self, family: Family, spec: Spec, entry: &'static str) -> Result<CudaFunction> {
         debug_assert!(family.entries().contains(&entry), "{entry} is not listed for {}", family.name());
-        self.module(family, spec)?
+        if let Some(f) = self.functions.read().ok().and_then(|m| m.get(&(family, spec, entry)).cloned()) {
+            return Ok(f);
+        }
+        let f = self
+            .module(family, spec)?
             .load_function(entry)
-            .map_err(|e| device_err(&format!("load function {entry} of {}", family.name()), e))
+            .map_err(|e| device_err(&format!("load function {entry} of {}", family.name()), e))?;
+        if let Ok(mut cache) = self.functions.write() {
+            cache.insert((family, spec, entry), f.clone());
+        }
+        Ok(f)
+    }
+
+    /// How many CTAs of `threads` threads of `entry` fit on one SM (`fallback` if the driver
+    /// cannot say), asked of the driver once per entry point and block size.
+    pub(crate) fn resident_ctas(
+        &self,
+        family: Family,
+        spec: Spec,
+        entry: &'static str,
+        threads: u32,
+        fallback: usize,
+    ) -> Result<usize> {
+        let key = (family, spec, entry, threads);
+        if let Some(n) = self.occupancy.read().ok().and_then(|m| m.get(&key).copied()) {
+            return Ok(n);
+        }
+        let f = self.function(family, spec, entry)?;
+        let n = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .map_or(fallback, |n| (n as usize).max(1));
+        if let Ok(mut cache) = self.occupancy.write() {
+            cache.insert(key, n);
+        }
+        Ok(n)
     }
 
     /// Uninitialised device scratch of `bytes` bytes (at least 4).

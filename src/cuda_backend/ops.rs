@@ -29,6 +29,9 @@ const DECODE_CTAS_PER_SM: usize = 4;
 /// Fewest keys per decode split, and the most splits (`KVS_MERGE_MAX_SPLITS` bounds the merge).
 const DECODE_MIN_KEYS: usize = 128;
 const DECODE_MAX_SPLITS: usize = 256;
+/// Tickets of the grouped decodes' fused merge: (sequence, head chunk) pairs of one launch.
+/// Launches with more use `attention_merge_rows` instead.
+pub(super) const DECODE_TICKETS: usize = 1 << 14;
 /// Waves of resident CTAs and fewest keys per split of the tuned decode (`KVSPARSE_CUDA_DECODE_TUNE=1`).
 const DECODE_TUNE_WAVES: usize = 4;
 const DECODE_TUNE_MIN_KEYS: usize = 512;
@@ -488,9 +491,7 @@ impl Cuda {
         let f = self.function(Family::Attention, spec, entry)?;
         // One full wave of resident CTAs (the register tile of g4/g8 allows 3 or 2 per SM), so
         // no split waits for a second wave; every split has the same length.
-        let resident = f
-            .occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)
-            .map_or(DECODE_CTAS_PER_SM, |n| (n as usize).max(1));
+        let resident = self.resident_ctas(Family::Attention, spec, entry, DECODE_THREADS, DECODE_CTAS_PER_SM)?;
         let target = resident * self.sm_count as usize;
         let one_wave = (target / (chunks * batch)).min(capacity.div_ceil(DECODE_MIN_KEYS));
         let splits = if decode_tune() {
@@ -516,21 +517,30 @@ impl Cuda {
         let rows = batch * q_heads;
         let (mut part_out, mut part_lse) = self.split_partials(rows, p.splits, p.dim as usize)?;
         let hpc32 = hpc as u32;
-        let no_lens: u64 = 0; // a null `const int*`: every key below kv_len is live
+        let null: u64 = 0; // a null pointer: lens (every key below kv_len is live), tickets
+                           // The last CTA of each (sequence, chunk) merges the splits unless the tickets run out.
+        let fused_merge = p.splits > 1 && chunks * batch <= DECODE_TICKETS;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx).arg(hmask).arg(counts);
         b.arg(&mut out.slice).arg(&mut lse.slice).arg(&mut part_out).arg(&mut part_lse).arg(&mode).arg(&hpc32);
         match lens {
             Some(l) => b.arg(l),
-            None => b.arg(&no_lens),
+            None => b.arg(&null),
         };
+        if fused_merge {
+            b.arg(&self.decode_tickets);
+        } else {
+            b.arg(&null);
+        }
         let cfg = LaunchConfig {
             grid_dim: (p.splits, chunks as u32, batch_z),
             block_dim: (DECODE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: matches `attention_decode_g*(p, q, k, v, idx, hmask, counts, out, lse,
-        // part_out, part_lse, mode, hpc, lens)`; per sequence (batch of them along grid z,
+        // part_out, part_lse, mode, hpc, lens, tickets)`; tickets = the backend's zeroed
+        // DECODE_TICKETS words (>= chunks*batch, the kernel's gridDim.y*gridDim.z slots, each
+        // reset to 0 by its last CTA) or null; per sequence (batch of them along grid z,
         // 1 with lens null for the single-sequence ops) q/out [Hq, D], k/v [Hkv, T, D], lse [Hq]
         // checked by the caller, D = 32 * dpl of the module (decode_fits), idx [idx_heads, n_idx]
         // i32 is read in modes 1 and 2, hmask [Hkv, n_idx] u32 and counts [Hkv] u32 in mode 2
@@ -542,7 +552,7 @@ impl Cuda {
         // f16/bf16 and D = 64 or 128 (its module) and hpc <= 8 (decode_mma_fits); its K/V rows
         // are read only for tokens that pass the same checks (cp.async zero-fills the others).
         unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
-        if p.splits > 1 {
+        if p.splits > 1 && !fused_merge {
             let f = self.function(Family::Attention, spec, "attention_merge_rows")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&part_out).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
