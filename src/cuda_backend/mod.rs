@@ -48,14 +48,17 @@ pub struct Cuda {
     modules: RwLock<HashMap<(Family, Spec), Arc<CudaModule>>>,
     /// Entry points looked up so far: a `cuModuleGetFunction` per launch is host time that a
     /// short op (a few µs on the GPU) sees as latency.
-    functions: RwLock<HashMap<(Family, Spec, &'static str), CudaFunction>>,
+    functions: RwLock<HashMap<EntryKey, CudaFunction>>,
     /// Resident CTAs per SM of an entry point at a block size (no dynamic shared memory).
-    occupancy: RwLock<HashMap<(Family, Spec, &'static str, u32), usize>>,
+    occupancy: RwLock<HashMap<(EntryKey, u32), usize>>,
     /// [`ops::DECODE_TICKETS`] words, zeroed here once: the grouped decodes' last CTA per
     /// (sequence, head chunk) takes its ticket back to 0 after merging the chunk's splits, so
     /// every launch, eager or replayed from a graph, finds them zero.
     decode_tickets: CudaSlice<u8>,
 }
+
+/// An entry point of a module: family, specialisation, name.
+type EntryKey = (Family, Spec, &'static str);
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,7 +251,7 @@ impl Cuda {
         threads: u32,
         fallback: usize,
     ) -> Result<usize> {
-        let key = (family, spec, entry, threads);
+        let key = ((family, spec, entry), threads);
         if let Some(n) = self.occupancy.read().ok().and_then(|m| m.get(&key).copied()) {
             return Ok(n);
         }
