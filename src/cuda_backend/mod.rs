@@ -51,6 +51,9 @@ pub struct Cuda {
     functions: RwLock<HashMap<EntryKey, CudaFunction>>,
     /// Resident CTAs per SM of an entry point at a block size (no dynamic shared memory).
     occupancy: RwLock<HashMap<(EntryKey, u32), usize>>,
+    /// The dynamic shared memory each entry point has been allowed so far (above 48 KiB it
+    /// must be raised by `cuFuncSetAttribute`, a driver call worth not repeating per launch).
+    dynamic_smem: RwLock<HashMap<EntryKey, usize>>,
     /// [`ops::DECODE_TICKETS`] words, zeroed here once: the grouped decodes' last CTA per
     /// (sequence, head chunk) takes its ticket back to 0 after merging the chunk's splits, so
     /// every launch, eager or replayed from a graph, finds them zero.
@@ -166,6 +169,7 @@ impl Cuda {
             modules: RwLock::new(HashMap::new()),
             functions: RwLock::new(HashMap::new()),
             occupancy: RwLock::new(HashMap::new()),
+            dynamic_smem: RwLock::new(HashMap::new()),
             decode_tickets,
         })
     }
@@ -263,6 +267,31 @@ impl Cuda {
             cache.insert(key, n);
         }
         Ok(n)
+    }
+
+    /// Entry point `entry`, allowed at least `bytes` of dynamic shared memory per CTA (the
+    /// driver's default cap is 48 KiB).
+    pub(crate) fn function_with_smem(
+        &self,
+        family: Family,
+        spec: Spec,
+        entry: &'static str,
+        bytes: usize,
+    ) -> Result<CudaFunction> {
+        let f = self.function(family, spec, entry)?;
+        let key = (family, spec, entry);
+        let allowed = self.dynamic_smem.read().ok().and_then(|m| m.get(&key).copied()).unwrap_or(48 << 10);
+        if bytes > allowed {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(|e| device_err(&format!("{entry}: {bytes} bytes of shared memory"), e))?;
+            if let Ok(mut m) = self.dynamic_smem.write() {
+                m.insert(key, bytes);
+            }
+        }
+        Ok(f)
     }
 
     /// Uninitialised device scratch of `bytes` bytes (at least 4).

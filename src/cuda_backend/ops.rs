@@ -11,7 +11,6 @@ use super::{device_err, Cuda, CudaBuffer, Family, Spec};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams, SelectParams};
 use crate::{Backend, DType, Error, HostData, Result};
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Threads per block of one-thread-per-element kernels.
@@ -65,8 +64,6 @@ const TOPK_CAND_CAP: usize = 4096;
 const TOPK_TILE: usize = 8192;
 const TOPK_FINISH_THREADS: u32 = 1024;
 const TOPK_AUX: usize = 32 * 257;
-/// Dynamic shared memory a kernel may use without opting in (`cuFuncSetAttribute`).
-const DEFAULT_DYNAMIC_SMEM: usize = 48 * 1024;
 /// Row length from which top-k uses several CTAs per row by default.
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
 /// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
@@ -816,11 +813,7 @@ impl Cuda {
         unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_compact", e))?;
         let tile = if m <= TOPK_TILE { m } else { 0 };
         let smem = 8 * tile + 4 * TOPK_AUX;
-        let f = self.function(Family::Topk, Spec::NONE, "topk_sel_finish")?;
-        if smem > DEFAULT_DYNAMIC_SMEM {
-            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| device_err("topk_sel_finish shared memory", e))?;
-        }
+        let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_sel_finish", smem)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&mut indices.slice).arg(&ctas32);
         let cfg = LaunchConfig {
