@@ -46,6 +46,10 @@ pub struct Cuda {
     arch: String,
     sm_count: u32,
     modules: RwLock<HashMap<(Family, Spec), Arc<CudaModule>>>,
+    /// One ticket per kv head for `quest_select_fused_g*` ([`ops::QUEST_TICKETS`] words), zeroed
+    /// here once: each launch's last CTA per kv head resets its ticket to 0, so every launch
+    /// (and every graph replay) finds them zero; the one stream keeps launches from overlapping.
+    quest_tickets: CudaSlice<u8>,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -142,6 +146,8 @@ impl Cuda {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_err("SM count", e))?
             .max(1) as u32;
+        let quest_tickets =
+            stream.alloc_zeros::<u8>(4 * ops::QUEST_TICKETS).map_err(|e| device_err("alloc quest tickets", e))?;
         Ok(Cuda {
             ctx,
             stream,
@@ -150,6 +156,7 @@ impl Cuda {
             arch: format!("sm_{}{}", cc.0, cc.1),
             sm_count,
             modules: RwLock::new(HashMap::new()),
+            quest_tickets,
         })
     }
 
