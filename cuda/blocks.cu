@@ -166,12 +166,15 @@ __device__ __forceinline__ void qs_widen(const qs_u4& w, float* f) {
 }
 
 // The scores of query heads h0 .. h0+hpc-1 (one kv head, hpc <= GM) over blocks [b0, b1) by the
-// whole block, U rows per warp and load round (quest_scores_grouped's loop).
+// whole block, U rows per warp and load round (quest_scores_grouped's loop), into their rows of
+// `scores`; or, with mean_row != QS_PER_HEAD, their mean (summed in head order, then / hpc, as
+// quest_group_mean) into row mean_row.
+#define QS_PER_HEAD 0xffffffffu
 template <int GM, int U>
 __device__ __forceinline__ void quest_score_run(const BlockParams& p, const store_t* __restrict__ q,
                                                 const store_t* __restrict__ kmin, const store_t* __restrict__ kmax,
                                                 float* __restrict__ scores, const u32 h0, const u32 hpc, const u32 b0,
-                                                const u32 b1, const u32 lanes) {
+                                                const u32 b1, const u32 lanes, const u32 mean_row) {
     const u32 lane = threadIdx.x & 31u;
     const u32 warp = threadIdx.x >> 5;
     const u32 n_warps = blockDim.x >> 5;
@@ -231,6 +234,13 @@ __device__ __forceinline__ void quest_score_run(const BlockParams& p, const stor
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const u32 b = base + (u32)u * rpw + rg;
+                if (mean_row != QS_PER_HEAD) {
+                    float t = 0.0f;
+#pragma unroll
+                    for (int g = 0; g < GM; ++g) t += (u32)g < hpc ? s[u][g] : 0.0f;
+                    if (b < b1) scores[mean_row * p.nb + b] = t / (float)hpc;
+                    continue;
+                }
 #pragma unroll
                 for (int g = 0; g < GM; ++g) {
                     if (b < b1 && (u32)g < hpc) scores[(h0 + (u32)g) * p.nb + b] = s[u][g];
@@ -247,12 +257,12 @@ extern "C" __global__ void __launch_bounds__(128)
     const u32 per_cta = (p.nb + gridDim.x - 1u) / gridDim.x;
     const u32 b0 = blockIdx.x * per_cta;
     const u32 b1 = min(b0 + per_cta, p.nb);
-    quest_score_run<QS_GM, QS_U>(p, q, kmin, kmax, scores, blockIdx.y * hpc, hpc, b0, b1, lanes);
+    quest_score_run<QS_GM, QS_U>(p, q, kmin, kmax, scores, blockIdx.y * hpc, hpc, b0, b1, lanes, QS_PER_HEAD);
 }
 
 // quest_select_fused_g{1,2,4,8} (p, sp, q[Hq,D], kmin, kmax [Hkv,NB,D], ranking[Hq,NB],
 //                                selected[Hq,width] i32, uidx[Hkv,cap] i32, umask[Hkv,cap] u32,
-//                                ucount[Hkv] u32, tickets[Hkv] u32, lanes, cap)
+//                                ucount[Hkv] u32, tickets[Hkv] u32, lanes, cap, mean)
 //   Quest decode's scores, forced top-k selection and GQA union in one launch: grid (runs,
 //   Hkv), QF_THREADS threads, group G = Hq / Hkv <= GM (the entry's suffix; slots G..GM-1 idle).
 //   Selector 0 (score): CTA (r, kvh) scores run r of the blocks for the G query heads of kv head
@@ -262,7 +272,9 @@ extern "C" __global__ void __launch_bounds__(128)
 //   selects by them. Selection: block_select_rows_regs, one row slot of QF_THREADS / GM threads
 //   per query head, at most QF_IPT(GM) blocks per thread (NB <= QF_THREADS / GM * QF_IPT(GM),
 //   checked by the host). With cap > 0 the union of the group's selections (quest_union's
-//   uidx / umask / ucount) is written too.
+//   uidx / umask / ucount) is written too. With mean != 0 (gqa = mean) ranking and selected
+//   have one row per kv head: the scoring CTAs write the group's mean score (or the keys with
+//   row = kvh) and the last CTA selects that one row; cap must be 0.
 //
 //   Ticket protocol: every thread fences its score stores, the CTA synchronises, thread 0 adds 1
 //   to tickets[kvh]; the CTA that draws runs - 1 is the last (all others have fenced and
@@ -296,7 +308,8 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
                                                         const store_t* __restrict__ kmax, u32* __restrict__ ranking,
                                                         int* __restrict__ selected, int* __restrict__ uidx,
                                                         u32* __restrict__ umask, u32* __restrict__ ucount,
-                                                        u32* __restrict__ tickets, const u32 lanes, const u32 cap) {
+                                                        u32* __restrict__ tickets, const u32 lanes, const u32 cap,
+                                                        const u32 mean) {
     constexpr int IPT = QF_IPT(GM);
     // Byte b & 3 of word b >> 2: bit g set when query head slot g kept block b (GM <= 8).
     __shared__ u32 heads_of[QF_MAX_NB / 4];
@@ -305,12 +318,15 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
     const u32 group = p.q_heads / p.kv_heads;
     const u32 kvh = blockIdx.y;
     const u32 h0 = kvh * group;
+    // Selection rows of this kv head: its G query heads, or (mean) one row, kvh, for the group.
+    const u32 n_rows = mean != 0u ? 1u : group;
+    const u32 row0 = mean != 0u ? kvh : h0;
     const bool by_key = sp.selector != 0u;
     if (!by_key) {
         const u32 per_cta = (nb + gridDim.x - 1u) / gridDim.x;
         const u32 b0 = blockIdx.x * per_cta;
         quest_score_run<GM, QF_U(GM)>(p, q, kmin, kmax, reinterpret_cast<float*>(ranking), h0, group, b0,
-                                      min(b0 + per_cta, nb), lanes);
+                                      min(b0 + per_cta, nb), lanes, mean != 0u ? kvh : QS_PER_HEAD);
     }
     if (gridDim.x > 1u) {  // uniform
         __threadfence();   // this thread's scores are visible device-wide before the ticket
@@ -335,8 +351,8 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
     // read with a stride of ipt words, which one pad word per 32 spreads over the banks.
     constexpr int CH = QF_CHUNKS(GM);
     __shared__ u32 stage[QF_STAGE + QF_STAGE / 32];
-    const u32 total = group * nb;
-    u32* rows = ranking + h0 * nb;
+    const u32 total = n_rows * nb;
+    u32* rows = ranking + row0 * nb;
     u32 pre[CH][QF_STAGE_PT];
     {
         // Random selector: row and block of the flat index f, advanced without a division.
@@ -352,7 +368,7 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
                 pre[c][t] = 0u;
                 if (f < total) {
                     if (by_key) {
-                        pre[c][t] = kvs_key(sp.seed, h0 + hr, br);
+                        pre[c][t] = kvs_key(sp.seed, row0 + hr, br);
                         rows[f] = pre[c][t];
                     } else {
                         pre[c][t] = __ldcg(rows + f);  // L2: written by the kv head's other CTAs
@@ -380,7 +396,7 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
     for (int u = 0; u < IPT; ++u) key[u] = 0u;
     u32 emask = 0u;
     u32 fmask = 0u;
-    const bool live = g < group;
+    const bool live = g < n_rows;
     const u32 f0 = g * nb + i0;  // flat index of this thread's first item
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
@@ -411,7 +427,7 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
         __syncthreads();  // the next chunk overwrites the stage
     }
     const u32 take =
-        block_select_rows_regs<GM, IPT>(key, emask, fmask, ipt, group, sp.n_blocks, selected + h0 * sp.width, sp.width);
+        block_select_rows_regs<GM, IPT>(key, emask, fmask, ipt, n_rows, sp.n_blocks, selected + row0 * sp.width, sp.width);
     if (cap == 0u) return;  // uniform: no union asked for
 #pragma unroll
     for (int u = 0; u < IPT; ++u) {
@@ -459,9 +475,9 @@ __device__ __forceinline__ void quest_select_fused_body(const BlockParams& p, co
         const BlockParams p, const SelectParams sp, const store_t* __restrict__ q, const store_t* __restrict__ kmin, \
         const store_t* __restrict__ kmax, u32* __restrict__ ranking, int* __restrict__ selected,                     \
         int* __restrict__ uidx, u32* __restrict__ umask, u32* __restrict__ ucount, u32* __restrict__ tickets,        \
-        const u32 lanes, const u32 cap) {                                                                             \
+        const u32 lanes, const u32 cap, const u32 mean) {                                                             \
         quest_select_fused_body<GM>(p, sp, q, kmin, kmax, ranking, selected, uidx, umask, ucount, tickets, lanes,   \
-                                    cap);                                                                             \
+                                    cap, mean);                                                                       \
     }
 QF_ENTRY(1)
 QF_ENTRY(2)

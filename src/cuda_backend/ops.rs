@@ -655,6 +655,7 @@ impl Cuda {
         };
         let cap32 = unioned.as_ref().map_or(0, |u| u.cap as u32);
         let lanes32 = lanes as u32;
+        let mean = (op.gqa == GqaMode::Mean) as u32;
         let f = self.function(Family::Blocks, Spec::dtype(op.dtype), entry)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&sp).arg(q).arg(stats.0).arg(stats.1).arg(ranking).arg(selected);
@@ -662,17 +663,17 @@ impl Cuda {
             Some(u) => b.arg(&mut u.uidx).arg(&mut u.umask).arg(&mut u.ucount),
             None => b.arg(q).arg(q).arg(q),
         };
-        b.arg(&self.tickets).arg(&lanes32).arg(&cap32);
+        b.arg(&self.tickets).arg(&lanes32).arg(&cap32).arg(&mean);
         let cfg = LaunchConfig {
             grid_dim: (runs as u32, grid_y(QuestDecode::NAME, op.kv_heads)?, 1),
             block_dim: (QUEST_FUSED_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: matches `quest_select_fused_g*(p, sp, q, kmin, kmax, ranking, selected, uidx,
-        // umask, ucount, tickets, lanes, cap)`; q [Hq, D] and kmin/kmax [Hkv, NB, D] in the
+        // umask, ucount, tickets, lanes, cap, mean)`; q [Hq, D] and kmin/kmax [Hkv, NB, D] in the
         // module's dtype (checked, or sized by the caller; the random selector reads neither
-        // statistics buffer), ranking [Hq, NB] 4-byte words and selected [Hq, n_sel] i32
-        // (checked); with cap > 0 uidx/umask [Hkv, cap] and ucount [Hkv] 4-byte words sized by
+        // statistics buffer), ranking [Hs, NB] 4-byte words and selected [Hs, n_sel] i32
+        // (checked; Hs = Hkv when mean = 1, which comes without a union, else Hq); with cap > 0 uidx/umask [Hkv, cap] and ucount [Hkv] 4-byte words sized by
         // the caller, with cap = 0 q stands in for them and is never written; tickets hold
         // TICKETS >= Hkv words, zero at every launch (zeroed at creation, reset by each
         // kv head's last CTA; one stream, so launches never overlap); group <= the entry's GM
@@ -1350,7 +1351,7 @@ impl Backend for Cuda {
         let bs = op.select.block_size;
         // With GQA the attention runs over the union of the group's blocks, each block read once
         // for the group (per-head masks keep each query head on its own selection).
-        // With gqa = mean (`shared`) a kv head selects once for its group: no union, no fusion.
+        // With gqa = mean (`shared`) a kv head selects once for its group: no union.
         let shared = op.gqa == GqaMode::Mean;
         let group = op.q_heads / op.kv_heads;
         let mut unioned =
@@ -1367,7 +1368,7 @@ impl Backend for Cuda {
             };
         // Scores (2), selection (3) and the union in one launch where it fits (quest_fused), else
         // a kernel each.
-        let fused = if shared { None } else { self.quest_fused(op, nb, group) };
+        let fused = self.quest_fused(op, nb, group);
         if op.select.selector == Selector::Score {
             // 1. block min/max per kv head (scratch in the storage dtype) unless cached,
             // 2. Quest scores.
