@@ -236,12 +236,26 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
             }
         }
         "quest_decode" | "moba_prefill" => {
-            let (hq, hkv) = heads(r);
-            let d = r.head_dim();
             let quest = name == "quest_decode";
+            // Some Quest cases are long (up to 1024 blocks) with groups of 8: the GPU kernels
+            // that select in one CTA per kv head hold NB / threads blocks per thread.
+            let long = quest && r.bool(0.15);
+            let (hq, hkv) = if long {
+                let kv = r.range(1, 2);
+                (kv * r.pick(&[4, 8]), kv)
+            } else {
+                heads(r)
+            };
+            let d = r.head_dim();
             // MoBA gates use block means: power-of-two blocks keep them exact on the grid.
             let bs = if quest { r.pick(&[16, 32, 63, 64]) } else { r.pick(&[16, 32, 64]) };
-            let t = if quest { r.size(&[1, bs, bs + 1], 1, 2000) } else { r.size(&[1, bs, bs + 1], 1, 500) };
+            let t = if long {
+                r.range(1000, (1024 * bs).min(16384))
+            } else if quest {
+                r.size(&[1, bs, bs + 1], 1, 2000)
+            } else {
+                r.size(&[1, bs, bs + 1], 1, 500)
+            };
             let nb = t.div_ceil(bs);
             let select = SelectConfig {
                 block_size: bs,
