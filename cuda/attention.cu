@@ -343,7 +343,7 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
 // Decode (one query row per head): GQA-grouped flash-decoding.
 //
 // attention_decode_g{1,2,4,8} (p, q[Hq,D], k, v [Hkv,T,D], idx, hmask, counts, out[Hq,D], lse[Hq],
-//                              part_out, part_lse, mode, hpc, lens, tickets)
+//                              part_out, part_lse, mode, hpc, lens)
 //   mode 0: dense over keys 0..kv_len (idx, hmask unused);
 //   mode 1: the tokens of idx's row (as attention_sparse; block_size tokens per entry);
 //   mode 2: as 1, and entry e of the row is attended by head h0+g only if bit g of hmask[row][e]
@@ -363,10 +363,7 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
 // its own online-softmax state over the rows it reads; groups and then warps merge by
 // log-sum-exp at the end, so the hot loop has no cross-group traffic besides the dot-product
 // shuffles. Splits past the live length are empty and write lse = -inf, which the merge skips:
-// the launch shape depends on the split count, not on kv_len. With splits > 1 and `tickets`
-// non-null (gridDim.z * gridDim.y zeroed words) the last CTA of each (sequence, chunk) merges
-// the chunk's partials into out / lse (decode_merge_last); with tickets null the host launches
-// attention_merge_rows.
+// the launch shape depends on the split count, not on kv_len.
 // ---------------------------------------------------------------------------------------------
 #if KVS_DPL <= 8
 #if defined(KVS_STORE_F32)
@@ -483,82 +480,11 @@ __device__ __forceinline__ int decode_token(u32 mode, u32 n, u32 n1, const int* 
 // by log-sum-exp, one thread per (head, column), and writes out / lse (splits == 1) or the
 // split's partial (normalised output + lse; out = 0, lse = -inf when no warp saw a key).
 // Pointers already offset to the CTA's sequence. Follows a __syncthreads().
-// The split-K merge done by the last CTA of each (sequence, head chunk) to write its partials,
-// instead of a second launch (attention_merge_rows): one ticket per (blockIdx.z, blockIdx.y),
-// zero before the launch and reset to zero by that last CTA, so launches (and graph replays)
-// need no memset. Same arithmetic as attention_merge_rows: NaN-propagating max of the split
-// lse, weights exp(lse_s - max) (0 for empty splits), sums in split order. A warp per head.
-#define DEC_MAX_SPLITS 256
-__device__ __noinline__ void decode_merge_last(u32 splits, u32 h0, u32 hpc, store_t* __restrict__ out,
-                                               float* __restrict__ lse, const float* __restrict__ part_out,
-                                               const float* __restrict__ part_lse, u32* __restrict__ tickets) {
-    __shared__ float s_w[DEC_WARPS][DEC_MAX_SPLITS];
-    __shared__ u32 s_last;
-    __threadfence();  // this CTA's partials are visible before its ticket is
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32* ticket = tickets + blockIdx.z * gridDim.y + blockIdx.y;
-        const u32 arrived = atomicAdd(ticket, 1u);
-        s_last = arrived == splits - 1u;
-        if (s_last) *ticket = 0u;  // every other CTA of the chunk has taken its ticket
-    }
-    __syncthreads();
-    if (!s_last) return;  // uniform per CTA
-    __threadfence();
-    const u32 lane = threadIdx.x & 31u;
-    const u32 warp = threadIdx.x >> 5;
-    for (u32 g = warp; g < hpc; g += DEC_WARPS) {  // warp-uniform
-        const u32 h = h0 + g;
-        const float* pl = part_lse + h * splits;
-        float m = KVS_NEG_INF;
-        for (u32 sp = lane; sp < splits; sp += 32u) {
-            const float x = __ldcg(pl + sp);
-            m = (x > m || x != x) ? x : m;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float y = __shfl_xor_sync(KVS_FULL_MASK, m, o);
-            m = (y > m || y != y) ? y : m;
-        }
-        for (u32 sp = lane; sp < splits; sp += 32u) {
-            const float x = __ldcg(pl + sp);
-            s_w[warp][sp] = (m == KVS_NEG_INF || x == KVS_NEG_INF) ? 0.0f : expf(x - m);
-        }
-        __syncwarp();
-        float total = 0.0f;
-        for (u32 sp = 0; sp < splits; ++sp) total += s_w[warp][sp];  // same order in every lane
-        const bool any = total != 0.0f;                               // NaN propagates
-        const float inv = any ? 1.0f / total : 0.0f;
-        for (u32 c = lane * 4u; c < DEC_D; c += 128u) {
-            float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            const float* po = part_out + (h * splits) * DEC_D + c;
-#pragma unroll 4
-            for (u32 sp = 0; sp < splits; ++sp) {
-                const float w = s_w[warp][sp];
-                const float4 x = __ldcg(reinterpret_cast<const float4*>(po + sp * DEC_D));
-                if (w != 0.0f) {  // an empty split's row may hold anything
-                    a.x += w * x.x;
-                    a.y += w * x.y;
-                    a.z += w * x.z;
-                    a.w += w * x.w;
-                }
-            }
-            store_f(out, h * DEC_D + c, a.x * inv);
-            store_f(out, h * DEC_D + c + 1u, a.y * inv);
-            store_f(out, h * DEC_D + c + 2u, a.z * inv);
-            store_f(out, h * DEC_D + c + 3u, a.w * inv);
-        }
-        if (lane == 0) lse[h] = any ? m + logf(total) : KVS_NEG_INF;
-        __syncwarp();  // s_w[warp] is rewritten for the warp's next head
-    }
-}
-
 template <int GM>
 __device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const float (*s_l)[GM],
                                                   const float (*s_acc)[GM][DEC_D], u32 split, u32 splits, u32 h0,
                                                   u32 hpc, store_t* __restrict__ out, float* __restrict__ lse,
-                                                  float* __restrict__ part_out, float* __restrict__ part_lse,
-                                                  u32* __restrict__ tickets) {
+                                                  float* __restrict__ part_out, float* __restrict__ part_lse) {
     // Merge the warps: one thread per (head, column).
     for (u32 t = threadIdx.x; t < hpc * DEC_D; t += blockDim.x) {
         const u32 g = t / DEC_D;
@@ -590,7 +516,6 @@ __device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const 
             if (d == 0u) part_lse[ps] = row_lse;
         }
     }
-    if (splits > 1u && tickets != nullptr) decode_merge_last(splits, h0, hpc, out, lse, part_out, part_lse, tickets);
 }
 
 // Where sequence blockIdx.z of a batched cache starts in each tensor of a grouped decode, in
@@ -622,7 +547,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
                                             const u32* __restrict__ counts, store_t* __restrict__ out,
                                             float* __restrict__ lse, float* __restrict__ part_out,
                                             float* __restrict__ part_lse, u32 mode, u32 hpc,
-                                            const int* __restrict__ lens, u32* __restrict__ tickets) {
+                                            const int* __restrict__ lens) {
     __shared__ float s_m[DEC_WARPS][GM];
     __shared__ float s_l[DEC_WARPS][GM];
     __shared__ float s_acc[DEC_WARPS][GM][DEC_D];
@@ -799,7 +724,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
         }
     }
     __syncthreads();
-    decode_write_rows<GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse, tickets);
+    decode_write_rows<GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse);
 }
 
 #define KVS_DECODE_ENTRY(GM)                                                                                  \
@@ -808,9 +733,8 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
         float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,            \
-        const int* __restrict__ lens, u32* __restrict__ tickets) {                                            \
-        decode_body<GM, false>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc, lens,  \
-                               tickets);                                                                      \
+        const int* __restrict__ lens) {                                                                       \
+        decode_body<GM, false>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc, lens); \
     }
 KVS_DECODE_ENTRY(1)
 KVS_DECODE_ENTRY(2)
@@ -828,9 +752,8 @@ KVS_DECODE_ENTRY(8)
         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,            \
         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,                   \
         float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,            \
-        const int* __restrict__ lens, u32* __restrict__ tickets) {                                            \
-        decode_body<GM, true>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc, lens,   \
-                              tickets);                                                                       \
+        const int* __restrict__ lens) {                                                                       \
+        decode_body<GM, true>(p, q, k, v, idx, hmask, counts, out, lse, part_out, part_lse, mode, hpc, lens);  \
     }
 KVS_DECODE_TUNED(1, 4)
 KVS_DECODE_TUNED(2, 4)
@@ -1095,12 +1018,16 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         m_b = mn_b;
         l_a *= ca;
         l_b *= cb;
+        // Past the first tiles a row's max rarely moves: skip the accumulator rescale (PF_D / 2
+        // multiplies per thread) when no row of the warp needs it (ca = cb = 1 exactly then).
+        if (!__all_sync(KVS_FULL_MASK, ca == 1.0f && cb == 1.0f)) {
 #pragma unroll
-        for (int n = 0; n < PF_D / 8; ++n) {
-            o[n][0] *= ca;
-            o[n][1] *= ca;
-            o[n][2] *= cb;
-            o[n][3] *= cb;
+            for (int n = 0; n < PF_D / 8; ++n) {
+                o[n][0] *= ca;
+                o[n][1] *= ca;
+                o[n][2] *= cb;
+                o[n][3] *= cb;
+            }
         }
 #pragma unroll
         for (int n = 0; n < PF_BN / 8; ++n) {
@@ -1198,7 +1125,7 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
                          const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,
                          const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,
                          float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,
-                         const int* __restrict__ lens, u32* __restrict__ tickets) {
+                         const int* __restrict__ lens) {
     // The warps' V tiles; after the key loop, the warps' output rows for decode_write_rows.
     __shared__ __attribute__((aligned(16))) store_t vs[DEC_WARPS][MD_KT][PF_LD];
     __shared__ float s_m[DEC_WARPS][MD_GM];
@@ -1357,7 +1284,7 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
         }
     }
     __syncthreads();
-    decode_write_rows<MD_GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse, tickets);
+    decode_write_rows<MD_GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse);
 }
 
 #endif  // tensor-core prefill

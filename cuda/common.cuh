@@ -132,31 +132,9 @@ __device__ __forceinline__ float warp_max(float x) {
     return x;
 }
 
-// Warp-wide u32 reductions (xor butterflies: every lane ends with the result).
-__device__ __forceinline__ u32 warp_min_u32(u32 x) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x = min(x, __shfl_xor_sync(KVS_FULL_MASK, x, o));
-    return x;
-}
-
-__device__ __forceinline__ u32 warp_max_u32(u32 x) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x = max(x, __shfl_xor_sync(KVS_FULL_MASK, x, o));
-    return x;
-}
-
-__device__ __forceinline__ u32 warp_sum_u32(u32 x) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(KVS_FULL_MASK, x, o);
-    return x;
-}
-
-// Exclusive prefix sum of `v` in thread order within segments of seg_mask + 1 consecutive warps
-// (a power of two; segment s = warps [s*(seg_mask+1), (s+1)*(seg_mask+1)), so one block scans
-// several rows at once, as the fused Quest selection does); `*total` gets the sum over the
-// thread's segment. seg_mask = 31 is the whole block (block_exclusive_scan). Safe to call
-// repeatedly (ends with a barrier).
-__device__ u32 block_segmented_scan(u32 v, u32 seg_mask, u32* total) {
+// Exclusive prefix sum of `v` over the threads of the block in thread order; `*total` gets the
+// sum over the block. Safe to call repeatedly (ends with a barrier).
+__device__ u32 block_exclusive_scan(u32 v, u32* total) {
     __shared__ u32 warp_tot[32];
     const u32 lane = threadIdx.x & 31u;
     const u32 warp = threadIdx.x >> 5;
@@ -174,20 +152,16 @@ __device__ u32 block_segmented_scan(u32 v, u32 seg_mask, u32* total) {
 #pragma unroll
         for (u32 o = 1; o < 32; o <<= 1) {
             u32 y = __shfl_up_sync(KVS_FULL_MASK, s, o);
-            if ((lane & seg_mask) >= o) s += y;  // lane - o is in the same segment
+            if (lane >= o) s += y;
         }
-        warp_tot[lane] = s;  // inclusive prefix over the segment's warps
+        warp_tot[lane] = s;  // inclusive prefix over warps
     }
     __syncthreads();
-    const u32 before = (warp & seg_mask) == 0u ? 0u : warp_tot[warp - 1];
-    *total = warp_tot[min(warp | seg_mask, n_warps - 1u)];
+    const u32 before = warp == 0 ? 0u : warp_tot[warp - 1];
+    *total = warp_tot[n_warps - 1];
     __syncthreads();
     return before + x - v;
 }
-
-// Exclusive prefix sum of `v` over the threads of the block in thread order; `*total` gets the
-// sum over the block. Safe to call repeatedly (ends with a barrier).
-__device__ u32 block_exclusive_scan(u32 v, u32* total) { return block_segmented_scan(v, 31u, total); }
 
 __device__ __forceinline__ u32 block_sum_u32(u32 v) {
     u32 total;
@@ -210,61 +184,6 @@ __device__ __forceinline__ u32 block_sum_u32(u32 v) {
 // exactly that key are kept (`take_eq`, lowest indices first); one ordered compaction pass (block
 // scans over chunks of blockDim items) then writes the kept indices in ascending order.
 // ---------------------------------------------------------------------------------------------
-
-// The digit walk of a radix select, by one whole warp over a 256-bin shared histogram `hist` of
-// the candidates' current digit: walking from the largest digit, skip whole bins while they hold
-// fewer than the items still needed; the bin where the count is reached holds the threshold.
-// The walk is cut in 32 runs of 8 bins (lane l: bins 255-8l down to 248-8l, kept in registers): a
-// prefix sum over the runs finds the run where the count is reached, its lane walks it. Same
-// result as the serial walk, including its stop at bin 0 when the count is never reached.
-// Every lane gets `digit`, `need` (the items still needed within it: `need` minus the items of
-// the bins above) and `count` (its items).
-struct DigitWalk {
-    u32 digit;
-    u32 need;
-    u32 count;
-};
-
-__device__ __forceinline__ DigitWalk warp_digit_walk(const u32* hist, u32 need) {
-    const u32 lane = threadIdx.x & 31u;
-    const u32 top = 255u - 8u * lane;
-    u32 bins[8];
-    u32 run = 0u;
-#pragma unroll
-    for (u32 i = 0; i < 8u; ++i) {
-        bins[i] = hist[top - i];
-        run += bins[i];
-    }
-    u32 incl = run;  // inclusive prefix over lanes 0..lane (largest digits first)
-#pragma unroll
-    for (u32 o = 1; o < 32u; o <<= 1) {
-        const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
-        if (lane >= o) incl += y;
-    }
-    const u32 hit = __ballot_sync(KVS_FULL_MASK, incl >= need);
-    const u32 owner = hit != 0u ? (u32)(__ffs(hit) - 1) : 31u;
-    u32 left = need - (incl - run);  // items still needed when this lane's run starts
-    u32 d = top - 7u;
-    u32 count = bins[7];
-    bool found = false;
-#pragma unroll
-    for (u32 i = 0; i < 7u; ++i) {
-        if (!found) {
-            if (bins[i] >= left) {
-                found = true;
-                d = top - i;
-                count = bins[i];
-            } else {
-                left -= bins[i];
-            }
-        }
-    }
-    DigitWalk w;
-    w.digit = __shfl_sync(KVS_FULL_MASK, d, owner);
-    w.need = __shfl_sync(KVS_FULL_MASK, left, owner);
-    w.count = __shfl_sync(KVS_FULL_MASK, count, owner);
-    return w;
-}
 
 // `want` must satisfy 1 <= want <= #eligible. On return (every thread): `*thr` = the want-th
 // largest eligible key, `*take_eq` = how many eligible items with key == thr are kept (>= 1).
@@ -291,10 +210,35 @@ __device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr,
         }
         __syncthreads();
         if (threadIdx.x < 32u) {
-            const DigitWalk w = warp_digit_walk(hist, s_rem);
-            if (threadIdx.x == 0) {
-                s_prefix = prefix | (w.digit << shift);
-                s_rem = w.need;
+            // Walk the digits from the largest: skip whole bins while they hold fewer than the
+            // items still needed; the bin where the count is reached holds the threshold. The
+            // walk is cut in 32 runs of 8 bins (lane l: bins 255-8l down to 248-8l): a prefix sum
+            // over the runs finds the run where the count is reached, one lane walks it. Same
+            // result as the serial walk, including its stop at bin 0 when the count is never
+            // reached.
+            const u32 lane = threadIdx.x;
+            const u32 top = 255u - 8u * lane;
+            u32 run = 0u;
+#pragma unroll
+            for (u32 i = 0; i < 8u; ++i) run += hist[top - i];
+            u32 incl = run;  // inclusive prefix over lanes 0..lane (largest digits first)
+#pragma unroll
+            for (u32 o = 1; o < 32u; o <<= 1) {
+                const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
+                if (lane >= o) incl += y;
+            }
+            const u32 rem0 = s_rem;
+            const u32 hit = __ballot_sync(KVS_FULL_MASK, incl >= rem0);
+            const u32 owner = hit != 0u ? (u32)(__ffs(hit) - 1) : 31u;
+            if (lane == owner) {
+                u32 rem = rem0 - (incl - run);  // items still needed when this run starts
+                u32 d = top;
+                for (u32 i = 0; i < 7u && d > 0u && hist[d] < rem; ++i) {
+                    rem -= hist[d];
+                    --d;
+                }
+                s_prefix = prefix | (d << shift);
+                s_rem = rem;
             }
         }
         mask |= 255u << shift;
@@ -418,179 +362,6 @@ struct BlockSelectSrc {
         return by_key != 0u ? w : f32_order_key(__uint_as_float(w));
     }
 };
-
-// ---------------------------------------------------------------------------------------------
-// Forced top-k of up to GM rows at once by one block, the ranks in registers (the fused Quest
-// selection, blocks.cu): the result of block_select_row for each row, without a pass over
-// global memory. The block's threads are cut in GM row slots of tph = blockDim / GM threads
-// (whole warps, tph / 32 a power of two); thread j of slot g holds items
-// [j*ipt, j*ipt + ipt) of row g: key[u] (the rank as block_select_row's key()), bit u of emask
-// (the item competes) and of fmask (forced). Unused slots and items have both bits clear.
-//
-// Method, per row: the competing keys' min `lo`, max `hi` and the counts (one reduction); then
-// radix passes over the offset k - base from the smallest key still open, with digits of up to
-// 8 bits aligned to the open range [base, base + 2^w) (w = bit width of hi - lo at first), so
-// the first pass spreads the row over up to 256 bins of its own key span instead of the few
-// exponent bins the top byte of f32 keys falls in (fewer shared-atomic collisions), and a row
-// is settled as soon as the bin holding the cut is kept whole (usually after 1-2 passes, at
-// most 4). Histograms are double-buffered (each pass clears the next one), so a pass costs two
-// barriers; the walk is warp_digit_walk, one warp per row. The kept items are then written in
-// ascending order with one segmented scan of packed (above, equal) counts.
-// ---------------------------------------------------------------------------------------------
-#define KVS_TAKE_ALL 0xffffffffu
-
-template <int GM>
-struct RowsSelect {
-    u32 hist[2][GM * 256];
-    u32 base[GM];  // open range [base, base + 2^w) holding the row's cut
-    u32 w[GM];
-    u32 need[GM];  // items still to keep from the open range
-    u32 done[GM];  // 1: thr / take are final
-    u32 thr[GM];   // kept: key > thr, and the first `take` items with key == thr
-    u32 take[GM];
-    u32 red[3][32];  // per warp: min and max competing key, packed counts
-};
-
-// Returns, for every thread, bit u set when its item j*ipt + u is kept. Row g's kept items
-// (ascending) and -1 padding go to out + g * width for g < rows (`width` entries, at most
-// `k_total` kept). k_total: the row's budget in items, forced ones included. Every thread of
-// the block must call it; `ipt` <= IPT.
-template <int GM, int IPT>
-__device__ u32 block_select_rows_regs(const u32 (&key)[IPT], const u32 emask, const u32 fmask, const u32 ipt,
-                                      const u32 rows, const u32 k_total, int* out, const u32 width) {
-    __shared__ RowsSelect<GM> sh;
-    const u32 tph = blockDim.x / (u32)GM;
-    const u32 wph = tph >> 5;  // warps per row slot
-    const u32 g = threadIdx.x / tph;
-    const u32 j = threadIdx.x - g * tph;
-    const u32 lane = threadIdx.x & 31u;
-    const u32 warp = threadIdx.x >> 5;
-    u32 lo = 0xffffffffu;
-    u32 hi = 0u;
-#pragma unroll
-    for (int u = 0; u < IPT; ++u) {
-        if ((emask >> u) & 1u) {
-            lo = min(lo, key[u]);
-            hi = max(hi, key[u]);
-        }
-    }
-    lo = warp_min_u32(lo);
-    hi = warp_max_u32(hi);
-    // Counts per row are at most 4096 items (the host's cap), so 16-bit fields do not carry.
-    const u32 cnt = warp_sum_u32((u32)__popc(emask) | ((u32)__popc(fmask) << 16));
-    if (lane == 0u) {
-        sh.red[0][warp] = lo;
-        sh.red[1][warp] = hi;
-        sh.red[2][warp] = cnt;
-    }
-    for (u32 i = threadIdx.x; i < 2u * GM * 256u; i += blockDim.x) (&sh.hist[0][0])[i] = 0u;
-    __syncthreads();
-    if (threadIdx.x < (u32)GM) {
-        const u32 r = threadIdx.x;
-        u32 rlo = 0xffffffffu, rhi = 0u, rc = 0u;
-        for (u32 x = r * wph; x < (r + 1u) * wph; ++x) {
-            rlo = min(rlo, sh.red[0][x]);
-            rhi = max(rhi, sh.red[1][x]);
-            rc += sh.red[2][x];
-        }
-        const u32 n_elig = rc & 0xffffu;
-        const u32 n_forced = rc >> 16;
-        const u32 budget = k_total > n_forced ? k_total - n_forced : 0u;
-        const u32 want = min(budget, n_elig);
-        const u32 w = n_elig > 0u ? 32u - (u32)__clz(rhi - rlo) : 0u;
-        sh.base[r] = rlo;
-        sh.w[r] = w;
-        sh.need[r] = want;
-        sh.done[r] = (want == 0u || want == n_elig || w == 0u) ? 1u : 0u;
-        // Settled without a pass: nothing competes for the budget (thr above every key), every
-        // competitor is kept (all keys >= lo), or all competing keys are equal (lo, `want` of them).
-        sh.thr[r] = want == 0u ? 0xffffffffu : rlo;
-        sh.take[r] = want == 0u ? 0u : (want == n_elig ? KVS_TAKE_ALL : want);
-    }
-    __syncthreads();
-    for (u32 pass = 0; pass < 4u; ++pass) {  // w <= 32 shrinks by 8 bits per pass
-        bool open = false;
-        for (u32 r = 0; r < (u32)GM; ++r) open |= sh.done[r] == 0u;
-        if (!open) break;  // uniform: every thread read the same words since the last barrier
-        u32* h = sh.hist[pass & 1u];
-        if (sh.done[g] == 0u) {
-            const u32 base = sh.base[g];
-            const u32 w = sh.w[g];
-            const u32 shift = w > 8u ? w - 8u : 0u;
-            const u32 nbins = 1u << (w - shift);
-#pragma unroll
-            for (int u = 0; u < IPT; ++u) {
-                const u32 k = key[u];
-                const u32 bin = (k - base) >> shift;
-                if (((emask >> u) & 1u) && k >= base && bin < nbins) atomicAdd(&h[g * 256u + bin], 1u);
-            }
-        }
-        // The other buffer was last read by the previous pass's walk, which ended at its barrier.
-        u32* hn = sh.hist[(pass + 1u) & 1u];
-        for (u32 i = threadIdx.x; i < GM * 256u; i += blockDim.x) hn[i] = 0u;
-        __syncthreads();
-        if (warp < (u32)GM && sh.done[warp] == 0u) {  // warp-uniform
-            const u32 r = warp;
-            const u32 base = sh.base[r];
-            const u32 w = sh.w[r];
-            const u32 shift = w > 8u ? w - 8u : 0u;
-            const DigitWalk dw = warp_digit_walk(h + r * 256u, sh.need[r]);
-            if (lane == 0u) {
-                const u32 nbase = base + (dw.digit << shift);
-                const bool whole = dw.count == dw.need;  // the cut's bin is kept entirely
-                if (whole || shift == 0u) {
-                    sh.done[r] = 1u;
-                    sh.thr[r] = nbase;
-                    sh.take[r] = whole ? KVS_TAKE_ALL : dw.need;
-                } else {
-                    sh.base[r] = nbase;
-                    sh.w[r] = shift;
-                    sh.need[r] = dw.need;
-                }
-            }
-        }
-        __syncthreads();
-    }
-    const u32 thr = sh.thr[g];
-    const u32 take_eq = sh.take[g];
-    u32 above = 0u;  // forced, or competing with key > thr
-    u32 equal = 0u;  // competing with key == thr
-#pragma unroll
-    for (int u = 0; u < IPT; ++u) {
-        const u32 bit = 1u << u;
-        if ((fmask & bit) || ((emask & bit) && key[u] > thr)) above |= bit;
-        if ((emask & bit) && key[u] == thr) equal |= bit;
-    }
-    u32 tot;
-    const u32 pre = block_segmented_scan((u32)__popc(above) | ((u32)__popc(equal) << 16), wph - 1u, &tot);
-    u32 a = pre & 0xffffu;  // kept-regardless items of the row before this thread's first
-    u32 e = pre >> 16;      // equal items before it (kept lowest index first)
-    const u32 kept = (tot & 0xffffu) + min(tot >> 16, take_eq);
-    int* row = out + g * width;
-    const bool live = g < rows;
-    const u32 i0 = j * ipt;
-    u32 take = 0u;
-#pragma unroll
-    for (int u = 0; u < IPT; ++u) {
-        const u32 bit = 1u << u;
-        u32 pos = 0xffffffffu;
-        if (above & bit) {
-            pos = a + min(e, take_eq);
-            ++a;
-        } else if (equal & bit) {
-            if (e < take_eq) pos = a + e;
-            ++e;
-        }
-        if (pos != 0xffffffffu) {
-            take |= bit;
-            if (live && pos < width) row[pos] = (int)(i0 + (u32)u);
-        }
-    }
-    if (live) {
-        for (u32 x = kept + j; x < width; x += tph) row[x] = -1;
-    }
-    return take;
-}
 
 // Stable sort of m (key, value) pairs by key DESCENDING (equal keys keep their order), by 32
 // one-bit LSD split passes between (ka, va) and (kb, vb); bits on which all keys agree are

@@ -75,8 +75,7 @@ impl Family {
             Family::Random => RandomParams::cuda_decl(),
             Family::Topk => TopkParams::cuda_decl(),
             Family::Decay => DecayParams::cuda_decl(),
-            // The fused Quest selection (`quest_select_fused_g*`) takes both.
-            Family::Blocks => BlockParams::cuda_decl() + &SelectParams::cuda_decl(),
+            Family::Blocks => BlockParams::cuda_decl(),
             Family::Select => SelectParams::cuda_decl(),
             Family::Attention => AttentionParams::cuda_decl(),
             Family::SnapKv => SnapKvParams::cuda_decl(),
@@ -123,10 +122,6 @@ impl Family {
                 "quest_scores_grouped",
                 "quest_group_mean",
                 "moba_gate",
-                "quest_select_fused_g1",
-                "quest_select_fused_g2",
-                "quest_select_fused_g4",
-                "quest_select_fused_g8",
             ],
             Family::Select => &["select_keys", "select_blocks", "quest_union"],
             Family::Attention => &[

@@ -54,11 +54,6 @@ pub struct Cuda {
     /// The dynamic shared memory each entry point has been allowed so far (above 48 KiB it
     /// must be raised by `cuFuncSetAttribute`, a driver call worth not repeating per launch).
     dynamic_smem: RwLock<HashMap<EntryKey, usize>>,
-    /// [`ops::TICKETS`] words, zeroed here once, for kernels whose last CTA of a group does
-    /// the group's final step (the grouped decodes' split merge, `quest_select_fused_g*`): that
-    /// CTA takes its ticket back to 0, so every launch, eager or replayed from a graph, finds
-    /// them zero, and launches on the one stream never overlap, so they all share these words.
-    tickets: CudaSlice<u8>,
 }
 
 /// An entry point of a module: family, specialisation, name.
@@ -158,7 +153,6 @@ impl Cuda {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_err("SM count", e))?
             .max(1) as u32;
-        let tickets = stream.alloc_zeros::<u8>(4 * ops::TICKETS).map_err(|e| device_err("alloc tickets", e))?;
         Ok(Cuda {
             ctx,
             stream,
@@ -170,7 +164,6 @@ impl Cuda {
             functions: RwLock::new(HashMap::new()),
             occupancy: RwLock::new(HashMap::new()),
             dynamic_smem: RwLock::new(HashMap::new()),
-            tickets,
         })
     }
 

@@ -28,22 +28,11 @@ const DECODE_CTAS_PER_SM: usize = 4;
 /// Fewest keys per decode split, and the most splits (`KVS_MERGE_MAX_SPLITS` bounds the merge).
 const DECODE_MIN_KEYS: usize = 128;
 const DECODE_MAX_SPLITS: usize = 256;
-/// Words of the backend's ticket buffer (`Cuda::tickets`), shared by the kernels whose last CTA
-/// of a group does the group's last step: the grouped decodes' split merge (one ticket per
-/// (sequence, head chunk); launches with more use `attention_merge_rows`) and
-/// `quest_select_fused_g*` (one per kv head).
-pub(super) const TICKETS: usize = 1 << 14;
 /// Waves of resident CTAs and fewest keys per split of the tuned decode (`KVSPARSE_CUDA_DECODE_TUNE=1`).
 const DECODE_TUNE_WAVES: usize = 4;
 const DECODE_TUNE_MIN_KEYS: usize = 512;
 /// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
 pub(super) const QUEST_UNION_MAX_NB: usize = 12 * 1024;
-/// Threads of `quest_select_fused_g*` (`QF_THREADS` in `cuda/blocks.cu`), the most kv heads it
-/// takes (one ticket and one CTA row each), and the fewest blocks per scoring run.
-const QUEST_FUSED_THREADS: u32 = 512;
-const QUEST_FUSED_MAX_KV_HEADS: usize = 1024;
-const QUEST_FUSED_MIN_RUN: usize = 32;
-const _: () = assert!(TICKETS >= QUEST_FUSED_MAX_KV_HEADS);
 /// Multi-CTA top-k: threads of `topk_hist` / `topk_gather` / `topk_sel_hist` /
 /// `topk_sel_compact`, items per thread and round (`KVS_COMPACT_ITEMS`), fewest items per CTA,
 /// the sorted run (`TOPK_RUN`) and the run sort's threads (`TOPK_SORT_THREADS`) in `cuda/topk.cu`.
@@ -189,46 +178,6 @@ fn topk_sel_ws(rows: usize, ctas: usize, n: usize, m: usize) -> TopkSelWs {
     let pairs = sure + 2 * rows * (m + n.min(TOPK_CAND_CAP));
     let total = pairs + if m > TOPK_TILE { 2 * rows * m } else { 0 };
     TopkSelWs { zero, pairs, total }
-}
-
-/// Whether `quest_decode` goes back from the fused `quest_select_fused_g*` (scores, forced top-k
-/// selection and GQA union in one launch) to `quest_scores_grouped` (or `select_keys`),
-/// `select_blocks` and `quest_union`: `KVSPARSE_CUDA_QUEST=chain` (to time both in one GPU run;
-/// same results), or `KVSPARSE_CUDA_LEGACY=1`.
-fn quest_chain() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_QUEST").is_ok_and(|v| v.trim() == "chain"))
-}
-
-/// The fused Quest entry for `group` query heads per kv head and the most blocks it selects
-/// from: `QF_THREADS / GM` threads per query head holding `QF_IPT(GM)` blocks each in
-/// registers (`cuda/blocks.cu`; GM = the group rounded up to a power of two, at most 8).
-fn quest_fused_kernel(group: usize) -> Option<(&'static str, usize)> {
-    let (entry, gm, ipt) = match group {
-        1 => ("quest_select_fused_g1", 1, 8),
-        2 => ("quest_select_fused_g2", 2, 16),
-        3 | 4 => ("quest_select_fused_g4", 4, 32),
-        5..=8 => ("quest_select_fused_g8", 8, 32),
-        _ => return None,
-    };
-    Some((entry, QUEST_FUSED_THREADS as usize / gm * ipt))
-}
-
-/// Lanes per statistics row of the grouped Quest scoring (`quest_score_run` in
-/// `cuda/blocks.cu`): `D` must split into a power-of-two number (at most 32) of 16-byte vectors.
-fn quest_score_lanes(dtype: DType, dim: usize) -> Option<usize> {
-    let ve = 16 / dtype.size();
-    let lanes = dim / ve;
-    (dim.is_multiple_of(ve) && lanes.is_power_of_two() && lanes <= 32).then_some(lanes)
-}
-
-/// The union of a GQA group's selected blocks for the masked decode (`quest_union`, or the
-/// fused kernel's tail): `[Hkv, cap]` block ids and head masks, `[Hkv]` live counts.
-struct QuestUnion {
-    uidx: CudaSlice<u8>,
-    umask: CudaSlice<u8>,
-    ucount: CudaSlice<u8>,
-    cap: usize,
 }
 
 /// `KVSPARSE_CUDA_SCAN=chunked`: decay_scan and ratplus_kv with few lanes go to the three-pass
@@ -562,9 +511,7 @@ impl Cuda {
         let rows = batch * q_heads;
         let (mut part_out, mut part_lse) = self.split_partials(rows, p.splits, p.dim as usize)?;
         let hpc32 = hpc as u32;
-        let null: u64 = 0; // a null pointer: lens (every key below kv_len is live), tickets
-                           // The last CTA of each (sequence, chunk) merges the splits unless the tickets run out.
-        let fused_merge = p.splits > 1 && chunks * batch <= TICKETS;
+        let null: u64 = 0; // a null `const int*`: every key below kv_len is live
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(idx).arg(hmask).arg(counts);
         b.arg(&mut out.slice).arg(&mut lse.slice).arg(&mut part_out).arg(&mut part_lse).arg(&mode).arg(&hpc32);
@@ -572,20 +519,13 @@ impl Cuda {
             Some(l) => b.arg(l),
             None => b.arg(&null),
         };
-        if fused_merge {
-            b.arg(&self.tickets);
-        } else {
-            b.arg(&null);
-        }
         let cfg = LaunchConfig {
             grid_dim: (p.splits, chunks as u32, batch_z),
             block_dim: (DECODE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: matches `attention_decode_g*(p, q, k, v, idx, hmask, counts, out, lse,
-        // part_out, part_lse, mode, hpc, lens, tickets)`; tickets = the backend's zeroed
-        // TICKETS words (>= chunks*batch, the kernel's gridDim.y*gridDim.z slots, each
-        // reset to 0 by its last CTA) or null; per sequence (batch of them along grid z,
+        // part_out, part_lse, mode, hpc, lens)`; per sequence (batch of them along grid z,
         // 1 with lens null for the single-sequence ops) q/out [Hq, D], k/v [Hkv, T, D], lse [Hq]
         // checked by the caller, D = 32 * dpl of the module (decode_fits), idx [idx_heads, n_idx]
         // i32 is read in modes 1 and 2, hmask [Hkv, n_idx] u32 and counts [Hkv] u32 in mode 2
@@ -597,7 +537,7 @@ impl Cuda {
         // f16/bf16 and D = 64 or 128 (its module) and hpc <= 8 (decode_mma_fits); its K/V rows
         // are read only for tokens that pass the same checks (cp.async zero-fills the others).
         unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
-        if p.splits > 1 && !fused_merge {
+        if p.splits > 1 {
             let f = self.function(Family::Attention, spec, "attention_merge_rows")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&part_out).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
@@ -609,78 +549,6 @@ impl Cuda {
             // row (q_len = 1).
             unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_merge_rows", e))?;
         }
-        Ok(())
-    }
-
-    /// Whether `quest_decode` takes the fused kernel, and which entry with which lanes per
-    /// statistics row (1, unused, for the random selector): not under `KVSPARSE_CUDA_QUEST=chain`
-    /// or LEGACY, group <= 8, NB within the entry's register tiles, a ticket per kv head, and
-    /// for the score selector a head dim the grouped scoring covers. Everything else keeps the
-    /// chain of kernels.
-    fn quest_fused(&self, op: &QuestDecode, nb: usize, group: usize) -> Option<(&'static str, usize)> {
-        if legacy() || quest_chain() || op.kv_heads > QUEST_FUSED_MAX_KV_HEADS {
-            return None;
-        }
-        let (entry, max_nb) = quest_fused_kernel(group)?;
-        if nb > max_nb {
-            return None;
-        }
-        match op.select.selector {
-            Selector::Score => quest_score_lanes(op.dtype, op.dim).map(|lanes| (entry, lanes)),
-            Selector::Random { .. } => Some((entry, 1)),
-        }
-    }
-
-    /// One `quest_select_fused_g*` launch: `ranking` (scores, or keys for the random selector),
-    /// `selected` and, with `unioned`, the group union. Score selector: about one CTA per SM in
-    /// all, runs of at least [`QUEST_FUSED_MIN_RUN`] blocks per kv head; random: one CTA per kv
-    /// head (nothing to score). `stats` is unread by the random selector.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_quest_fused(
-        &self,
-        (entry, lanes): (&'static str, usize),
-        op: &QuestDecode,
-        q: &CudaSlice<u8>,
-        stats: (&CudaSlice<u8>, &CudaSlice<u8>),
-        ranking: &mut CudaSlice<u8>,
-        selected: &mut CudaSlice<u8>,
-        unioned: Option<&mut QuestUnion>,
-    ) -> Result<()> {
-        let nb = op.nb();
-        let p = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype }.params();
-        let sp = op.select_params();
-        let runs = match op.select.selector {
-            Selector::Score => (self.sm_count as usize / op.kv_heads).clamp(1, nb.div_ceil(QUEST_FUSED_MIN_RUN)),
-            Selector::Random { .. } => 1,
-        };
-        let cap32 = unioned.as_ref().map_or(0, |u| u.cap as u32);
-        let lanes32 = lanes as u32;
-        let mean = (op.gqa == GqaMode::Mean) as u32;
-        let f = self.function(Family::Blocks, Spec::dtype(op.dtype), entry)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p).arg(&sp).arg(q).arg(stats.0).arg(stats.1).arg(ranking).arg(selected);
-        match unioned {
-            Some(u) => b.arg(&mut u.uidx).arg(&mut u.umask).arg(&mut u.ucount),
-            None => b.arg(q).arg(q).arg(q),
-        };
-        b.arg(&self.tickets).arg(&lanes32).arg(&cap32).arg(&mean);
-        let cfg = LaunchConfig {
-            grid_dim: (runs as u32, grid_y(QuestDecode::NAME, op.kv_heads)?, 1),
-            block_dim: (QUEST_FUSED_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: matches `quest_select_fused_g*(p, sp, q, kmin, kmax, ranking, selected, uidx,
-        // umask, ucount, tickets, lanes, cap, mean)`; q [Hq, D] and kmin/kmax [Hkv, NB, D] in the
-        // module's dtype (checked, or sized by the caller; the random selector reads neither
-        // statistics buffer), ranking [Hs, NB] 4-byte words and selected [Hs, n_sel] i32
-        // (checked; Hs = Hkv when mean = 1, which comes without a union, else Hq); with cap > 0 uidx/umask [Hkv, cap] and ucount [Hkv] 4-byte words sized by
-        // the caller, with cap = 0 q stands in for them and is never written; tickets hold
-        // TICKETS >= Hkv words, zero at every launch (zeroed at creation, reset by each
-        // kv head's last CTA; one stream, so launches never overlap); group <= the entry's GM
-        // and NB <= its QF_THREADS / GM * QF_IPT(GM) (quest_fused_kernel), D = lanes * 16 bytes
-        // for the score selector (quest_score_lanes), one run for the random selector; blocks
-        // guarded against NB, positions against width and cap.
-        unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
         Ok(())
     }
 
@@ -697,9 +565,10 @@ impl Cuda {
         scores: &mut CudaSlice<u8>,
     ) -> Result<()> {
         let p = op.params();
+        let ve = 16 / op.dtype.size();
+        let lanes = op.dim / ve;
         let group = op.q_heads / op.kv_heads.max(1);
-        let lanes = quest_score_lanes(op.dtype, op.dim).filter(|_| !legacy() && op.nb > 0);
-        if let Some(lanes) = lanes {
+        if !legacy() && op.dim.is_multiple_of(ve) && lanes.is_power_of_two() && lanes <= 32 && op.nb > 0 {
             let (hpc, _) = decode_chunk(group);
             let chunks = op.q_heads / hpc;
             // About four CTAs per SM in all, each over a run of at least 32 blocks.
@@ -1349,26 +1218,7 @@ impl Backend for Cuda {
         let head = head_spec(QuestDecode::NAME, op.dtype, op.dim)?;
         let nb = op.nb();
         let bs = op.select.block_size;
-        // With GQA the attention runs over the union of the group's blocks, each block read once
-        // for the group (per-head masks keep each query head on its own selection).
-        // With gqa = mean (`shared`) a kv head selects once for its group: no union.
         let shared = op.gqa == GqaMode::Mean;
-        let group = op.q_heads / op.kv_heads;
-        let mut unioned =
-            if !shared && group > 1 && group <= 32 && nb <= QUEST_UNION_MAX_NB && decode_fits(head, op.dim) {
-                let cap = nb.min(group * op.n_sel());
-                Some(QuestUnion {
-                    uidx: self.scratch(4 * op.kv_heads * cap)?,
-                    umask: self.scratch(4 * op.kv_heads * cap)?,
-                    ucount: self.scratch(4 * op.kv_heads)?,
-                    cap,
-                })
-            } else {
-                None
-            };
-        // Scores (2), selection (3) and the union in one launch where it fits (quest_fused), else
-        // a kernel each.
-        let fused = self.quest_fused(op, nb, group);
         if op.select.selector == Selector::Score {
             // 1. block min/max per kv head (scratch in the storage dtype) unless cached,
             // 2. Quest scores.
@@ -1392,20 +1242,10 @@ impl Backend for Cuda {
                     (&computed.0, &computed.1)
                 }
             };
-            if let Some(kernel) = fused {
-                // kmin/kmax: checked when cached, written above otherwise.
-                self.launch_quest_fused(
-                    kernel,
-                    op,
-                    &q.slice,
-                    (kmin, kmax),
-                    &mut ranking.slice,
-                    &mut selected.slice,
-                    unioned.as_mut(),
-                )?;
-            } else if shared {
-                // ranking = the group means [Hkv, NB] of the per-head scores (in scratch).
-                let sop = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype };
+            let sop = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype };
+            // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB]
+            // per head, or [Hkv, NB] group means of per-head scores in scratch.
+            if shared {
                 let mut per_head = self.scratch(4 * op.q_heads * nb)?;
                 self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut per_head)?;
                 let p = BlockParams {
@@ -1424,49 +1264,13 @@ impl Backend for Cuda {
                 // written above, ranking = mean [Hkv, NB] f32 (checked); guarded e < Hkv*NB.
                 unsafe { b.launch(elementwise(op.kv_heads * nb)) }.map_err(|e| device_err("quest_group_mean", e))?;
             } else {
-                let sop = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype };
-                // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB].
                 self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut ranking.slice)?;
             }
-        } else if let Some(kernel) = fused {
-            // The random selector reads no statistics: q stands in for them.
-            let qs = &q.slice;
-            self.launch_quest_fused(
-                kernel,
-                op,
-                qs,
-                (qs, qs),
-                &mut ranking.slice,
-                &mut selected.slice,
-                unioned.as_mut(),
-            )?;
         }
-        if fused.is_none() {
-            // 3. forced top-k block selection per selection row (keys filled first for random),
-            // then the group union.
-            self.select(&op.select_params(), ranking, selected)?;
-            if let Some(u) = unioned.as_mut() {
-                let sp = op.select_params();
-                let (group32, cap32) = (group as u32, u.cap as u32);
-                let f = self.function(Family::Select, Spec::NONE, "quest_union")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&sp).arg(&selected.slice).arg(&mut u.uidx).arg(&mut u.umask).arg(&mut u.ucount);
-                b.arg(&group32).arg(&cap32);
-                let cfg = LaunchConfig {
-                    grid_dim: (op.kv_heads as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 4 * nb as u32,
-                };
-                // SAFETY: matches `quest_union(p, selected, uidx, umask, ucount, group, cap)`;
-                // selected [Hq, width] i32 written by select_blocks above (Hq = Hkv * group), uidx
-                // / umask sized Hkv*cap and ucount Hkv above, every entry below cap written; block
-                // ids checked against nb; nb words of dynamic shared memory (<= 48 KiB); group <= 32.
-                unsafe { b.launch(cfg) }.map_err(|e| device_err("quest_union", e))?;
-            }
-        }
-        // 4. attention over every token of the selected blocks: one set per kv head with gqa =
-        // mean (each block read once for the group), else the union of the group's sets.
+        // 3. forced top-k block selection per selection row (keys filled first for random).
+        self.select(&op.select_params(), ranking, selected)?;
         if shared {
+            // 4. one block set per kv head: the grouped decode reads each block once per group.
             let mut p = AttentionSparse {
                 q_heads: op.q_heads,
                 kv_heads: op.kv_heads,
@@ -1481,7 +1285,30 @@ impl Backend for Cuda {
             p.block_size = bs as u32;
             return self.sparse_attention(head, p, q, k, v, &selected.slice, out, lse);
         }
-        if let Some(u) = &unioned {
+        // 4. attention over every token of the selected blocks: with GQA, over the union of the
+        // group's blocks, each block read once for the group (per-head masks keep each query
+        // head on its own selection).
+        let group = op.q_heads / op.kv_heads;
+        if group > 1 && group <= 32 && nb <= QUEST_UNION_MAX_NB && decode_fits(head, op.dim) {
+            let cap = nb.min(group * op.n_sel());
+            let mut uidx = self.scratch(4 * op.kv_heads * cap)?;
+            let mut umask = self.scratch(4 * op.kv_heads * cap)?;
+            let mut ucount = self.scratch(4 * op.kv_heads)?;
+            let sp = op.select_params();
+            let (group32, cap32) = (group as u32, cap as u32);
+            let f = self.function(Family::Select, Spec::NONE, "quest_union")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&sp).arg(&selected.slice).arg(&mut uidx).arg(&mut umask).arg(&mut ucount).arg(&group32).arg(&cap32);
+            let cfg = LaunchConfig {
+                grid_dim: (op.kv_heads as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 4 * nb as u32,
+            };
+            // SAFETY: matches `quest_union(p, selected, uidx, umask, ucount, group, cap)`;
+            // selected [Hq, width] i32 written by select_blocks above (Hq = Hkv * group), uidx /
+            // umask sized Hkv*cap and ucount Hkv here, every entry below cap written; block ids
+            // checked against nb; nb words of dynamic shared memory (<= 48 KiB); group <= 32.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("quest_union", e))?;
             let p = AttentionParams {
                 q_heads: op.q_heads as u32,
                 kv_heads: op.kv_heads as u32,
@@ -1491,13 +1318,12 @@ impl Backend for Cuda {
                 causal: 0,
                 scale: op.scale,
                 idx_heads: op.kv_heads as u32,
-                n_idx: u.cap as u32,
+                n_idx: cap32,
                 block_size: bs as u32,
                 splits: 1,
                 _pad0: 0,
             };
-            let keys = DecodeKeys::Masked(&u.uidx, &u.umask, &u.ucount);
-            return self.decode(head, p, keys, 1, None, q, k, v, out, lse);
+            return self.decode(head, p, DecodeKeys::Masked(&uidx, &umask, &ucount), 1, None, q, k, v, out, lse);
         }
         let mut p = AttentionSparse {
             q_heads: op.q_heads,
