@@ -207,12 +207,14 @@ extern "C" __global__ void topk_hist(const TopkParams p, const float* __restrict
 // The block's bitonic sort ascending of `len` <= TOPK_RUN pairs from src (padded with ~0 to a
 // power of two in the shared tile s); the sorted pairs go back to src, or with out != nullptr
 // only their indices to out.
-// Bitonic sort ascending of s[0..n) in shared memory, n a power of two, by the whole block.
-__device__ void topk_bitonic_asc(u64* s, u32 n) {
-    for (u32 size = 2u; size <= n; size <<= 1) {
+__device__ void topk_sort_tile(u64* src, u32 len, u64* s, int* out) {
+    u32 size_p = 1u;
+    while (size_p < len) size_p <<= 1;
+    for (u32 i = threadIdx.x; i < size_p; i += blockDim.x) s[i] = i < len ? __ldcg(src + i) : ~0ull;
+    for (u32 size = 2u; size <= size_p; size <<= 1) {
         for (u32 stride = size >> 1; stride > 0u; stride >>= 1) {
             __syncthreads();
-            for (u32 t = threadIdx.x; t < n / 2u; t += blockDim.x) {
+            for (u32 t = threadIdx.x; t < size_p / 2u; t += blockDim.x) {
                 const u32 i = (t / stride) * stride * 2u + (t % stride);
                 const u32 j = i + stride;
                 const bool asc = (i & size) == 0u;
@@ -226,15 +228,6 @@ __device__ void topk_bitonic_asc(u64* s, u32 n) {
         }
     }
     __syncthreads();
-}
-
-// Smallest power of two >= n (n >= 1).
-__device__ __forceinline__ u32 topk_pow2(u32 n) { return n <= 1u ? 1u : 1u << (32u - (u32)__clz(n - 1u)); }
-
-__device__ void topk_sort_tile(u64* src, u32 len, u64* s, int* out) {
-    const u32 size_p = topk_pow2(len);
-    for (u32 i = threadIdx.x; i < size_p; i += blockDim.x) s[i] = i < len ? __ldcg(src + i) : ~0ull;
-    topk_bitonic_asc(s, size_p);
     for (u32 i = threadIdx.x; i < len; i += blockDim.x) {
         if (out != nullptr) {
             out[i] = (int)(u32)s[i];
@@ -385,7 +378,7 @@ extern "C" __global__ void topk_merge_runs(const TopkParams p, const u64* __rest
 //       earlier CTAs' counts from their records plus a block scan. Candidates from
 //       TOPK_CAND_CAP on are not stored (the finish then reads the row instead).
 //   topk_sel_finish  (p, scores, ws, indices, ctas)       grid (1, R), TOPK_FINISH_THREADS,
-//       dynamic shared memory 8 * (out_k <= TOPK_TILE ? pow2(out_k) : 0) + 4 * TOPK_AUX bytes.
+//       dynamic shared memory 8 * (out_k <= TOPK_TILE ? out_k : 0) + 4 * TOPK_AUX bytes.
 //       Keeps need of the c candidates, ties to the lower index (block_radix_threshold and
 //       block_compact_kept_to over the candidates staged in shared memory, or when c exceeds
 //       TOPK_CAND_CAP (heavy ties) over the row's items with key >> 16 == t16, index order both
@@ -408,7 +401,10 @@ extern "C" __global__ void topk_merge_runs(const TopkParams p, const u64* __rest
 #define TOPK_CAND_CAP 4096                                     // candidates stored per row
 #define TOPK_TILE 8192                                         // most pairs sorted in shared memory
 #define TOPK_FINISH_THREADS 1024
-#define TOPK_AUX (32 * (TOPK_SEL_BINS + 1))                    // finish scratch words after the tile
+#define TOPK_SORT_ITEMS (TOPK_TILE / TOPK_FINISH_THREADS)      // items per thread of topk_tile_sort
+#define TOPK_SORT_WARPS (TOPK_FINISH_THREADS / 32)
+#define TOPK_SORT_STRIDE (TOPK_SEL_BINS + 1)                   // counter words per warp (bank spread)
+#define TOPK_AUX (TOPK_SORT_WARPS * TOPK_SORT_STRIDE)          // finish scratch words after the tile
 static_assert(TOPK_SEL_THREADS == TOPK_SEL_BINS, "topk_sel_hist: one bin per thread");
 static_assert(2 * TOPK_CAND_CAP <= TOPK_AUX && TOPK_SEL_GH <= TOPK_AUX, "finish scratch holds the staged candidates");
 
@@ -624,16 +620,101 @@ __device__ void topk_keep(const Src& src, u32 n, u32 n_elig, u32 want, u64* out,
     block_compact_kept_to(src, n, true, thr, take_eq, TopkPairSink<Src>{src, out, want, for_runs});
 }
 
-// Sorts tile[0..len) ((key << 32 | index) pairs, 1 <= len <= TOPK_TILE) by key descending, ties
-// by the lower index, in place, by the whole block: the pairs become (~key << 32 | index), the
-// order topk_sort_tile sorts ascending, padded with ~0 to n = topk_pow2(len) slots (the tile
-// holds n), then one bitonic network. Replaced an LSD radix sort ranking 8-bit digits with
-// __match_any_sync (three passes; the finish took 26 µs at k 2048 under ncu, run 21).
-__device__ void topk_tile_sort(u64* tile, u32 len, u32 n) {
-    for (u32 q = threadIdx.x; q < n; q += blockDim.x) {
-        tile[q] = q < len ? ((u64)(~(u32)(tile[q] >> 32)) << 32) | (tile[q] & 0xffffffffull) : ~0ull;
+// Stable sort of tile[0..len) ((key << 32 | index) pairs, 1 <= len <= TOPK_TILE) by key
+// descending, in place, by the whole block of TOPK_FINISH_THREADS; cnt: TOPK_AUX words of shared
+// memory. LSD radix sort on 8-bit digits of key - (least key): the subtraction keeps the order and
+// drops the bits every key shares, so only ceil(log2(span) / 8) passes run (3 for the top 2048
+// of 131072 normal scores). Per pass: warp w owns items [w*32*per, (w+1)*32*per), warp-striped
+// (item u of lane l is w*32*per + 32u + l), so its rounds see its items in order; it ranks them
+// with __match_any_sync against its own 256 counters (cnt[w * TOPK_SORT_STRIDE + digit]); one
+// block scan over the counters in (digit, warp) order gives each (digit, warp) its first slot;
+// the items are stored from registers back into the tile.
+__device__ void topk_tile_sort(u64* tile, u32 len, u32* cnt) {
+    __shared__ u32 s_lo[TOPK_SORT_WARPS];
+    __shared__ u32 s_hi[TOPK_SORT_WARPS];
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    u32 lo = 0xffffffffu;
+    u32 hi = 0u;
+    for (u32 q = threadIdx.x; q < len; q += blockDim.x) {
+        const u32 key = (u32)(tile[q] >> 32);
+        lo = min(lo, key);
+        hi = max(hi, key);
     }
-    topk_bitonic_asc(tile, n);
+#pragma unroll
+    for (u32 o = 16; o > 0u; o >>= 1) {
+        lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
+        hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
+    }
+    if (lane == 0u) {
+        s_lo[warp] = lo;
+        s_hi[warp] = hi;
+    }
+    __syncthreads();
+    for (u32 w2 = 0; w2 < TOPK_SORT_WARPS; ++w2) {
+        lo = min(lo, s_lo[w2]);
+        hi = max(hi, s_hi[w2]);
+    }
+    const u32 span = hi - lo;
+    const u32 passes = (32u - (u32)__clz(span) + 7u) / 8u;  // 0 when every key is equal
+    const u32 per = (len + blockDim.x - 1u) / blockDim.x;   // items per lane, <= TOPK_SORT_ITEMS
+    const u32 wbase = warp * 32u * per;
+    u32* wcnt = cnt + warp * TOPK_SORT_STRIDE;
+    for (u32 pass = 0; pass < passes; ++pass) {
+        const u32 shift = 8u * pass;
+        u64 item[TOPK_SORT_ITEMS];
+        u32 slot[TOPK_SORT_ITEMS];  // digit, then (rank in the warp << 8) | digit
+#pragma unroll
+        for (u32 u = 0; u < TOPK_SORT_ITEMS; ++u) {
+            const u32 q = wbase + 32u * u + lane;
+            const bool real = u < per && q < len;
+            item[u] = real ? tile[q] : 0ull;
+            // Larger keys get smaller digits (descending). Padding gets the last digit: it comes
+            // after every real item in the order, so it ranks after them all and is not stored.
+            slot[u] = real ? 255u - ((((u32)(item[u] >> 32) - lo) >> shift) & 255u) : 255u;
+        }
+        for (u32 b = lane; b < TOPK_SEL_BINS; b += 32u) wcnt[b] = 0u;
+        __syncwarp();
+#pragma unroll
+        for (u32 u = 0; u < TOPK_SORT_ITEMS; ++u) {
+            if (u < per) {  // uniform
+                const u32 d = slot[u];
+                const u32 peers = __match_any_sync(KVS_FULL_MASK, d);
+                const u32 lower = peers & ((1u << lane) - 1u);
+                const u32 seen = wcnt[d];
+                slot[u] = ((seen + (u32)__popc(lower)) << 8) | d;
+                __syncwarp();  // every lane has read wcnt[d] before the leader adds to it
+                if (lower == 0u) wcnt[d] = seen + (u32)__popc(peers);
+                __syncwarp();
+            }
+        }
+        __syncthreads();  // every warp's counters are complete (and every tile read is done)
+        // Thread t owns counters t*8 .. t*8+7 of the (digit, warp) order: 256 * warps counters
+        // over 32 * warps threads.
+        u32 v[8];
+        u32 sum = 0u;
+#pragma unroll
+        for (u32 j = 0; j < 8u; ++j) {
+            const u32 f = threadIdx.x * 8u + j;
+            v[j] = cnt[(f % TOPK_SORT_WARPS) * TOPK_SORT_STRIDE + f / TOPK_SORT_WARPS];
+            sum += v[j];
+        }
+        u32 total;
+        u32 at = block_exclusive_scan(sum, &total);
+#pragma unroll
+        for (u32 j = 0; j < 8u; ++j) {
+            const u32 f = threadIdx.x * 8u + j;
+            cnt[(f % TOPK_SORT_WARPS) * TOPK_SORT_STRIDE + f / TOPK_SORT_WARPS] = at;
+            at += v[j];
+        }
+        __syncthreads();  // every (digit, warp) slot is set
+#pragma unroll
+        for (u32 u = 0; u < TOPK_SORT_ITEMS; ++u) {
+            const u32 q = wbase + 32u * u + lane;
+            if (u < per && q < len) tile[wcnt[slot[u] & 255u] + (slot[u] >> 8)] = item[u];
+        }
+        __syncthreads();  // the tile is whole again (and the counters free)
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
@@ -646,8 +727,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
     const TopkSelWs w(ws, p.rows, ctas, p.n, m);
     const bool in_tile = m <= TOPK_TILE;
     u64* tile = topk_dyn;
-    const u32 tile_slots = in_tile ? topk_pow2(m) : 0u;  // topk_tile_sort's power of two
-    u32* aux = (u32*)(topk_dyn + tile_slots);             // TOPK_AUX words
+    u32* aux = (u32*)(topk_dyn + (in_tile ? m : 0u));  // TOPK_AUX words
     u32 prefix, need;
     topk_state(w.ghist + r * TOPK_SEL_GH, TOPK_SEL_BINS, 0u, 2u, m, aux, &prefix, &need);
     const u32 t16 = prefix >> 16;
@@ -674,6 +754,6 @@ extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
     }
     if (!in_tile) return;  // uniform: topk_sort_runs takes the pairs from here
     __syncthreads();       // the tile is whole; the staged candidates are dead
-    topk_tile_sort(tile, m, tile_slots);
+    topk_tile_sort(tile, m, aux);
     for (u32 q = threadIdx.x; q < m; q += blockDim.x) indices[r * m + q] = (int)(u32)tile[q];
 }

@@ -799,7 +799,7 @@ impl Cuda {
         // workspace as the passes above, whose histograms and records it reads; its writes are
         // checked against out_k (sure) and min(n, TOPK_CAND_CAP) (candidates) per row.
         unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_compact", e))?;
-        let tile = if m <= TOPK_TILE { m.next_power_of_two() } else { 0 };
+        let tile = if m <= TOPK_TILE { m } else { 0 };
         let smem = 8 * tile + 4 * TOPK_AUX;
         let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_sel_finish", smem)?;
         let mut b = self.stream.launch_builder(&f);
@@ -811,7 +811,7 @@ impl Cuda {
         };
         // SAFETY: matches `topk_sel_finish(p, scores, ws, indices, ctas)`; ws as above, its sure
         // items and candidates written by topk_sel_compact; the dynamic shared memory is the
-        // kernel's tile (out_k rounded up to a power of two pairs when out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as
+        // kernel's tile (out_k pairs when out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as
         // it lays them out; TOPK_FINISH_THREADS threads (its launch bounds); indices [R*out_k]
         // i32 (checked), written when out_k <= TOPK_TILE, else `pairs` (R*out_k u64) whole.
         unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_finish", e))?;
