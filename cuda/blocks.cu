@@ -12,7 +12,8 @@
 //                 the mean of its G query heads' scores (summed in head order, then / G)
 //   block_mean_f32 (p, k[H,T,D], kmean[H,NB,D] f32)           the same, f32 means for moba_gate
 //   moba_gate    (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
-//                 one warp per (query head, token), loops over every block: q . kmean, unscaled
+//                 grid (ceil(T / 64), Hq), 256 threads: a 64 x 64 tile of q . kmean (unscaled)
+//                 per block tile
 // Query head h reads kv head h / (q_heads / kv_heads).
 
 extern "C" __global__ void block_minmax(const BlockParams p, const store_t* __restrict__ k, store_t* __restrict__ kmin,
@@ -97,20 +98,67 @@ extern "C" __global__ void quest_group_mean(const BlockParams p, const float* __
     mean[e] = s / (float)g;
 }
 
-extern "C" __global__ void moba_gate(const BlockParams p, const store_t* __restrict__ q,
-                                     const float* __restrict__ kmean, float* __restrict__ gate) {
-    const u32 lane = threadIdx.x & 31u;
-    const u32 row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);  // (h, t)
-    if (row >= p.q_heads * p.seq) return;                                 // whole warp
-    const u32 h = row / p.seq;
+// 64 tokens x 64 blocks of the gate per CTA (256 threads, 4 x 4 outputs each, token ty + 16i
+// and block tx + 16j), the channels in chunks of MG_DC staged as f32 in shared memory. The old
+// kernel (a warp per token walking every block with a warp sum) took 83 ms of MoBA's 128 ms at
+// T 32K (H200, ncu): it reread q and every mean row per block from L2 and reduced by shuffles.
+// Each output still sums its channels in order 0..D-1, one FMA each.
+#define MG_T 64
+#define MG_B 64
+#define MG_DC 32
+extern "C" __global__ void __launch_bounds__(256)
+    moba_gate(const BlockParams p, const store_t* __restrict__ q, const float* __restrict__ kmean,
+              float* __restrict__ gate) {
+    __shared__ float qs[MG_T][MG_DC + 1];  // +1: the 16 block rows a warp reads hit 16 banks
+    __shared__ float ms[MG_B][MG_DC + 1];
+    const u32 tx = threadIdx.x & 15u;
+    const u32 ty = threadIdx.x >> 4;
+    const u32 h = blockIdx.y;
     const u32 kvh = h / (p.q_heads / p.kv_heads);
-    const u32 qo = row * p.dim;
-    for (u32 b = 0; b < p.nb; ++b) {
-        const u32 mo = (kvh * p.nb + b) * p.dim;
-        float s = 0.0f;
-        for (u32 d = lane; d < p.dim; d += 32u) s += load_f(q, qo + d) * kmean[mo + d];
-        s = warp_sum(s);
-        if (lane == 0) gate[row * p.nb + b] = s;
+    const u32 t0 = blockIdx.x * MG_T;
+    const store_t* qh = q + h * p.seq * p.dim;
+    const float* mh = kmean + kvh * p.nb * p.dim;
+    for (u32 b0 = 0; b0 < p.nb; b0 += MG_B) {
+        float acc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+        }
+        for (u32 d0 = 0; d0 < p.dim; d0 += MG_DC) {
+            __syncthreads();  // every thread is done with the previous chunk
+            for (u32 e = threadIdx.x; e < MG_T * MG_DC; e += blockDim.x) {
+                const u32 r = e / MG_DC;
+                const u32 c = e - r * MG_DC;
+                const u32 d = d0 + c;
+                qs[r][c] = (t0 + r < p.seq && d < p.dim) ? load_f(qh, (t0 + r) * p.dim + d) : 0.0f;
+                ms[r][c] = (b0 + r < p.nb && d < p.dim) ? mh[(b0 + r) * p.dim + d] : 0.0f;
+            }
+            __syncthreads();
+            const u32 dn = min((u32)MG_DC, p.dim - d0);  // only real channels (0 * inf is NaN)
+            for (u32 dd = 0; dd < dn; ++dd) {
+                float a[4], w[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[i] = qs[ty + 16u * (u32)i][dd];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) w[j] = ms[tx + 16u * (u32)j][dd];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const u32 t = t0 + ty + 16u * (u32)i;
+            if (t >= p.seq) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const u32 b = b0 + tx + 16u * (u32)j;
+                if (b < p.nb) gate[(h * p.seq + t) * p.nb + b] = acc[i][j];
+            }
+        }
     }
 }
 

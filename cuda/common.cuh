@@ -438,18 +438,24 @@ __device__ __forceinline__ u32 kvs_pack2(float lo, float hi) {
     return r;
 }
 
+// The 32-bit shared-window address of a generic pointer into shared memory (what ldmatrix and
+// cp.async take).
+__device__ __forceinline__ u32 kvs_smem_addr(const void* p) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(p));
+    return addr;
+}
+
 // Two 8x8 16-bit matrices from shared memory, transposed (B fragments of P V from row-major V):
 // lanes 0-7 address the rows of the first matrix, lanes 8-15 those of the second.
 __device__ __forceinline__ void kvs_ldsm_x2_trans(u32& r0, u32& r1, const store_t* smem_row) {
-    u32 addr;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    const u32 addr = kvs_smem_addr(smem_row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
 
 // 16-byte global -> shared copy; src_bytes = 0 writes zeros and reads nothing.
 __device__ __forceinline__ void kvs_cp_async16(void* smem, const void* gmem, u32 src_bytes) {
-    u32 addr;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem));
+    const u32 addr = kvs_smem_addr(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(gmem), "r"(src_bytes));
 }
 
@@ -457,8 +463,7 @@ __device__ __forceinline__ void kvs_cp_async_wait_all() { asm volatile("cp.async
 
 // Four 8x8 16-bit matrices from shared memory, transposed: lanes 8i .. 8i+7 address matrix i.
 __device__ __forceinline__ void kvs_ldsm_x4_trans(u32 (&r)[4], const store_t* smem_row) {
-    u32 addr;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    const u32 addr = kvs_smem_addr(smem_row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
@@ -467,8 +472,7 @@ __device__ __forceinline__ void kvs_ldsm_x4_trans(u32 (&r)[4], const store_t* sm
 // Four 8x8 16-bit matrices from shared memory: lanes 8i .. 8i+7 address the rows of matrix i
 // (B fragments of Q K^T from row-major K: rows = keys, columns = the reduction dimension).
 __device__ __forceinline__ void kvs_ldsm_x4(u32 (&r)[4], const store_t* smem_row) {
-    u32 addr;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(smem_row));
+    const u32 addr = kvs_smem_addr(smem_row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));

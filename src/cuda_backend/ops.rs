@@ -1395,9 +1395,15 @@ impl Backend for Cuda {
             let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
+            let cfg = LaunchConfig {
+                grid_dim: ((op.seq as u32).div_ceil(64), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
             // SAFETY: matches `moba_gate(p, q, kmean, gate)`; q [Hq, T, D] (checked), kmean
-            // written above, ranking = gate [Hq, T, NB] f32 (checked); guarded row < Hq*T.
-            unsafe { b.launch(warp_rows(op.q_heads * op.seq, 1)) }.map_err(|e| device_err("moba_gate", e))?;
+            // written above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per (64 tokens,
+            // query head), 256 threads (its launch bounds); tokens, blocks and channels guarded.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate", e))?;
         }
         // 3. per-token routing.
         self.select(&op.select_params(), ranking, selected)?;
