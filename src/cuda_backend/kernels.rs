@@ -123,7 +123,7 @@ impl Family {
                 "quest_group_mean",
                 "moba_gate",
             ],
-            Family::Select => &["select_keys", "select_blocks", "select_blocks_warp", "quest_union"],
+            Family::Select => &["select_keys", "select_blocks", "quest_union"],
             Family::Attention => &[
                 "attention_dense",
                 "attention_sparse",

@@ -31,10 +31,6 @@ const DECODE_MAX_SPLITS: usize = 256;
 /// Waves of resident CTAs and fewest keys per split of the tuned decode (`KVSPARSE_CUDA_DECODE_TUNE=1`).
 const DECODE_TUNE_WAVES: usize = 4;
 const DECODE_TUNE_MIN_KEYS: usize = 512;
-/// `select_blocks_warp`: the most blocks per row (`32 * SW_ITEMS` in `cuda/select.cu`) and rows
-/// (warps) per CTA.
-const SELECT_WARP_MAX_NB: usize = 2048;
-const SELECT_WARP_ROWS: u32 = 8;
 /// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
 pub(super) const QUEST_UNION_MAX_NB: usize = 12 * 1024;
 /// Multi-CTA top-k: threads of `topk_hist` / `topk_gather` / `topk_sel_hist` /
@@ -837,27 +833,14 @@ impl Cuda {
             unsafe { b.launch(elementwise(sp.rows as usize * sp.nb as usize)) }
                 .map_err(|e| device_err("select_keys", e))?;
         }
-        // Rows of up to SELECT_WARP_MAX_NB blocks: one warp each (Quest's rows, MoBA's tokens).
-        let warp = sp.nb as usize <= SELECT_WARP_MAX_NB && !legacy();
-        let entry = if warp { "select_blocks_warp" } else { "select_blocks" };
-        let f = self.function(Family::Select, Spec::NONE, entry)?;
+        let f = self.function(Family::Select, Spec::NONE, "select_blocks")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(sp).arg(&ranking.slice).arg(&mut selected.slice);
-        let cfg = if warp {
-            LaunchConfig {
-                grid_dim: (sp.rows.div_ceil(SELECT_WARP_ROWS), 1, 1),
-                block_dim: (32 * SELECT_WARP_ROWS, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        } else {
-            block_rows(sp.rows as usize, sp.nb as usize)
-        };
-        // SAFETY: matches `select_blocks(p, ranking, selected)` / `select_blocks_warp` (same
-        // arguments); ranking holds rows*nb words (f32 scores or u32 keys, written by the
-        // previous launch), selected rows*width i32 (checked); one block or one warp per row
-        // (guarded row < rows; the warp kernel needs nb <= 32 * SW_ITEMS = SELECT_WARP_MAX_NB
-        // and 256 threads, its launch bounds), every block index guarded against nb and width.
-        unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
+        // SAFETY: matches `select_blocks(p, ranking, selected)`; ranking holds rows*nb words
+        // (f32 scores or u32 keys, written by the previous launch), selected rows*width i32
+        // (checked); one block per row, every block index guarded against nb and width.
+        unsafe { b.launch(block_rows(sp.rows as usize, sp.nb as usize)) }
+            .map_err(|e| device_err("select_blocks", e))?;
         Ok(())
     }
 }
