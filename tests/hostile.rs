@@ -166,6 +166,24 @@ fn buffers_are_checked<B: Backend>(b: &B) {
     for len in [usize::MAX / 2, 1usize << 50] {
         t.expect_err(&format!("alloc of {len} f32 on {}", b.name()), "too large", || b.alloc(DType::F32, len));
     }
+    // Quest switched to one selection per kv head with the per-head outputs still in hand: the
+    // selection and ranking outputs are [Hkv, ...] now, and the per-head ones must be refused.
+    let per_head = QuestDecode::new(8, 2, 256, 16, sel(16, 4, 1), 0.25, DType::F32).unwrap();
+    let group = per_head.clone().with_group_selection();
+    for (i, name) in [(0usize, "selected"), (3, "scores")] {
+        t.expect_err(&format!("quest gqa=mean with a per-head `{name}` on {}", b.name()), &format!("`{name}`"), || {
+            let q = b.upload(&HostData::F32(vec![0.5; 8 * 16]))?;
+            let kv = b.upload(&HostData::F32(vec![0.25; 2 * 256 * 16]))?;
+            let [mut sel_o, mut out, mut lse, mut rank] = group.alloc_outputs(b)?;
+            let [ph_sel, _, _, ph_rank] = per_head.alloc_outputs(b)?;
+            if i == 0 {
+                sel_o = ph_sel;
+            } else {
+                rank = ph_rank;
+            }
+            b.quest_decode(&group, &q, &kv, &kv, None, &mut sel_o, &mut out, &mut lse, &mut rank)
+        });
+    }
     t.finish(&format!("buffers/{}", b.name()));
 }
 
