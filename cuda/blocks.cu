@@ -14,6 +14,7 @@
 //   moba_gate    (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
 //                 grid (ceil(T / 64), Hq), 256 threads: a 64 x 64 tile of q . kmean (unscaled)
 //                 per block tile
+//   quest_scores_grouped_g{1,2,4,8}, quest_select_kv_g{1,2,4,8}: further down
 // Query head h reads kv head h / (q_heads / kv_heads).
 
 extern "C" __global__ void block_minmax(const BlockParams p, const store_t* __restrict__ k, store_t* __restrict__ kmin,
@@ -162,11 +163,11 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
-// quest_scores_grouped (p, q[Hq,D], kmin, kmax [Hkv,NB,D], scores[Hq,NB] f32, hpc, lanes)
+// quest_scores_grouped_g{1,2,4,8} (p, q[Hq,D], kmin, kmax [Hkv,NB,D], scores[Hq,NB] f32, hpc, lanes)
 //   The scores of quest_scores, with one CTA per (run of blocks = blockIdx.x, chunk of `hpc`
 //   query heads of one kv head = blockIdx.y): every statistics row is read once for the whole
 //   chunk, with 16-byte loads; `lanes` = D / (16 / sizeof(store_t)) lanes cover a row (a power
-//   of two <= 32, checked by the host), so a warp covers 32 / lanes rows per load. hpc <= 8.
+//   of two <= 32, checked by the host), so a warp covers 32 / lanes rows per load. hpc <= GM.
 //   Per lane the products are summed over its vector in channel order, then across lanes by an
 //   xor butterfly: the same terms as quest_scores, in another order (f32 rounding only).
 #if defined(KVS_STORE_F32)
@@ -174,7 +175,6 @@ extern "C" __global__ void __launch_bounds__(256)
 #else
 #define QS_VE 8
 #endif
-#define QS_GM 8
 #define QS_U 4
 
 struct __attribute__((aligned(16))) qs_u4 {
@@ -210,37 +210,29 @@ __device__ __forceinline__ void qs_widen(const qs_u4& w, float* f) {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-    quest_scores_grouped(const BlockParams p, const store_t* __restrict__ q, const store_t* __restrict__ kmin,
-                         const store_t* __restrict__ kmax, float* __restrict__ scores, const u32 hpc,
-                         const u32 lanes) {
+// The scores of the heads h0 .. h0+hpc-1 (one kv head `kvh`, hpc <= GM) for the blocks
+// [b0, b1), handed per block to sink.put(b, s) by one lane (s[g] = the score of head h0 + g).
+template <int GM, class Sink>
+__device__ __forceinline__ void quest_score_run(const BlockParams& p, const store_t* __restrict__ q,
+                                                const store_t* __restrict__ kmin, const store_t* __restrict__ kmax,
+                                                u32 h0, u32 hpc, u32 kvh, u32 lanes, u32 b0, u32 b1,
+                                                const Sink& sink) {
     const u32 lane = threadIdx.x & 31u;
     const u32 warp = threadIdx.x >> 5;
     const u32 n_warps = blockDim.x >> 5;
     const u32 rg = lane / lanes;
     const u32 lr = lane - rg * lanes;
     const u32 rpw = 32u / lanes;
-    const u32 h0 = blockIdx.y * hpc;
-    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
-    const u32 per_cta = (p.nb + gridDim.x - 1u) / gridDim.x;
-    const u32 b0 = blockIdx.x * per_cta;
-    const u32 b1 = min(b0 + per_cta, p.nb);
     const u32 col = lr * QS_VE;
-    float qf[QS_GM][QS_VE];
-#pragma unroll
-    for (int g = 0; g < QS_GM; ++g) {
-        if ((u32)g < hpc) {
-            qs_widen(qs_ldg16(q + (h0 + (u32)g) * p.dim + col), qf[g]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < QS_VE; ++e) qf[g][e] = 0.0f;
-        }
-    }
     const store_t* lo = kmin + kvh * p.nb * p.dim;
     const store_t* hi = kmax + kvh * p.nb * p.dim;
     const u32 tile = rpw * QS_U;
-    for (u32 base = b0 + warp * tile; base < b1; base += n_warps * tile) {  // warp-uniform
-        qs_u4 wl[QS_U], wh[QS_U];
+    const u32 stride = n_warps * tile;
+    // The statistics of the warp's first tile are requested before q, and each next tile's
+    // before the current one's shuffles: a warp has one or two tiles, so what bounds it is how
+    // many round trips to memory it waits for in turn.
+    qs_u4 wl[QS_U], wh[QS_U];
+    auto load_tile = [&](u32 base) {
 #pragma unroll
         for (int u = 0; u < QS_U; ++u) {
             const u32 b = base + (u32)u * rpw + rg;
@@ -252,36 +244,159 @@ extern "C" __global__ void __launch_bounds__(128)
                 wh[u] = qs_u4{0u, 0u, 0u, 0u};
             }
         }
-        float s[QS_U][QS_GM];
+    };
+    u32 base = b0 + warp * tile;
+    load_tile(base);
+    float qf[GM][QS_VE];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        // Heads past hpc load head h0 + hpc - 1 (in bounds) and are zeroed: no branch in front
+        // of the loads.
+        qs_widen(qs_ldg16(q + (h0 + min((u32)g, hpc - 1u)) * p.dim + col), qf[g]);
+        if ((u32)g >= hpc) {
+#pragma unroll
+            for (int e = 0; e < QS_VE; ++e) qf[g][e] = 0.0f;
+        }
+    }
+    for (; base < b1; base += stride) {  // warp-uniform
+        float s[QS_U][GM];
 #pragma unroll
         for (int u = 0; u < QS_U; ++u) {
             float fl[QS_VE], fh[QS_VE];
             qs_widen(wl[u], fl);
             qs_widen(wh[u], fh);
 #pragma unroll
-            for (int g = 0; g < QS_GM; ++g) {
+            for (int g = 0; g < GM; ++g) {
                 float a = 0.0f;
 #pragma unroll
                 for (int e = 0; e < QS_VE; ++e) a += fmaxf(qf[g][e] * fh[e], qf[g][e] * fl[e]);
                 s[u][g] = a;
             }
         }
+        load_tile(base + stride);
         for (u32 o = lanes >> 1; o > 0u; o >>= 1) {
 #pragma unroll
             for (int u = 0; u < QS_U; ++u) {
 #pragma unroll
-                for (int g = 0; g < QS_GM; ++g) s[u][g] += __shfl_xor_sync(KVS_FULL_MASK, s[u][g], o);
+                for (int g = 0; g < GM; ++g) s[u][g] += __shfl_xor_sync(KVS_FULL_MASK, s[u][g], o);
             }
         }
         if (lr == 0u) {
 #pragma unroll
             for (int u = 0; u < QS_U; ++u) {
                 const u32 b = base + (u32)u * rpw + rg;
-#pragma unroll
-                for (int g = 0; g < QS_GM; ++g) {
-                    if (b < b1 && (u32)g < hpc) scores[(h0 + (u32)g) * p.nb + b] = s[u][g];
-                }
+                if (b < b1) sink.put(b, s[u]);
             }
         }
     }
 }
+
+// quest_score_run's sink for per-head scores: scores[h0 + g, b].
+template <int GM>
+struct HeadScoreSink {
+    float* scores;
+    u32 h0, hpc, nb;
+    __device__ void put(u32 b, const float (&s)[GM]) const {
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if ((u32)g < hpc) scores[(h0 + (u32)g) * nb + b] = s[g];
+        }
+    }
+};
+
+// quest_score_run's sink for the group mean of a whole group (hpc = G heads): the heads' scores
+// summed in head order, then / G, as quest_group_mean computes it from per-head scores.
+template <int GM>
+struct GroupMeanSink {
+    float* mean;  // this kv head's row
+    u32 group;
+    __device__ void put(u32 b, const float (&s)[GM]) const {
+        float t = 0.0f;
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if ((u32)g < group) t += s[g];
+        }
+        mean[b] = t / (float)group;
+    }
+};
+
+// One entry per power of two GM >= hpc: the register tile (q and the scores of GM heads) and
+// the shuffles scale with GM, and at GM = 8 for a group of 4 the CTAs no longer fitted in one
+// wave (11 us at 128K on the H200, ncu).
+#define KVS_QUEST_SCORES_GROUPED(GM)                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) quest_scores_grouped_g##GM(                            \
+        const BlockParams p, const store_t* __restrict__ q, const store_t* __restrict__ kmin,               \
+        const store_t* __restrict__ kmax, float* __restrict__ scores, const u32 hpc, const u32 lanes) {    \
+        const u32 h0 = blockIdx.y * hpc;                                                                     \
+        const u32 kvh = h0 / (p.q_heads / p.kv_heads);                                                       \
+        const u32 per_cta = (p.nb + gridDim.x - 1u) / gridDim.x;                                             \
+        const u32 b0 = blockIdx.x * per_cta;                                                                 \
+        const u32 b1 = min(b0 + per_cta, p.nb);                                                              \
+        quest_score_run<GM>(p, q, kmin, kmax, h0, hpc, kvh, lanes, b0, b1, HeadScoreSink<GM>{scores, h0, hpc, p.nb}); \
+    }
+KVS_QUEST_SCORES_GROUPED(1)
+KVS_QUEST_SCORES_GROUPED(2)
+KVS_QUEST_SCORES_GROUPED(4)
+KVS_QUEST_SCORES_GROUPED(8)
+
+// quest_select_kv_g{1,2,4,8} (p, q, kmin, kmax, mean[Hkv,NB] f32, selected[Hkv,width] i32,
+//                             arrivals[Hkv] u32, lanes, n_blocks, n_local, force_first, width)
+//   Quest's selection with one block set per kv head (GqaMode::Mean), in one launch: grid
+//   (runs, Hkv), the CTA of run r scores its blocks for the whole group (G = Hq / Hkv <= the
+//   entry's GM query heads) and writes their group means; the last CTA of a kv head to finish
+//   (counted in arrivals[kvh], which it sets back to 0 for the next launch) stages the row of
+//   means in shared memory and runs block_select_row over it (current block NB - 1, every block
+//   a candidate), as select_blocks does over the means of quest_group_mean. The means are those
+//   two kernels' to the bit; the launches saved are the point (the group mean and the select
+//   took 13 us of the 45 us of Quest's 1/16 decode at 128K, H200). 512 threads, so that rows of
+//   up to 2048 blocks take block_select_row's register path. Dynamic shared memory: NB words.
+template <int GM>
+__device__ __forceinline__ void quest_select_kv_body(const BlockParams& p, const store_t* __restrict__ q,
+                                                     const store_t* __restrict__ kmin,
+                                                     const store_t* __restrict__ kmax, float* __restrict__ mean,
+                                                     int* __restrict__ selected, u32* __restrict__ arrivals,
+                                                     u32 lanes, u32 n_blocks, u32 n_local, u32 force_first,
+                                                     u32 width) {
+    extern __shared__ u32 s_rank[];
+    __shared__ u32 s_last;
+    const u32 kvh = blockIdx.y;
+    const u32 group = p.q_heads / p.kv_heads;
+    const u32 per_cta = (p.nb + gridDim.x - 1u) / gridDim.x;
+    const u32 b0 = blockIdx.x * per_cta;
+    const u32 b1 = min(b0 + per_cta, p.nb);
+    float* row = mean + kvh * p.nb;
+    quest_score_run<GM>(p, q, kmin, kmax, kvh * group, group, kvh, lanes, b0, b1, GroupMeanSink<GM>{row, group});
+    // Release this CTA's means, then count it in; the last arrival sees every CTA's means.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&arrivals[kvh], 1u) == gridDim.x - 1u ? 1u : 0u;
+    __syncthreads();
+    if (s_last == 0u) return;  // uniform per CTA
+    __threadfence();
+    // L2 reads (ld.cg): other CTAs' means never went through this SM's L1.
+    for (u32 b = threadIdx.x; b < p.nb; b += blockDim.x) s_rank[b] = __ldcg(reinterpret_cast<const unsigned int*>(row) + b);
+    __syncthreads();
+    BlockSelectSrc src;
+    src.ranking = s_rank;
+    src.current = p.nb - 1u;
+    src.n_local = n_local;
+    src.force_first = force_first;
+    src.past_only = 0u;
+    src.by_key = 0u;
+    block_select_row(src, p.nb, n_blocks, selected + kvh * width, width);
+    if (threadIdx.x == 0) arrivals[kvh] = 0u;
+}
+
+#define KVS_QUEST_SELECT_KV(GM)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(512) quest_select_kv_g##GM(                                    \
+        const BlockParams p, const store_t* __restrict__ q, const store_t* __restrict__ kmin,                  \
+        const store_t* __restrict__ kmax, float* __restrict__ mean, int* __restrict__ selected,                \
+        u32* __restrict__ arrivals, const u32 lanes, const u32 n_blocks, const u32 n_local,                    \
+        const u32 force_first, const u32 width) {                                                              \
+        quest_select_kv_body<GM>(p, q, kmin, kmax, mean, selected, arrivals, lanes, n_blocks, n_local,         \
+                                 force_first, width);                                                          \
+    }
+KVS_QUEST_SELECT_KV(1)
+KVS_QUEST_SELECT_KV(2)
+KVS_QUEST_SELECT_KV(4)
+KVS_QUEST_SELECT_KV(8)

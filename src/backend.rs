@@ -87,8 +87,24 @@ pub trait Backend {
         self.synchronize()?;
         Ok(t0.elapsed())
     }
-    /// How [`Backend::time`] measures: `host-clock`, `cuda-events`, `wgpu-pass-timestamps` (kernel
-    /// passes only) or `wgpu-timestamps` (first to last submit).
+    /// Device time of one op's work as the report times it: [`Backend::time`], unless the
+    /// backend is set to record the work once and time a replay of the recording (CUDA with
+    /// `Cuda::with_graph_timing`: no host launch cost, L2 emptied first). The report's
+    /// bandwidth copy is timed with [`Backend::time`] (a recorded copy runs on the copy engines,
+    /// not at the rate kernels read and write).
+    ///
+    /// ```
+    /// use kvsparse::{Backend, Cpu};
+    /// let cpu = Cpu::new();
+    /// let t = cpu.time_op(&mut || Ok(()))?;
+    /// assert!(t.as_secs() < 1);
+    /// # Ok::<(), kvsparse::Error>(())
+    /// ```
+    fn time_op(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        self.time(f)
+    }
+    /// How [`Backend::time_op`] measures: `host-clock`, `cuda-events`, `cuda-graph-replay`,
+    /// `wgpu-pass-timestamps` (kernel passes only) or `wgpu-timestamps` (first to last submit).
     fn timer_kind(&self) -> &'static str {
         "host-clock"
     }

@@ -12,11 +12,14 @@ usage:
   kvsparse info                                   backends and devices found
   kvsparse verify --golden DIR [--backend NAME]   run golden cases; NAME = cpu, wgpu, cuda or all (default)
   kvsparse report [--preset P | --quick] [--backend NAME] [--out DIR] [--repeats N] [--dtype D] [--contexts T,T]
+                  [--timer events|graph]
                                                   time every method at every budget; P = quick, paper or
                                                   long (default: paper on a GPU, quick on the CPU); NAME =
                                                   best (default), cpu, wgpu or cuda; writes DIR/report-*.json
                                                   and .svg (DIR defaults to report-out); --dtype (f32,
-                                                  f16, bf16) and --contexts override the preset
+                                                  f16, bf16) and --contexts override the preset; --timer
+                                                  graph (CUDA): each op recorded as a CUDA graph, L2
+                                                  flushed, one replay timed (no host launch cost)
 ";
 
 fn main() -> ExitCode {
@@ -189,13 +192,13 @@ fn report_on<B: Backend>(b: &B, preset: &kvsparse::report::Preset, out: &std::pa
 fn report(args: &[String]) -> Result<ExitCode, String> {
     use kvsparse::report::Preset;
     let (mut preset, mut backend, mut out, mut repeats) = (None, "best".to_string(), PathBuf::from("report-out"), None);
-    let (mut dtype, mut contexts) = (None, None);
+    let (mut dtype, mut contexts, mut graph_timer) = (None, None, false);
     // `--quick` is short for `--preset quick`.
     let args: Vec<String> = args
         .iter()
         .flat_map(|a| if a == "--quick" { vec!["--preset".into(), "quick".into()] } else { vec![a.clone()] })
         .collect();
-    for (name, value) in flags(&args, &["preset", "backend", "out", "repeats", "dtype", "contexts"])? {
+    for (name, value) in flags(&args, &["preset", "backend", "out", "repeats", "dtype", "contexts", "timer"])? {
         match name.as_str() {
             "dtype" => {
                 dtype = Some(
@@ -216,6 +219,13 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
                 preset = Some(Preset::by_name(&value).ok_or(format!("unknown preset `{value}`: quick, paper or long"))?)
             }
             "backend" => backend = value,
+            "timer" => {
+                graph_timer = match value.as_str() {
+                    "events" => false,
+                    "graph" => true,
+                    _ => return Err(format!("--timer {value}: expected events or graph")),
+                }
+            }
             "out" => out = PathBuf::from(value),
             _ => repeats = Some(value.parse::<usize>().map_err(|_| format!("--repeats {value}: not a count"))?),
         }
@@ -242,7 +252,7 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
     if backend == "best" || backend == "cuda" {
         match kvsparse::Cuda::new() {
             Ok(c) => {
-                report_on(&c, &pick(true), &out)?;
+                report_on(&c.with_graph_timing(graph_timer), &pick(true), &out)?;
                 if backend == "cuda" {
                     return Ok(ExitCode::SUCCESS);
                 }

@@ -245,13 +245,13 @@ fn gates(n: usize, seed: u32) -> HostData {
 /// 50 ms, e.g. quadratic prefill on a slow backend) are repeated only until about two seconds
 /// are spent, and at least three times.
 fn measure<B: Backend>(b: &B, repeats: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<(Duration, Duration)> {
-    let warm = b.time(f)?;
+    let warm = b.time_op(f)?;
     let repeats = if warm > Duration::from_millis(50) {
         repeats.min(((2.0 / warm.as_secs_f64()) as usize).max(3))
     } else {
         repeats
     };
-    let mut times: Vec<Duration> = (0..repeats.max(1)).map(|_| b.time(f)).collect::<Result<_>>()?;
+    let mut times: Vec<Duration> = (0..repeats.max(1)).map(|_| b.time_op(f)).collect::<Result<_>>()?;
     times.sort();
     Ok((times[times.len() / 2], times[0]))
 }

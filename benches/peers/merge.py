@@ -9,8 +9,11 @@ import json
 import sys
 
 
-def peer_for(row, peers):
-    """The peer row timed at the same shape, or None."""
+def peer_for(row, peers, graph):
+    """The peer row timed at the same shape (timed as a graph replay when ours was), or None."""
+    if graph:
+        plain = peers
+        peers = {(name[: -len("_graph")], shape): p for (name, shape), p in plain.items() if name.endswith("_graph")}
     t, phase, method = row["context"], row["phase"], row["method"]
     if phase == "decode" and row["backbone"] == "attention":
         return peers.get(("sdpa_decode", f"T{t}"))
@@ -35,7 +38,7 @@ def main():
         print("| phase | method | backbone | context | budget | ours | peer | peer time | peer / ours |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rep["rows"]:
-            p = peer_for(r, peers)
+            p = peer_for(r, peers, "graph" in rep["timer"])
             if p is None:
                 continue
             ours, theirs = r["median_s"], p["median_s"]

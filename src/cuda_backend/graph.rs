@@ -26,6 +26,8 @@ pub struct CudaGraph {
     graph: Option<cudarc::driver::CudaGraph>,
     /// The modules of the recorded kernels (the graph's kernel nodes point into them).
     _modules: Vec<Arc<CudaModule>>,
+    /// The arrival counters recorded kernels may use.
+    _arrivals: Arc<cudarc::driver::CudaSlice<u8>>,
 }
 
 impl std::fmt::Debug for CudaGraph {
@@ -98,7 +100,7 @@ impl Cuda {
         recorded?;
         let graph = graph.map_err(|e| device_err("end capture / instantiate graph", e))?;
         let modules = self.modules.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
-        Ok(CudaGraph { graph, _modules: modules })
+        Ok(CudaGraph { graph, _modules: modules, _arrivals: Arc::clone(&self.arrivals) })
     }
 }
 

@@ -26,10 +26,11 @@ pub(crate) enum Family {
     SnapKv,
     HitRate,
     Cache,
+    Timing,
 }
 
 impl Family {
-    pub(crate) const ALL: [Family; 9] = [
+    pub(crate) const ALL: [Family; 10] = [
         Family::Random,
         Family::Topk,
         Family::Decay,
@@ -39,9 +40,10 @@ impl Family {
         Family::SnapKv,
         Family::HitRate,
         Family::Cache,
+        Family::Timing,
     ];
 
-    /// File stem under `cuda/` (also the WGSL file stem).
+    /// File stem under `cuda/` (also the WGSL file stem; `timing` has no WGSL twin).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Family::Random => "random",
@@ -53,6 +55,7 @@ impl Family {
             Family::SnapKv => "snapkv",
             Family::HitRate => "hit_rate",
             Family::Cache => "cache",
+            Family::Timing => "timing",
         }
     }
 
@@ -67,6 +70,7 @@ impl Family {
             Family::SnapKv => include_str!("../../cuda/snapkv.cu"),
             Family::HitRate => include_str!("../../cuda/hit_rate.cu"),
             Family::Cache => include_str!("../../cuda/cache.cu"),
+            Family::Timing => include_str!("../../cuda/timing.cu"),
         }
     }
 
@@ -81,6 +85,7 @@ impl Family {
             Family::SnapKv => SnapKvParams::cuda_decl(),
             Family::HitRate => HitRateParams::cuda_decl(),
             Family::Cache => CacheParams::cuda_decl(),
+            Family::Timing => String::new(),
         }
     }
 
@@ -119,9 +124,16 @@ impl Family {
                 "block_mean",
                 "block_mean_f32",
                 "quest_scores",
-                "quest_scores_grouped",
+                "quest_scores_grouped_g1",
+                "quest_scores_grouped_g2",
+                "quest_scores_grouped_g4",
+                "quest_scores_grouped_g8",
                 "quest_group_mean",
                 "moba_gate",
+                "quest_select_kv_g1",
+                "quest_select_kv_g2",
+                "quest_select_kv_g4",
+                "quest_select_kv_g8",
             ],
             Family::Select => &["select_keys", "select_blocks", "quest_union"],
             Family::Attention => &[
@@ -156,6 +168,7 @@ impl Family {
             ],
             Family::HitRate => &["hit_rate"],
             Family::Cache => &["cache_fill", "cache_append", "cache_advance", "cache_rank", "cache_select"],
+            Family::Timing => &["timing_flush_l2", "timing_spin"],
         }
     }
 

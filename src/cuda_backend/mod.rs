@@ -19,7 +19,7 @@ pub(crate) use kernels::{Family, Spec};
 use crate::{DType, DeviceBuffer, Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The CUDA backend: one device, one stream, and a cache of compiled modules keyed by
 /// (kernel family, specialisation); the arch is fixed per device.
@@ -54,7 +54,24 @@ pub struct Cuda {
     /// The dynamic shared memory each entry point has been allowed so far (above 48 KiB it
     /// must be raised by `cuFuncSetAttribute`, a driver call worth not repeating per launch).
     dynamic_smem: RwLock<HashMap<EntryKey, usize>>,
+    /// [`Backend::time_op`](crate::Backend::time_op) records the timed work as a CUDA graph and
+    /// times one replay of it (see [`Cuda::with_graph_timing`]).
+    graph_timing: bool,
+    /// What the graph timer reads to empty L2 (four times its size) and the word its flush
+    /// kernel may write; allocated on first use.
+    l2_flush: Mutex<Option<(CudaSlice<u8>, CudaSlice<u8>)>>,
+    /// Arrival counters of kernels whose last CTA per row finishes the row's work
+    /// (`quest_select_kv_g*`): [`ARRIVAL_SLOTS`] zeroed words that every such launch leaves
+    /// zeroed. Shared with the graphs that record those kernels.
+    pub(crate) arrivals: Arc<CudaSlice<u8>>,
+    /// SM clock (kHz), for the graph timer's spin.
+    clock_khz: u32,
+    /// L2 size in bytes.
+    l2_bytes: usize,
 }
+
+/// Rows the arrival counters cover (a grid dimension's limit).
+pub(crate) const ARRIVAL_SLOTS: usize = 65536;
 
 /// An entry point of a module: family, specialisation, name.
 type EntryKey = (Family, Spec, &'static str);
@@ -149,6 +166,12 @@ impl Cuda {
         let stream = ctx.new_stream().map_err(|e| device_err("create stream", e))?;
         let name = ctx.name().map_err(|e| device_err("device name", e))?;
         let cc = ctx.compute_capability().map_err(|e| device_err("compute capability", e))?;
+        let arrivals =
+            Arc::new(stream.alloc_zeros::<u8>(4 * ARRIVAL_SLOTS).map_err(|e| device_err("alloc arrivals", e))?);
+        let attr = |a| ctx.attribute(a).map_err(|e| device_err("device attribute", e));
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let clock_khz = attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?.max(1) as u32;
+        let l2_bytes = attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_err("SM count", e))?
@@ -164,7 +187,32 @@ impl Cuda {
             functions: RwLock::new(HashMap::new()),
             occupancy: RwLock::new(HashMap::new()),
             dynamic_smem: RwLock::new(HashMap::new()),
+            graph_timing: false,
+            l2_flush: Mutex::new(None),
+            arrivals,
+            clock_khz,
+            l2_bytes,
         })
+    }
+
+    /// Makes [`Backend::time_op`](crate::Backend::time_op) (what `kvsparse report` times ops
+    /// with) time the device work alone: the work is
+    /// recorded once as a CUDA graph ([`Cuda::capture`]), replayed once untimed, and one replay
+    /// is timed with CUDA events. Serving engines run decode steps as graphs; without this,
+    /// the events also count the host's launch calls whenever the GPU finishes a kernel before
+    /// the host has issued the next one (an op of several short kernels is then host-bound).
+    /// [`Backend::timer_kind`](crate::Backend::timer_kind) says `cuda-graph-replay`. Work that
+    /// cannot be captured (it waits for the host) is an error.
+    ///
+    /// ```no_run
+    /// use kvsparse::{Backend, Cuda};
+    /// let gpu = Cuda::new()?.with_graph_timing(true);
+    /// assert_eq!(gpu.timer_kind(), "cuda-graph-replay");
+    /// # Ok::<(), kvsparse::Error>(())
+    /// ```
+    pub fn with_graph_timing(mut self, on: bool) -> Cuda {
+        self.graph_timing = on;
+        self
     }
 
     /// The NVRTC target, e.g. `sm_90`.

@@ -33,6 +33,28 @@ const DECODE_TUNE_WAVES: usize = 4;
 const DECODE_TUNE_MIN_KEYS: usize = 512;
 /// Most blocks for `quest_union` (one shared-memory word per block, within the default 48 KiB).
 pub(super) const QUEST_UNION_MAX_NB: usize = 12 * 1024;
+
+/// Threads of `quest_select_kv_g*` (its `__launch_bounds__`).
+const QUEST_SELECT_KV_THREADS: u32 = 512;
+
+/// Most blocks per row `quest_select_kv_g*` stages in shared memory (32 KiB of means).
+const QUEST_SELECT_KV_MAX_NB: usize = 8 * 1024;
+
+/// Whether `quest_select_kv_g*` takes Quest's per-kv-head selection: a group of at most 8 query
+/// heads, rows of a power-of-two number (<= 32) of 16-byte vectors, 1..=QUEST_SELECT_KV_MAX_NB
+/// blocks.
+fn quest_select_kv_fits(op: &QuestDecode) -> bool {
+    let ve = 16 / op.dtype.size();
+    let lanes = op.dim / ve;
+    !legacy()
+        && !quest_unfused()
+        && op.kv_heads > 0
+        && op.q_heads / op.kv_heads <= 8
+        && op.dim.is_multiple_of(ve)
+        && lanes.is_power_of_two()
+        && lanes <= 32
+        && (1..=QUEST_SELECT_KV_MAX_NB).contains(&op.nb())
+}
 /// Multi-CTA top-k: threads of `topk_hist` / `topk_gather` / `topk_sel_hist` /
 /// `topk_sel_compact`, items per thread and round (`KVS_COMPACT_ITEMS`), fewest items per CTA,
 /// the sorted run (`TOPK_RUN`) and the run sort's threads (`TOPK_SORT_THREADS`) in `cuda/topk.cu`.
@@ -79,6 +101,14 @@ const SCAN_STEPS_RATPLUS: usize = SCAN_WARPS as usize * 8;
 /// and as a fallback should a device misbehave).
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim() == "1")
+}
+
+/// `KVSPARSE_CUDA_QUEST_UNFUSED=1`: Quest's per-kv-head selection as three launches
+/// (`quest_scores_grouped_g*`, `quest_group_mean`, `select_blocks`) instead of
+/// `quest_select_kv_g*` (for timing beside the default; same results).
+fn quest_unfused() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_QUEST_UNFUSED"))
 }
 
 fn legacy() -> bool {
@@ -447,6 +477,53 @@ impl Cuda {
         Ok(())
     }
 
+    /// CUDA events recorded around the work `f` enqueues, waited for.
+    fn time_between_events(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timed).map_err(|e| device_err("create event", e))?;
+        let end = self.ctx.new_event(timed).map_err(|e| device_err("create event", e))?;
+        start.record(&self.stream).map_err(|e| device_err("record event", e))?;
+        f()?;
+        end.record(&self.stream).map_err(|e| device_err("record event", e))?;
+        end.synchronize().map_err(|e| device_err("event synchronize", e))?;
+        let ms = start.elapsed_ms(&end).map_err(|e| device_err("event elapsed", e))?;
+        Ok(std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3))
+    }
+
+    /// Enqueues what precedes a timed graph replay: a read of four times L2's size (none of the
+    /// timed work's data stays in L2: its working set counts as read from memory even when it
+    /// would fit), then a 10 µs spin, so that the host has issued the replay before the start
+    /// event fires behind them.
+    pub(crate) fn flush_l2_and_wait(&self) -> Result<()> {
+        let mut guard = self
+            .l2_flush
+            .lock()
+            .map_err(|_| Error::Device { backend: "cuda", message: "l2 flush buffer: lock poisoned".into() })?;
+        if guard.is_none() {
+            let bytes = (4 * self.l2_bytes).max(64 << 20);
+            let buf = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| device_err("alloc l2 flush", e))?;
+            let sink = self.stream.alloc_zeros::<u8>(4).map_err(|e| device_err("alloc l2 flush", e))?;
+            *guard = Some((buf, sink));
+        }
+        let Some((buf, sink)) = guard.as_mut() else { unreachable!("allocated above") };
+        let words = (buf.len() / 16) as u64;
+        let f = self.function(Family::Timing, Spec::NONE, "timing_flush_l2")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&*buf).arg(&words).arg(sink);
+        let cfg = LaunchConfig { grid_dim: (4 * self.sm_count, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `timing_flush_l2(buf, n, sink)`: buf holds n 16-byte words (its
+        // allocation is a multiple of 16 bytes), sink one u32; grid-stride loop guarded by n.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("timing_flush_l2", e))?;
+        let cycles = u64::from(self.clock_khz) * 10; // 10 µs at the SM clock
+        let f = self.function(Family::Timing, Spec::NONE, "timing_spin")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&cycles);
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `timing_spin(cycles)`; touches no memory.
+        unsafe { b.launch(cfg) }.map_err(|e| device_err("timing_spin", e))?;
+        Ok(())
+    }
+
     /// Grouped flash-decoding (`attention_decode_g*` then `attention_merge_rows`); `p` has
     /// `q_len = 1` and, for index sets, `idx_heads`, `n_idx` and `block_size` set; over `batch`
     /// sequences (grid z; every tensor gains a leading batch dimension, `p.kv_len` is the
@@ -574,16 +651,22 @@ impl Cuda {
             // About four CTAs per SM in all, each over a run of at least 32 blocks.
             let runs = (4 * self.sm_count as usize).div_ceil(chunks).min(op.nb.div_ceil(32)).max(1);
             let (hpc32, lanes32) = (hpc as u32, lanes as u32);
-            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores_grouped")?;
+            let entry = match hpc.next_power_of_two() {
+                1 => "quest_scores_grouped_g1",
+                2 => "quest_scores_grouped_g2",
+                4 => "quest_scores_grouped_g4",
+                _ => "quest_scores_grouped_g8",
+            };
+            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), entry)?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(q).arg(kmin).arg(kmax).arg(scores).arg(&hpc32).arg(&lanes32);
             let cfg =
                 LaunchConfig { grid_dim: (runs as u32, chunks as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches `quest_scores_grouped(p, q, kmin, kmax, scores, hpc, lanes)`; q
+            // SAFETY: matches `quest_scores_grouped_g*(p, q, kmin, kmax, scores, hpc, lanes)`; q
             // [Hq, D], kmin/kmax [Hkv, NB, D] in the module's dtype, scores [Hq, NB] f32 (checked
             // or sized by the caller); D = lanes * 16 bytes (16-byte aligned rows), hpc <= 8
-            // divides the group, blocks guarded against NB.
-            unsafe { b.launch(cfg) }.map_err(|e| device_err("quest_scores_grouped", e))?;
+            // divides the group and is at most the entry's GM, blocks guarded against NB.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
             return Ok(());
         }
         let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "quest_scores")?;
@@ -885,18 +968,27 @@ impl Backend for Cuda {
         Ok(())
     }
     fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
-        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.ctx.new_event(timed).map_err(|e| device_err("create event", e))?;
-        let end = self.ctx.new_event(timed).map_err(|e| device_err("create event", e))?;
-        start.record(&self.stream).map_err(|e| device_err("record event", e))?;
-        f()?;
-        end.record(&self.stream).map_err(|e| device_err("record event", e))?;
-        end.synchronize().map_err(|e| device_err("event synchronize", e))?;
-        let ms = start.elapsed_ms(&end).map_err(|e| device_err("event elapsed", e))?;
-        Ok(std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3))
+        self.time_between_events(f)
+    }
+    fn time_op(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        if !self.graph_timing {
+            return self.time(f);
+        }
+        // The work recorded once, replayed once untimed (the first launch of a graph uploads it
+        // and maps its memory), L2 emptied, then one replay timed.
+        // SAFETY: the graph is dropped at the end of this call, while every buffer `f` touches
+        // (borrowed by `f`) is still alive; `&self` ops run on this thread only.
+        let graph = unsafe { self.capture(f)? };
+        graph.replay()?;
+        self.flush_l2_and_wait()?;
+        self.time_between_events(&mut || graph.replay())
     }
     fn timer_kind(&self) -> &'static str {
-        "cuda-events"
+        if self.graph_timing {
+            "cuda-graph-replay"
+        } else {
+            "cuda-events"
+        }
     }
 
     fn pcg_hash(&self, op: &PcgHash, v: &CudaBuffer, hash: &mut CudaBuffer) -> Result<()> {
@@ -1219,6 +1311,8 @@ impl Backend for Cuda {
         let nb = op.nb();
         let bs = op.select.block_size;
         let shared = op.gqa == GqaMode::Mean;
+        // One selection per kv head from scores: scores, group means and selection in one launch.
+        let fused = shared && op.select.selector == Selector::Score && quest_select_kv_fits(op);
         if op.select.selector == Selector::Score {
             // 1. block min/max per kv head (scratch in the storage dtype) unless cached,
             // 2. Quest scores.
@@ -1245,7 +1339,40 @@ impl Backend for Cuda {
             let sop = QuestScores { q_heads: op.q_heads, kv_heads: op.kv_heads, nb, dim: op.dim, dtype: op.dtype };
             // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB]
             // per head, or [Hkv, NB] group means of per-head scores in scratch.
-            if shared {
+            if fused {
+                // Scores, group means and the selection in one launch (quest_select_kv_g*);
+                // ranking = the means [Hkv, NB] (checked).
+                let sp = op.select_params();
+                let entry = match (op.q_heads / op.kv_heads).next_power_of_two() {
+                    1 => "quest_select_kv_g1",
+                    2 => "quest_select_kv_g2",
+                    4 => "quest_select_kv_g4",
+                    _ => "quest_select_kv_g8",
+                };
+                // One tile of 4 * 32 / lanes blocks per warp of the 16 (a warp waits for one round
+                // trip to memory), so each CTA covers 16 tiles.
+                let lanes = op.dim / (16 / op.dtype.size());
+                let runs = nb.div_ceil(16 * 4 * (32 / lanes)).max(1);
+                let p = sop.params();
+                let lanes32 = lanes as u32;
+                let f = self.function(Family::Blocks, Spec::dtype(op.dtype), entry)?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&q.slice).arg(kmin).arg(kmax).arg(&mut ranking.slice).arg(&mut selected.slice);
+                b.arg(&*self.arrivals).arg(&lanes32).arg(&sp.n_blocks).arg(&sp.n_local).arg(&sp.force_first);
+                b.arg(&sp.width);
+                let cfg = LaunchConfig {
+                    grid_dim: (runs as u32, op.kv_heads as u32, 1),
+                    block_dim: (QUEST_SELECT_KV_THREADS, 1, 1),
+                    shared_mem_bytes: 4 * nb as u32,
+                };
+                // SAFETY: matches `quest_select_kv_g*(p, q, kmin, kmax, mean, selected, arrivals,
+                // lanes, n_blocks, n_local, force_first, width)`; q [Hq, D], kmin/kmax
+                // [Hkv, NB, D] in the module's dtype (checked or written above), mean = ranking
+                // [Hkv, NB] f32 and selected [Hkv, width] i32 (checked); D = lanes * 16 bytes,
+                // group <= the entry's GM; arrivals holds ARRIVAL_SLOTS >= Hkv zeroed words that
+                // every launch leaves zeroed; NB words of dynamic shared memory (<= 32 KiB).
+                unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
+            } else if shared {
                 let mut per_head = self.scratch(4 * op.q_heads * nb)?;
                 self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut per_head)?;
                 let p = BlockParams {
@@ -1267,8 +1394,11 @@ impl Backend for Cuda {
                 self.launch_quest_scores(&sop, &q.slice, kmin, kmax, &mut ranking.slice)?;
             }
         }
-        // 3. forced top-k block selection per selection row (keys filled first for random).
-        self.select(&op.select_params(), ranking, selected)?;
+        // 3. forced top-k block selection per selection row (keys filled first for random),
+        // unless quest_select_kv did it.
+        if !fused {
+            self.select(&op.select_params(), ranking, selected)?;
+        }
         if shared {
             // 4. one block set per kv head: the grouped decode reads each block once per group.
             let mut p = AttentionSparse {
