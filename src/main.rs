@@ -233,6 +233,9 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
     if !["best", "cpu", "wgpu", "cuda"].contains(&backend.as_str()) {
         return Err(format!("unknown backend `{backend}`: expected best, cpu, wgpu or cuda"));
     }
+    if graph_timer && (backend == "cpu" || backend == "wgpu" || !cfg!(feature = "cuda")) {
+        return Err("--timer graph: CUDA graphs, for the cuda backend only (build with --features cuda)".into());
+    }
     let pick = |gpu: bool| {
         let mut p = preset.clone().unwrap_or_else(|| if gpu { Preset::paper() } else { Preset::quick() });
         if let Some(n) = repeats {
