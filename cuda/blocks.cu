@@ -348,8 +348,8 @@ KVS_QUEST_SCORES_GROUPED(8)
 //   means in shared memory and runs block_select_row over it (current block NB - 1, every block
 //   a candidate), as select_blocks does over the means of quest_group_mean. The means are those
 //   two kernels' to the bit; the launches saved are the point (the group mean and the select
-//   took 13 us of the 45 us of Quest's 1/16 decode at 128K, H200). 512 threads, so that rows of
-//   up to 2048 blocks take block_select_row's register path. Dynamic shared memory: NB words.
+//   took 13 us of the 45 us of Quest's 1/16 decode at 128K, H200). 256 threads: rows of up to
+//   2048 blocks take block_select_row's register path (8 items per thread). Dynamic shared memory: NB words.
 template <int GM>
 __device__ __forceinline__ void quest_select_kv_body(const BlockParams& p, const store_t* __restrict__ q,
                                                      const store_t* __restrict__ kmin,
@@ -388,7 +388,7 @@ __device__ __forceinline__ void quest_select_kv_body(const BlockParams& p, const
 }
 
 #define KVS_QUEST_SELECT_KV(GM)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(512) quest_select_kv_g##GM(                                    \
+    extern "C" __global__ void __launch_bounds__(256) quest_select_kv_g##GM(                                    \
         const BlockParams p, const store_t* __restrict__ q, const store_t* __restrict__ kmin,                  \
         const store_t* __restrict__ kmax, float* __restrict__ mean, int* __restrict__ selected,                \
         u32* __restrict__ arrivals, const u32 lanes, const u32 n_blocks, const u32 n_local,                    \

@@ -350,7 +350,7 @@ __device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 t
 // above the threshold before it plus min(its equal items before it, take_eq). Same result as
 // the general path, which reads src in every pass (a 2048-block Quest row took 11 us in one CTA
 // of 1024 threads on the H200).
-#define KVS_SELECT_REG_ITEMS 4
+#define KVS_SELECT_REG_ITEMS 8
 template <class Src>
 __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* out, u32 width) {
     constexpr u32 R = KVS_SELECT_REG_ITEMS;

@@ -35,7 +35,7 @@ const DECODE_TUNE_MIN_KEYS: usize = 512;
 pub(super) const QUEST_UNION_MAX_NB: usize = 12 * 1024;
 
 /// Threads of `quest_select_kv_g*` (its `__launch_bounds__`).
-const QUEST_SELECT_KV_THREADS: u32 = 512;
+const QUEST_SELECT_KV_THREADS: u32 = 256;
 
 /// Most blocks per row `quest_select_kv_g*` stages in shared memory (32 KiB of means).
 const QUEST_SELECT_KV_MAX_NB: usize = 8 * 1024;
@@ -317,9 +317,9 @@ pub(super) fn warp_rows(rows: usize, grid_y: u32) -> LaunchConfig {
 }
 
 /// Items per thread of `block_select_row`'s register path (`KVS_SELECT_REG_ITEMS`).
-const SELECT_REG_ITEMS: usize = 4;
+const SELECT_REG_ITEMS: usize = 8;
 
-/// One block per row of a `block_select_row` kernel; threads sized so that a row of up to 4096
+/// One block per row of a `block_select_row` kernel; threads sized so that a row of up to 8192
 /// items takes the register path with SELECT_REG_ITEMS items per thread (a multiple of 32, at
 /// most 1024): fewer warps per barrier of the select's ~20 (a 1024-thread CTA per 2048-block
 /// Quest row issued one instruction per warp every 23 cycles, 9 of them at barriers, H200 ncu).
@@ -1355,10 +1355,11 @@ impl Backend for Cuda {
                     4 => "quest_select_kv_g4",
                     _ => "quest_select_kv_g8",
                 };
-                // One tile of 4 * 32 / lanes blocks per warp of the 16 (a warp waits for one round
-                // trip to memory), so each CTA covers 16 tiles.
+                // One tile of 4 * 32 / lanes blocks per warp (a warp waits for one round trip to
+                // memory), so each CTA covers a tile per warp.
                 let lanes = op.dim / (16 / op.dtype.size());
-                let runs = nb.div_ceil(16 * 4 * (32 / lanes)).max(1);
+                let warps = QUEST_SELECT_KV_THREADS as usize / 32;
+                let runs = nb.div_ceil(warps * 4 * (32 / lanes)).max(1);
                 let p = sop.params();
                 let lanes32 = lanes as u32;
                 let f = self.function(Family::Blocks, Spec::dtype(op.dtype), entry)?;
