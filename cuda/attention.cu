@@ -35,7 +35,8 @@
 // Faster paths further down (the host picks them where they apply, the kernels above stay the
 // general case and the f32 path): attention_decode_g* + attention_merge_rows (decode, one K/V
 // load per GQA group, D in {32, 64, 128, 256}); attention_prefill_mma / attention_blocks_mma
-// (tensor cores, f16/bf16, D in {64, 128}).
+// (tensor cores, f16/bf16, D in {64, 128}); attention_buckets_mma + moba_merge_pairs (MoBA
+// key-block-major over select.cu's buckets; CUDA only, the WGSL backend runs attention_blocks).
 
 #ifndef KVS_KT
 #define KVS_KT 8
@@ -875,26 +876,38 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
 // ascending order, and each row keeps only its own blocks (a 64-bit row set per block in shared
 // memory) on top of the causal limit, as attention_blocks does.
 #define PF_MAX_NB 1024
-template <bool MOBA>
+// The three kinds of query tile prefill_mma_body runs.
+#define PF_DENSE 0    // 64 consecutive query rows, every key tile up to the causal limit
+#define PF_UNION 1    // the same rows, the union of their selected blocks (row sets in shared memory)
+#define PF_BUCKETS 2  // 64 entries of one (query head, key block) bucket against that block's keys
+// The bucket lists of select.cu's moba_bucket_* kernels (PF_BUCKETS only): bucket b = hl * nb +
+// block of query head h0 + hl holds the tokens entries[start[b] .. start[b+1]); its tiles are
+// tile_start[b] .. tile_start[b+1]; tile_of maps a tile back to its bucket; n buckets.
+struct BucketTiles {
+    const u32* entries;
+    const u32* start;
+    const u32* tile_start;
+    const u32* tile_of;
+    u32 nb;
+    u32 h0;
+    u32 n;
+};
+template <int MODE>
 __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const store_t* __restrict__ q,
                                                  const store_t* __restrict__ k, const store_t* __restrict__ v,
                                                  const int* __restrict__ sel, store_t* __restrict__ out,
-                                                 float* __restrict__ lse) {
+                                                 float* __restrict__ lse, const BucketTiles& bt) {
+    constexpr bool MOBA = MODE == PF_UNION;
     __shared__ __attribute__((aligned(16))) store_t ks[PF_BN][PF_LD];
     __shared__ __attribute__((aligned(16))) store_t vs[PF_BN][PF_LD];
     __shared__ u32 rows_lo[MOBA ? PF_MAX_NB : 1];  // bit i: row r0 + i selected the block
     __shared__ u32 rows_hi[MOBA ? PF_MAX_NB : 1];  // bit i: row r0 + 32 + i
+    __shared__ u32 s_lim[2];                       // PF_BUCKETS: min and max of the rows' limits
     const u32 tid = threadIdx.x;
     const u32 lane = tid & 31u;
     const u32 warp = tid >> 5;
     const u32 gq = lane >> 2;  // fragment row (and key / column group)
     const u32 tg = lane & 3u;  // thread in the group
-    const u32 h = blockIdx.y;
-    const u32 kvh = h / (p.q_heads / p.kv_heads);
-    // Heaviest (latest) causal tiles first, so the short ones fill the tail of the grid.
-    const u32 r0 = (gridDim.x - 1u - blockIdx.x) * PF_BM;
-    const u32 ra = r0 + warp * 16u + gq;  // this thread's two rows: ra and ra + 8
-    const u32 rb = ra + 8u;
     // Keys visible to row r: j < lim(r) (bottom-right aligned when causal), as attention_dense.
     const long long off = (long long)p.kv_len - (long long)p.q_len;
     auto lim = [&](u32 r) -> u32 {
@@ -902,21 +915,73 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         const long long e = off + (long long)r + 1;
         return e <= 0 ? 0u : (e < (long long)p.kv_len ? (u32)e : p.kv_len);
     };
-    const u32 lim_a = lim(ra), lim_b = lim(rb);
-    const u32 last_row = min(r0 + PF_BM, p.q_len) - 1u;
-    const u32 key_end = lim(last_row);  // no row of the tile sees a key at or past this
-    const u32 tile_lim_min = lim(r0);   // every row sees the keys below this
+    const u32 ia = warp * 16u + gq;  // this thread's two rows of the tile: ia and ia + 8
+    const u32 ib = ia + 8u;
+    u32 h, r0 = 0u, key_begin = 0u, key_end, tile_lim_min;
+    // Per row: the query token, whether it exists, and where its output goes (row of out / lse).
+    u32 ta, tb;
+    bool va, vb;
+    unsigned long long oa, ob;
+    if (MODE == PF_BUCKETS) {
+        const u32 tile = blockIdx.x;
+        if (tile >= bt.tile_start[bt.n]) return;  // the grid is sized for the most tiles possible
+        const u32 b = bt.tile_of[tile];
+        const u32 hl = b / bt.nb;
+        const u32 blk = b - hl * bt.nb;
+        h = bt.h0 + hl;
+        const u32 first = bt.start[b] + (tile - bt.tile_start[b]) * PF_BM;
+        const u32 n_rows = min((u32)PF_BM, bt.start[b + 1u] - first);
+        va = ia < n_rows;
+        vb = ib < n_rows;
+        ta = va ? bt.entries[first + ia] : 0u;
+        tb = vb ? bt.entries[first + ib] : 0u;
+        oa = first + ia;
+        ob = first + ib;
+        if (tid == 0u) {
+            s_lim[0] = 0xffffffffu;
+            s_lim[1] = 0u;
+        }
+        __syncthreads();
+        if (tg == 0u && va) {
+            atomicMin(&s_lim[0], lim(ta));
+            atomicMax(&s_lim[1], lim(ta));
+        }
+        if (tg == 0u && vb) {
+            atomicMin(&s_lim[0], lim(tb));
+            atomicMax(&s_lim[1], lim(tb));
+        }
+        __syncthreads();
+        const u32 bs = max(p.block_size, 1u);
+        key_begin = blk * bs;
+        key_end = min(s_lim[1], min(key_begin + bs, p.kv_len));
+        tile_lim_min = s_lim[0];
+    } else {
+        h = blockIdx.y;
+        // Heaviest (latest) causal tiles first, so the short ones fill the tail of the grid.
+        r0 = (gridDim.x - 1u - blockIdx.x) * PF_BM;
+        ta = r0 + ia;
+        tb = r0 + ib;
+        va = ta < p.q_len;
+        vb = tb < p.q_len;
+        oa = (unsigned long long)h * p.q_len + ta;
+        ob = (unsigned long long)h * p.q_len + tb;
+        const u32 last_row = min(r0 + PF_BM, p.q_len) - 1u;
+        key_end = lim(last_row);  // no row of the tile sees a key at or past this
+        tile_lim_min = lim(r0);   // every row sees the keys below this
+    }
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    const u32 lim_a = va ? lim(ta) : 0u, lim_b = vb ? lim(tb) : 0u;
 
     u32 qa[PF_D / 16][4];
     {
-        const store_t* qh = q + h * p.q_len * PF_D;
+        const store_t* qh = q + (unsigned long long)h * p.q_len * PF_D;
 #pragma unroll
         for (int kk = 0; kk < PF_D / 16; ++kk) {
             const u32 c = (u32)kk * 16u + tg * 2u;
-            qa[kk][0] = ra < p.q_len ? kvs_ld2(qh + ra * PF_D + c) : 0u;
-            qa[kk][1] = rb < p.q_len ? kvs_ld2(qh + rb * PF_D + c) : 0u;
-            qa[kk][2] = ra < p.q_len ? kvs_ld2(qh + ra * PF_D + c + 8u) : 0u;
-            qa[kk][3] = rb < p.q_len ? kvs_ld2(qh + rb * PF_D + c + 8u) : 0u;
+            qa[kk][0] = va ? kvs_ld2(qh + ta * PF_D + c) : 0u;
+            qa[kk][1] = vb ? kvs_ld2(qh + tb * PF_D + c) : 0u;
+            qa[kk][2] = va ? kvs_ld2(qh + ta * PF_D + c + 8u) : 0u;
+            qa[kk][3] = vb ? kvs_ld2(qh + tb * PF_D + c + 8u) : 0u;
         }
     }
     const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
@@ -929,12 +994,12 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
     const store_t* vh = v + kvh * p.kv_len * PF_D;
     const u32 bs = max(p.block_size, 1u);
     const u32 n_key_blocks = (p.kv_len + bs - 1u) / bs;
-    const u32 bit_a = warp * 16u + gq;  // rows ra, rb in the tile's row sets
-    const u32 bit_b = bit_a + 8u;
+    const u32 bit_a = ia;  // rows ta, tb in the tile's row sets
+    const u32 bit_b = ib;
     if (MOBA) {
         for (u32 b = tid; b < n_key_blocks; b += blockDim.x) rows_lo[b] = rows_hi[b] = 0u;
         __syncthreads();
-        const u32 n_rows = last_row + 1u - r0;
+        const u32 n_rows = min(r0 + PF_BM, p.q_len) - r0;
         for (u32 e = tid; e < n_rows * p.n_idx; e += blockDim.x) {
             const u32 i = e / p.n_idx;
             const int b = sel[(h * p.q_len + r0 + i) * p.n_idx + (e - i * p.n_idx)];
@@ -942,9 +1007,10 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         }
         __syncthreads();
     }
-    // Dense: key tiles 0, 64, ...; MOBA: the tiles of each block some row of the tile selected.
-    // The row sets are in shared memory, so every thread takes the same path.
-    u32 blk = 0u, sub = 0u, dense_next = 0u;
+    // Dense: key tiles 0, 64, ...; MOBA: the tiles of each block some row of the tile selected;
+    // buckets: the tiles of the bucket's block. The row sets and limits are in shared memory, so
+    // every thread takes the same path.
+    u32 blk = 0u, sub = 0u, dense_next = key_begin;
     auto next_tile = [&](u32& j) -> bool {
         if (!MOBA) {
             if (dense_next >= key_end) return false;
@@ -1092,29 +1158,29 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
     l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 1);
     l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 2);
     const float ln2 = 0.6931471805599453f;
-    const u32 rows[2] = {ra, rb};
+    const unsigned long long rows[2] = {oa, ob};
+    const bool live[2] = {va, vb};
     const float ls[2] = {l_a, l_b};
     const float ms[2] = {m_a, m_b};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const u32 r = rows[half];
-        if (r >= p.q_len) continue;
+        if (!live[half]) continue;
         const bool any = ls[half] != 0.0f;
         const float inv = any ? 1.0f / ls[half] : 0.0f;
-        const u32 base = (h * p.q_len + r) * PF_D + tg * 2u;
+        store_t* orow = out + rows[half] * PF_D + tg * 2u;
 #pragma unroll
         for (int n = 0; n < PF_D / 8; ++n) {
-            store_f(out, base + (u32)n * 8u, o[n][2 * half] * inv);
-            store_f(out, base + (u32)n * 8u + 1u, o[n][2 * half + 1] * inv);
+            store_f(orow, (u32)n * 8u, o[n][2 * half] * inv);
+            store_f(orow, (u32)n * 8u + 1u, o[n][2 * half + 1] * inv);
         }
-        if (tg == 0u) lse[h * p.q_len + r] = any ? ms[half] * ln2 + logf(ls[half]) : KVS_NEG_INF;
+        if (tg == 0u) lse[rows[half]] = any ? ms[half] * ln2 + logf(ls[half]) : KVS_NEG_INF;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attention_prefill_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                           const store_t* __restrict__ v, store_t* __restrict__ out, float* __restrict__ lse) {
-    prefill_mma_body<false>(p, q, k, v, (const int*)0, out, lse);
+    prefill_mma_body<PF_DENSE>(p, q, k, v, (const int*)0, out, lse, BucketTiles{});
 }
 
 // attention_blocks_mma (p, q, k, v, sel, out, lse): attention_blocks on tensor cores (see
@@ -1123,7 +1189,66 @@ extern "C" __global__ void __launch_bounds__(128)
     attention_blocks_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                          const store_t* __restrict__ v, const int* __restrict__ sel, store_t* __restrict__ out,
                          float* __restrict__ lse) {
-    prefill_mma_body<true>(p, q, k, v, sel, out, lse);
+    prefill_mma_body<PF_UNION>(p, q, k, v, sel, out, lse, BucketTiles{});
+}
+
+// attention_buckets_mma (p, q, k, v, entries, start, tile_start, tile_of, part_o[pairs, D],
+//                        part_lse[pairs] f32, nb, h0, n)
+//   MoBA's key-block-major pass: one CTA per tile of 64 entries of a bucket (see select.cu's
+//   moba_bucket_*): the entries' query rows against the bucket's block, causal for the tokens of
+//   the block itself; writes each pair's normalised output (storage type) and lse at the pair's
+//   position. Grid: at least tile_start[n] CTAs (the rest return); f16/bf16, D 64 / 128.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_buckets_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                          const store_t* __restrict__ v, const u32* __restrict__ entries,
+                          const u32* __restrict__ start, const u32* __restrict__ tile_start,
+                          const u32* __restrict__ tile_of, store_t* __restrict__ part_o,
+                          float* __restrict__ part_lse, const u32 nb, const u32 h0, const u32 n) {
+    prefill_mma_body<PF_BUCKETS>(p, q, k, v, (const int*)0, part_o, part_lse,
+                                 BucketTiles{entries, start, tile_start, tile_of, nb, h0, n});
+}
+
+// moba_merge_pairs (p, pair_pos[nh*T*W] u32, part_o, part_lse, out[Hq,T,D], lse[Hq,T], h0, nh)
+//   One warp per (chunk head, token): the partials of the token's selected blocks (pair_pos,
+//   0xffffffff for none), merged by their lse in slot order: out = sum_s exp(lse_s - L) o_s with
+//   L = logsumexp_s lse_s. p.n_idx = W; f16/bf16, D 64 / 128.
+extern "C" __global__ void __launch_bounds__(256)
+    moba_merge_pairs(const AttentionParams p, const u32* __restrict__ pair_pos, const store_t* __restrict__ part_o,
+                     const float* __restrict__ part_lse, store_t* __restrict__ out, float* __restrict__ lse,
+                     const u32 h0, const u32 nh) {
+    const u32 lane = threadIdx.x & 31u;
+    const unsigned long long row = (unsigned long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= (unsigned long long)nh * p.q_len) return;  // warp-uniform
+    const u32* pos = pair_pos + row * p.n_idx;
+    float m = KVS_NEG_INF;
+    for (u32 s = lane; s < p.n_idx; s += 32u)
+        if (pos[s] != 0xffffffffu) m = fmaxf(m, part_lse[pos[s]]);
+    m = warp_max(m);
+    const unsigned long long orow = (unsigned long long)h0 * p.q_len + row;
+    if (m == KVS_NEG_INF) {
+        for (u32 c = lane; c < PF_D; c += 32u) store_f(out + orow * PF_D, c, 0.0f);
+        if (lane == 0u) lse[orow] = KVS_NEG_INF;
+        return;
+    }
+    float l = 0.0f;
+    for (u32 s = lane; s < p.n_idx; s += 32u)
+        if (pos[s] != 0xffffffffu) l += expf(part_lse[pos[s]] - m);
+    l = warp_sum(l);
+    const float total = m + logf(l);
+    float acc[KVS_DPL];
+#pragma unroll
+    for (int c = 0; c < KVS_DPL; ++c) acc[c] = 0.0f;
+    for (u32 s = 0; s < p.n_idx; ++s) {
+        const u32 at = pos[s];
+        if (at == 0xffffffffu) continue;
+        const float w = expf(part_lse[at] - total);
+        const store_t* src = part_o + (unsigned long long)at * PF_D;
+#pragma unroll
+        for (int c = 0; c < KVS_DPL; ++c) acc[c] = fmaf(w, load_f(src, lane + 32u * (u32)c), acc[c]);
+    }
+#pragma unroll
+    for (int c = 0; c < KVS_DPL; ++c) store_f(out + orow * PF_D, lane + 32u * (u32)c, acc[c]);
+    if (lane == 0u) lse[orow] = total;
 }
 // ---------------------------------------------------------------------------------------------
 // Tensor-core grouped decode (f16 / bf16, D = 64 or 128, opt-in: KVSPARSE_CUDA_DECODE_MMA=1):

@@ -1,8 +1,8 @@
 // cuda/select.cu: forced top-k block selection of Quest decode and MoBA prefill
 // (SPEC §2.3, §3.3, §5.2, §8.2).
 //
-// Prepended: SelectParams, common.cuh (no storage dtype). Entry points (same names as
-// shaders/select.wgsl):
+// Prepended: SelectParams, common.cuh (no storage dtype). Entry points (the first three have
+// the same names as shaders/select.wgsl; moba_bucket_* at the end are CUDA only):
 //   select_keys   (p, keys[rows*nb] u32)        keys[r, b] = random_key(seed, r, b); one thread
 //                                               per entry (Quest: r = query head; MoBA: r = h*T + t)
 //   select_blocks (p, ranking[rows*nb], selected[rows*width] i32)
@@ -80,4 +80,104 @@ extern "C" __global__ void quest_union(const SelectParams p, const int* __restri
         umask[kvh * cap + e] = 0u;
     }
     if (threadIdx.x == 0) ucount[kvh] = min(written, cap);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MoBA's routing turned key-block-major (the bucket path of moba_prefill; attention.cu's
+// attention_buckets_mma and moba_merge_pairs finish it). A 64-query tile of the query-major
+// kernel visits the union of its rows' selections, most blocks at long contexts; here every
+// (query head, key block) gets the list of the tokens that selected it (a bucket), the attention
+// runs over tiles of 64 bucket entries against that one block, and the per-pair partials are
+// merged per token. Buckets are per query head of a chunk of `nh` heads starting at h0:
+// bucket b = hl * nb + block, hl = h - h0.
+//
+// moba_bucket_count (sel[Hq,T,W] i32, counts[nh*nb] u32 zeroed, seq, width, nb, h0)
+//   grid (ceil(T / 256), nh); dynamic shared memory nb words. counts[b] += tokens of the chunk
+//   head that selected the block (a shared histogram per CTA, one global add per touched block).
+// moba_bucket_scan (counts[n], start[n+1], tile_start[n+1], tile_of[tiles], n)
+//   one CTA: start = exclusive prefix of counts (start[n] = pairs), tile_start the same over
+//   ceil(counts / 64) (tile_start[n] = tiles), tile_of[tile] = the bucket it belongs to.
+// moba_bucket_fill (sel, start, cursor[n] u32 zeroed, entries[pairs] u32, pair_pos[nh*T*W] u32,
+//                   seq, width, nb, h0)
+//   grid as moba_bucket_count; dynamic shared memory 2 * nb words. Each CTA reserves a range of
+//   each touched bucket (one global atomic per block), then hands its entries positions inside it:
+//   entries[pos] = token, pair_pos[(hl*T + t)*W + s] = pos (0xffffffff for a -1 slot). Positions
+//   within a bucket depend on the CTAs' order, the values computed at each do not.
+// ---------------------------------------------------------------------------------------------
+#define MOBA_BUCKET_TOKENS 256u
+#define MOBA_TILE_ROWS 64u
+
+// Histogram of the selections of this CTA's tokens into hist[nb] (zeroed here).
+__device__ __forceinline__ void moba_bucket_hist(const int* __restrict__ s, u32 n_entries, u32 nb, u32* hist) {
+    for (u32 b = threadIdx.x; b < nb; b += blockDim.x) hist[b] = 0u;
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < n_entries; e += blockDim.x) {
+        const int b = s[e];
+        if (b >= 0 && (u32)b < nb) atomicAdd(&hist[b], 1u);
+    }
+    __syncthreads();
+}
+
+extern "C" __global__ void moba_bucket_count(const int* __restrict__ sel, u32* __restrict__ counts, const u32 seq,
+                                             const u32 width, const u32 nb, const u32 h0) {
+    extern __shared__ u32 hist[];
+    const u32 hl = blockIdx.y;
+    const u32 t0 = blockIdx.x * MOBA_BUCKET_TOKENS;
+    const u32 n = min(MOBA_BUCKET_TOKENS, seq - t0);
+    moba_bucket_hist(sel + ((unsigned long long)(h0 + hl) * seq + t0) * width, n * width, nb, hist);
+    for (u32 b = threadIdx.x; b < nb; b += blockDim.x)
+        if (hist[b] != 0u) atomicAdd(&counts[hl * nb + b], hist[b]);
+}
+
+extern "C" __global__ void moba_bucket_scan(const u32* __restrict__ counts, u32* __restrict__ start,
+                                            u32* __restrict__ tile_start, u32* __restrict__ tile_of, const u32 n) {
+    u32 pairs = 0u, tiles = 0u;
+    for (u32 base = 0; base < n; base += blockDim.x) {
+        const u32 b = base + threadIdx.x;
+        const u32 c = b < n ? counts[b] : 0u;
+        const u32 nt = (c + MOBA_TILE_ROWS - 1u) / MOBA_TILE_ROWS;
+        u32 c_tot, t_tot;
+        const u32 c_before = block_exclusive_scan(c, &c_tot);
+        const u32 t_before = block_exclusive_scan(nt, &t_tot);
+        if (b < n) {
+            start[b] = pairs + c_before;
+            tile_start[b] = tiles + t_before;
+            for (u32 i = 0; i < nt; ++i) tile_of[tiles + t_before + i] = b;
+        }
+        pairs += c_tot;
+        tiles += t_tot;
+    }
+    if (threadIdx.x == 0) {
+        start[n] = pairs;
+        tile_start[n] = tiles;
+    }
+}
+
+extern "C" __global__ void moba_bucket_fill(const int* __restrict__ sel, const u32* __restrict__ start,
+                                            u32* __restrict__ cursor, u32* __restrict__ entries,
+                                            u32* __restrict__ pair_pos, const u32 seq, const u32 width, const u32 nb,
+                                            const u32 h0) {
+    extern __shared__ u32 hist[];  // [nb] counts, then local cursors; [nb] bases
+    u32* base = hist + nb;
+    const u32 hl = blockIdx.y;
+    const u32 t0 = blockIdx.x * MOBA_BUCKET_TOKENS;
+    const u32 n = min(MOBA_BUCKET_TOKENS, seq - t0);
+    const unsigned long long row0 = (unsigned long long)hl * seq + t0;  // chunk row of token t0
+    const int* s = sel + ((unsigned long long)h0 * seq + row0) * width;
+    moba_bucket_hist(s, n * width, nb, hist);
+    for (u32 b = threadIdx.x; b < nb; b += blockDim.x) {
+        const u32 c = hist[b];
+        base[b] = c != 0u ? start[hl * nb + b] + atomicAdd(&cursor[hl * nb + b], c) : 0u;
+        hist[b] = 0u;
+    }
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < n * width; e += blockDim.x) {
+        const int b = s[e];
+        u32 pos = 0xffffffffu;
+        if (b >= 0 && (u32)b < nb) {
+            pos = base[b] + atomicAdd(&hist[b], 1u);
+            entries[pos] = t0 + e / width;
+        }
+        pair_pos[row0 * width + e] = pos;
+    }
 }

@@ -135,7 +135,14 @@ impl Family {
                 "quest_select_kv_g4",
                 "quest_select_kv_g8",
             ],
-            Family::Select => &["select_keys", "select_blocks", "quest_union"],
+            Family::Select => &[
+                "select_keys",
+                "select_blocks",
+                "quest_union",
+                "moba_bucket_count",
+                "moba_bucket_scan",
+                "moba_bucket_fill",
+            ],
             Family::Attention => &[
                 "attention_dense",
                 "attention_sparse",
@@ -154,6 +161,8 @@ impl Family {
                 "attention_decode_mma",
                 "attention_prefill_mma",
                 "attention_blocks_mma",
+                "attention_buckets_mma",
+                "moba_merge_pairs",
             ],
             Family::SnapKv => &[
                 "snapkv_lse",
@@ -188,7 +197,10 @@ impl Family {
         if entry.starts_with("attention_decode_") {
             return spec.dpl <= DECODE_MAX_DPL;
         }
-        if entry == "attention_prefill_mma" || entry == "attention_blocks_mma" {
+        if matches!(
+            entry,
+            "attention_prefill_mma" | "attention_blocks_mma" | "attention_buckets_mma" | "moba_merge_pairs"
+        ) {
             return prefill_mma_fits(spec);
         }
         true

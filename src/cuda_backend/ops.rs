@@ -1559,7 +1559,13 @@ impl Backend for Cuda {
             splits: 1,
             _pad0: 0,
         };
-        if prefill_mma_on(head, op.dim) && bs.is_multiple_of(PREFILL_ROWS as usize) && nb <= PREFILL_MAX_NB {
+        let mma = prefill_mma_on(head, op.dim) && bs.is_multiple_of(PREFILL_ROWS as usize) && nb <= PREFILL_MAX_NB;
+        if mma && moba_takes_buckets(op) {
+            if let Some(heads) = moba_bucket_heads(op) {
+                return self.moba_buckets(op, head, heads, p, q, k, v, out, lse, selected);
+            }
+        }
+        if mma {
             let f = self.function(Family::Attention, head, "attention_blocks_mma")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&selected.slice);
@@ -1809,5 +1815,171 @@ impl Backend for Cuda {
         ranking: Option<&mut CudaBuffer>,
     ) -> Result<()> {
         self.decode_cache(op, q, k, v, lens, stats, out, lse, selected, ranking)
+    }
+}
+
+/// Whether MoBA's attention runs key-block-major over buckets (`moba_buckets`) rather than as
+/// one query-major pass over the union of each 64-query tile's selected blocks
+/// (`attention_blocks_mma`). `KVSPARSE_CUDA_MOBA=buckets` or `=union` forces one (to time both in
+/// one GPU run); by default the buckets run when the key-query pairs the selection allows
+/// ([`MobaPrefill::pairs_bound`]) are at most 2/9 of dense causal attention's. Why 2/9: on the
+/// H200 at 32K tokens (BENCHMARKS run 35) a bucket pass cost about 5.4x dense prefill's time per
+/// key-query pair (single-tile CTAs, partials written and merged) and the union pass 1.25x dense
+/// attention whatever the budget, so the buckets win below 1.25 / 5.4 of the pairs: at 1/16
+/// (36.6 against 55.4 ms), not at 1/8 (57.7 against 56.0) or 1/4 (97.3 against 56.9).
+fn moba_takes_buckets(op: &MobaPrefill) -> bool {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| match std::env::var("KVSPARSE_CUDA_MOBA").as_deref().map(str::trim) {
+        Ok("buckets") => Some(true),
+        Ok("union") => Some(false),
+        _ => None,
+    });
+    forced.unwrap_or_else(|| {
+        let dense_pairs = op.q_heads as u64 * (op.seq as u64 * (op.seq as u64 + 1) / 2);
+        9 * op.pairs_bound() <= 2 * dense_pairs
+    })
+}
+
+/// Device memory the bucket path of MoBA may take for its per-pair lists and partial outputs
+/// (query heads are processed in chunks that fit): 2 GiB, or `KVSPARSE_CUDA_MOBA_WORKSPACE`
+/// bytes (tests set it small to run several chunks).
+fn moba_bucket_workspace() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("KVSPARSE_CUDA_MOBA_WORKSPACE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2 << 30)
+    })
+}
+
+/// Query rows of one bucket tile (`MOBA_TILE_ROWS`, the prefill's `PF_BM`).
+const MOBA_TILE_ROWS: usize = PREFILL_ROWS as usize;
+
+/// Tokens per CTA of `moba_bucket_count` / `moba_bucket_fill` (`MOBA_BUCKET_TOKENS`).
+const MOBA_BUCKET_TOKENS: u32 = 256;
+
+/// Pairs of (token, selected block) one query head of `op` can have: token t in block c selects
+/// at most min(W, c + 1) blocks (none after its own).
+fn moba_pairs_per_head(op: &MobaPrefill) -> usize {
+    let (bs, w) = (op.select.block_size, op.width());
+    (0..op.nb()).map(|c| w.min(c + 1) * bs.min(op.seq - c * bs)).sum()
+}
+
+/// Bytes of bucket workspace per query head: pair positions (T x W), the entries, partial
+/// outputs (storage dtype) and lse of every pair, and the bucket counters.
+fn moba_bucket_bytes_per_head(op: &MobaPrefill) -> usize {
+    let pairs = moba_pairs_per_head(op);
+    4 * op.seq * op.width()
+        + pairs * (4 + 4 + op.dim * op.dtype.size())
+        + 4 * (pairs.div_ceil(MOBA_TILE_ROWS) + 6 * op.nb() + 2)
+}
+
+/// Query heads per pass of the bucket path, or `None` when one head's lists do not fit the
+/// workspace (or positions would pass u32): the union kernel runs then.
+fn moba_bucket_heads(op: &MobaPrefill) -> Option<usize> {
+    let per_head = moba_bucket_bytes_per_head(op);
+    let heads = (moba_bucket_workspace() / per_head.max(1)).min(op.q_heads);
+    (heads >= 1 && heads * moba_pairs_per_head(op) < u32::MAX as usize).then_some(heads)
+}
+
+impl Cuda {
+    /// MoBA's attention key-block-major, `heads` query heads per pass: buckets of the tokens that
+    /// selected each (head, block) (`moba_bucket_count`, `moba_bucket_scan`, `moba_bucket_fill`),
+    /// 64 bucket entries per CTA against their block on tensor cores (`attention_buckets_mma`),
+    /// then each token's partials merged by lse (`moba_merge_pairs`). Work is the selected pairs
+    /// only, where the union kernel's query tiles see the union of 64 rows' blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn moba_buckets(
+        &self,
+        op: &MobaPrefill,
+        head: Spec,
+        heads: usize,
+        p: AttentionParams,
+        q: &CudaBuffer,
+        k: &CudaBuffer,
+        v: &CudaBuffer,
+        out: &mut CudaBuffer,
+        lse: &mut CudaBuffer,
+        selected: &CudaBuffer,
+    ) -> Result<()> {
+        let (t, w, nb) = (op.seq, op.width(), op.nb());
+        let pairs = heads * moba_pairs_per_head(op);
+        let n = heads * nb;
+        let tiles = pairs.div_ceil(MOBA_TILE_ROWS) + n;
+        let mut counters = self.scratch(8 * n)?;
+        let mut start = self.scratch(4 * (n + 1))?;
+        let mut tile_start = self.scratch(4 * (n + 1))?;
+        let mut tile_of = self.scratch(4 * tiles)?;
+        let mut entries = self.scratch(4 * pairs)?;
+        let mut pair_pos = self.scratch(4 * heads * t * w)?;
+        let mut part_o = self.scratch(pairs * op.dim * op.dtype.size())?;
+        let mut part_lse = self.scratch(4 * pairs)?;
+        let (t32, w32, nb32) = (t as u32, w as u32, nb as u32);
+        let count_f = self.function_with_smem(Family::Select, Spec::NONE, "moba_bucket_count", 4 * nb)?;
+        let scan_f = self.function(Family::Select, Spec::NONE, "moba_bucket_scan")?;
+        let fill_f = self.function_with_smem(Family::Select, Spec::NONE, "moba_bucket_fill", 8 * nb)?;
+        let attend_f = self.function(Family::Attention, head, "attention_buckets_mma")?;
+        let merge_f = self.function(Family::Attention, head, "moba_merge_pairs")?;
+        for h0 in (0..op.q_heads).step_by(heads) {
+            let nh = heads.min(op.q_heads - h0);
+            let (h0_32, nh_32, n_live) = (h0 as u32, nh as u32, (nh * nb) as u32);
+            self.stream.memset_zeros(&mut counters).map_err(|e| device_err("memset moba buckets", e))?;
+            let by_tokens = LaunchConfig {
+                grid_dim: (t32.div_ceil(MOBA_BUCKET_TOKENS), nh_32, 1),
+                block_dim: (MOBA_BUCKET_TOKENS, 1, 1),
+                shared_mem_bytes: 4 * nb32,
+            };
+            let mut b = self.stream.launch_builder(&count_f);
+            let mut counts = counters.slice_mut(..4 * n);
+            b.arg(&selected.slice).arg(&mut counts).arg(&t32).arg(&w32).arg(&nb32).arg(&h0_32);
+            // SAFETY: matches `moba_bucket_count(sel, counts, seq, width, nb, h0)`; selected is
+            // [Hq, T, W] i32 (checked by the caller), h0 + nh <= Hq; counts holds n >= nh*nb
+            // zeroed words; nb words of dynamic shared memory; tokens guarded t < T.
+            unsafe { b.launch(by_tokens) }.map_err(|e| device_err("moba_bucket_count", e))?;
+            let mut b = self.stream.launch_builder(&scan_f);
+            b.arg(&counters).arg(&mut start).arg(&mut tile_start).arg(&mut tile_of).arg(&n_live);
+            // SAFETY: matches `moba_bucket_scan(counts, start, tile_start, tile_of, n)`; counts
+            // are the first n_live <= n words of counters; start / tile_start hold n + 1 words;
+            // tile_of holds ceil(pairs / 64) + n >= the tiles of any n_live buckets of at most
+            // `pairs` entries; one CTA.
+            unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }) }
+                .map_err(|e| device_err("moba_bucket_scan", e))?;
+            let mut b = self.stream.launch_builder(&fill_f);
+            let mut cursor = counters.slice_mut(4 * n..);
+            b.arg(&selected.slice).arg(&start).arg(&mut cursor).arg(&mut entries).arg(&mut pair_pos);
+            b.arg(&t32).arg(&w32).arg(&nb32).arg(&h0_32);
+            // SAFETY: matches `moba_bucket_fill(sel, start, cursor, entries, pair_pos, seq, width,
+            // nb, h0)`; as moba_bucket_count, plus: cursor n zeroed words, entries `pairs` words
+            // (every valid slot is a block <= its token's, so at most moba_pairs_per_head per
+            // head), pair_pos heads*T*W words; 2*nb words of dynamic shared memory.
+            unsafe { b.launch(LaunchConfig { shared_mem_bytes: 8 * nb32, ..by_tokens }) }
+                .map_err(|e| device_err("moba_bucket_fill", e))?;
+            let mut b = self.stream.launch_builder(&attend_f);
+            b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice);
+            b.arg(&entries).arg(&start).arg(&tile_start).arg(&tile_of).arg(&mut part_o).arg(&mut part_lse);
+            b.arg(&nb32).arg(&h0_32).arg(&n_live);
+            let cfg = LaunchConfig {
+                grid_dim: ((nh * moba_pairs_per_head(op)).div_ceil(MOBA_TILE_ROWS) as u32 + n_live, 1, 1),
+                block_dim: (PREFILL_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `attention_buckets_mma(p, q, k, v, entries, start, tile_start,
+            // tile_of, part_o, part_lse, nb, h0, n)`; q [Hq, T, D], k / v [Hkv, T, D] (checked);
+            // the bucket lists written above for heads h0 .. h0 + nh; the grid covers every tile
+            // (CTAs past tile_start[n] return); part_o / part_lse hold `pairs` rows; f16/bf16 with
+            // D in {64, 128} and block size a multiple of 64 (the caller's mma check).
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_buckets_mma", e))?;
+            let mut b = self.stream.launch_builder(&merge_f);
+            b.arg(&p).arg(&pair_pos).arg(&part_o).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
+            b.arg(&h0_32).arg(&nh_32);
+            let cfg = LaunchConfig {
+                grid_dim: ((nh * t).div_ceil(8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `moba_merge_pairs(p, pair_pos, part_o, part_lse, out, lse, h0, nh)`;
+            // p.n_idx = W, p.q_len = T; pair_pos and the partials written above; out [Hq, T, D],
+            // lse [Hq, T] (checked); rows guarded < nh*T, 8 warps per CTA.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_merge_pairs", e))?;
+        }
+        Ok(())
     }
 }
