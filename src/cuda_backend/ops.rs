@@ -1983,3 +1983,45 @@ impl Cuda {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{default_scale, SelectConfig, Selector};
+
+    fn moba_32k(den: usize) -> MobaPrefill {
+        let select = SelectConfig {
+            block_size: 64,
+            n_blocks: 512 / den,
+            force_first: true,
+            n_local: 1,
+            selector: Selector::Score,
+        };
+        MobaPrefill::new(32, 8, 32768, 128, select, default_scale(128), DType::BF16).unwrap().without_ranking()
+    }
+
+    /// The choice run 35 measured: buckets at 1/16 of 32K tokens, the union kernel at 1/8 and 1/4
+    /// (unless `KVSPARSE_CUDA_MOBA` forces one).
+    #[test]
+    fn moba_takes_buckets_only_for_the_sparsest_budgets() {
+        if std::env::var_os("KVSPARSE_CUDA_MOBA").is_some() {
+            return;
+        }
+        assert!(moba_takes_buckets(&moba_32k(16)));
+        assert!(!moba_takes_buckets(&moba_32k(8)));
+        assert!(!moba_takes_buckets(&moba_32k(4)));
+    }
+
+    /// A pass's lists fit the workspace: 2 GiB hold several heads at 1/16 of 32K tokens.
+    #[test]
+    fn moba_bucket_chunks_fit_the_workspace() {
+        if std::env::var_os("KVSPARSE_CUDA_MOBA_WORKSPACE").is_some() {
+            return;
+        }
+        let op = moba_32k(16);
+        let heads = moba_bucket_heads(&op).unwrap();
+        assert!(heads >= 2 && heads * moba_bucket_bytes_per_head(&op) <= 2 << 30, "{heads}");
+        // Token t of block c selects at most min(W, c + 1) blocks.
+        assert_eq!(moba_pairs_per_head(&op), 64 * ((1..=32).sum::<usize>() + 480 * 32));
+    }
+}
