@@ -1876,7 +1876,8 @@ fn moba_bucket_bytes_per_head(op: &MobaPrefill) -> usize {
 /// workspace (or positions would pass u32): the union kernel runs then.
 fn moba_bucket_heads(op: &MobaPrefill) -> Option<usize> {
     let per_head = moba_bucket_bytes_per_head(op);
-    let heads = (moba_bucket_workspace() / per_head.max(1)).min(op.q_heads);
+    // At most 65535 heads a pass: the count and fill kernels put them on the grid's y axis.
+    let heads = (moba_bucket_workspace() / per_head.max(1)).min(op.q_heads).min(65_535);
     (heads >= 1 && heads * moba_pairs_per_head(op) < u32::MAX as usize).then_some(heads)
 }
 
