@@ -10,7 +10,7 @@ use crate::params::{
     TopkParams,
 };
 use crate::{DType, Error, Result};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 const COMMON: &str = include_str!("../../cuda/common.cuh");
 
@@ -306,29 +306,62 @@ pub(crate) fn assemble(family: Family, spec: &Spec) -> String {
 
 /// NVRTC options: the real arch of the device and line info for profilers. No `--use_fast_math`:
 /// selection and softmax paths need IEEE `expf`/`logf`/division (NVRTC's defaults).
-fn options(family: Family, arch: &str) -> CompileOptions {
-    CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "-lineinfo".to_string(), "--std=c++17".to_string()],
-        name: Some(format!("{}.cu", family.name())),
-        ..Default::default()
-    }
+fn options(arch: &str) -> Vec<String> {
+    vec![format!("--gpu-architecture={arch}"), "-lineinfo".to_string(), "--std=c++17".to_string()]
 }
 
-/// Compiles one module to PTX. NVRTC failures become [`Error::Nvrtc`] with the compiler log.
-pub(crate) fn compile(family: Family, spec: &Spec, arch: &str) -> Result<Ptx> {
-    let src = assemble(family, spec);
-    let kernel = format!("{} [{}] for {arch}", family.name(), spec.label());
-    cudarc::nvrtc::compile_ptx_with_opts(&src, options(family, arch)).map_err(|e| nvrtc_error(kernel, e))
+/// One module as NVRTC compiled it: the PTX, and the CUBIN it assembled alongside when the arch
+/// is a real one (`sm_XX`). Loading the CUBIN spares the driver assembling the PTX again (it
+/// keeps what it assembled in a per-machine cache: the likely reason why only the first process
+/// on a fresh machine was slow in BENCHMARKS run 35; not yet timed with and without).
+pub(crate) struct Compiled {
+    pub(crate) ptx: Ptx,
+    pub(crate) cubin: Option<Vec<u8>>,
 }
 
-fn nvrtc_error(kernel: String, e: CompileError) -> Error {
-    let log = match e {
-        CompileError::CompileError { nvrtc, options, log } => {
-            format!("{}\n(options: {}; NVRTC status {nvrtc:?})", log.to_string_lossy().trim_end(), options.join(" "))
+/// Compiles one module. NVRTC failures become [`Error::Nvrtc`] with the compiler log.
+pub(crate) fn compile(family: Family, spec: &Spec, arch: &str) -> Result<Compiled> {
+    use cudarc::nvrtc::{result, sys};
+    let kernel = || format!("{} [{}] for {arch}", family.name(), spec.label());
+    let failed = |what: &str, e: &dyn std::fmt::Debug| Error::Nvrtc { kernel: kernel(), log: format!("{what}: {e:?}") };
+    let src = std::ffi::CString::new(assemble(family, spec))
+        .map_err(|e| failed("the assembled source holds a NUL byte", &e))?;
+    let name = std::ffi::CString::new(format!("{}.cu", family.name())).map_err(|e| failed("module name", &e))?;
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| failed("nvrtcCreateProgram", &e))?;
+    // SAFETY: `prog` was created above and is destroyed once, after its last use, below.
+    let out = unsafe {
+        let opts = options(arch);
+        match result::compile_program(prog, &opts) {
+            Err(e) => {
+                let log = result::get_program_log(prog).map(|l| c_text(&l)).unwrap_or_default();
+                Err(Error::Nvrtc {
+                    kernel: kernel(),
+                    log: format!("{}\n(options: {}; NVRTC status {e:?})", log.trim_end(), opts.join(" ")),
+                })
+            }
+            Ok(()) => result::get_ptx(prog).map_err(|e| failed("nvrtcGetPTX", &e)).map(|ptx| {
+                let mut size = 0usize;
+                // No CUBIN for a virtual arch (compute_XX): NVRTC then reports an error or size 0.
+                let cubin = (sys::nvrtcGetCUBINSize(prog, &mut size) == sys::nvrtcResult::NVRTC_SUCCESS && size > 0)
+                    .then(|| {
+                        let mut bytes = vec![0u8; size];
+                        (sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast()) == sys::nvrtcResult::NVRTC_SUCCESS)
+                            .then_some(bytes)
+                    })
+                    .flatten();
+                Compiled { ptx: Ptx::from_src(c_text(&ptx)), cubin }
+            }),
         }
-        other => format!("{other:?}"),
     };
-    Error::Nvrtc { kernel, log }
+    // SAFETY: as above; nothing uses `prog` after this.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// A NUL-terminated C string from NVRTC as text.
+fn c_text(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Whether `libnvrtc` can be loaded (cudarc's own candidate names; never panics).
@@ -340,7 +373,8 @@ pub(crate) fn nvrtc_present() -> bool {
 
 /// Assembles and NVRTC-compiles every CUDA kernel family for every supported specialisation
 /// (storage dtype f32/f16/bf16, head-dim register tiles for D up to 1024) to PTX for `arch`
-/// (e.g. `"sm_90"`), and checks that every entry point the host launches is in the PTX.
+/// (e.g. `"sm_90"`), and checks that every entry point the host launches is in the PTX and, for
+/// a real arch, that NVRTC also returned the CUBIN the backend loads.
 ///
 /// Needs `libnvrtc` only (no driver, no GPU): this is what CI runs. Returns one
 /// `("family[spec]", PTX size in bytes)` pair per module. With the environment variable
@@ -397,8 +431,14 @@ pub fn compile_all_ptx(arch: &str) -> Result<Vec<(String, usize)>> {
 }
 
 fn compile_checked(family: Family, spec: &Spec, arch: &str) -> Result<(String, usize)> {
-    let ptx = compile(family, spec, arch)?;
-    let text = ptx.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| ptx.to_src());
+    let compiled = compile(family, spec, arch)?;
+    if arch.starts_with("sm_") && compiled.cubin.is_none() {
+        return Err(Error::Nvrtc {
+            kernel: format!("{} [{}] for {arch}", family.name(), spec.label()),
+            log: "NVRTC returned no CUBIN for a real arch".into(),
+        });
+    }
+    let text = compiled.ptx.to_src();
     if let Some(dir) = std::env::var_os("KVSPARSE_DUMP_PTX") {
         let stem = format!("{}_{}_{}", family.name(), spec.label().replace(',', "_"), arch);
         let dir = std::path::Path::new(&dir);

@@ -257,10 +257,13 @@ impl Cuda {
         if let Some(m) = self.modules.read().ok().and_then(|m| m.get(&(family, spec)).cloned()) {
             return Ok(m);
         }
-        let ptx = kernels::compile(family, &spec, &self.arch)?;
-        let module = self
-            .ctx
-            .load_module(ptx)
+        let compiled = kernels::compile(family, &spec, &self.arch)?;
+        // NVRTC's CUBIN first (no assembly by the driver); the PTX if the driver refuses it or
+        // under KVSPARSE_CUDA_PTX=1 (to time the two).
+        let cubin = compiled.cubin.filter(|_| !load_ptx_only());
+        let module = cubin
+            .and_then(|bin| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).ok())
+            .map_or_else(|| self.ctx.load_module(compiled.ptx), Ok)
             .map_err(|e| device_err(&format!("load module {} [{}]", family.name(), spec.label()), e))?;
         let mut cache = self
             .modules
@@ -351,4 +354,11 @@ impl Cuda {
             .map_err(|e| device_err("upload", e))?;
         Ok(CudaBuffer { slice, dtype, len })
     }
+}
+
+/// `KVSPARSE_CUDA_PTX=1`: modules are loaded from their PTX (assembled by the driver) instead of
+/// the CUBIN NVRTC built alongside.
+fn load_ptx_only() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PTX").is_ok_and(|v| v.trim() == "1"))
 }
