@@ -57,6 +57,8 @@ pub struct Cuda {
     /// [`Backend::time_op`](crate::Backend::time_op) records the timed work as a CUDA graph and
     /// times one replay of it (see [`Cuda::with_graph_timing`]).
     graph_timing: bool,
+    /// Device memory MoBA's bucket path may take (see [`Cuda::with_moba_workspace`]).
+    pub(crate) moba_workspace: usize,
     /// What the graph timer reads to empty L2 (four times its size) and the word its flush
     /// kernel may write; allocated on first use.
     l2_flush: Mutex<Option<(CudaSlice<u8>, CudaSlice<u8>)>>,
@@ -188,6 +190,7 @@ impl Cuda {
             occupancy: RwLock::new(HashMap::new()),
             dynamic_smem: RwLock::new(HashMap::new()),
             graph_timing: false,
+            moba_workspace: default_moba_workspace(),
             l2_flush: Mutex::new(None),
             arrivals,
             clock_khz,
@@ -212,6 +215,21 @@ impl Cuda {
     /// ```
     pub fn with_graph_timing(mut self, on: bool) -> Cuda {
         self.graph_timing = on;
+        self
+    }
+
+    /// Sets the device memory MoBA prefill's key-block-major path may allocate for one call (its
+    /// per-pair lists and partial outputs, about `(W * 4 + per-pair bytes) * T` a query head;
+    /// query heads go in chunks that fit). Default 2 GiB, or `KVSPARSE_CUDA_MOBA_WORKSPACE`
+    /// bytes. Where one head does not fit, MoBA runs its query-major kernel, which needs none.
+    ///
+    /// ```no_run
+    /// use kvsparse::Cuda;
+    /// let gpu = Cuda::new()?.with_moba_workspace(512 << 20);
+    /// # Ok::<(), kvsparse::Error>(())
+    /// ```
+    pub fn with_moba_workspace(mut self, bytes: usize) -> Cuda {
+        self.moba_workspace = bytes;
         self
     }
 
@@ -361,4 +379,9 @@ impl Cuda {
 fn load_ptx_only() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PTX").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// `KVSPARSE_CUDA_MOBA_WORKSPACE` bytes, else 2 GiB (tests set it small to run several chunks).
+fn default_moba_workspace() -> usize {
+    std::env::var("KVSPARSE_CUDA_MOBA_WORKSPACE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2 << 30)
 }

@@ -1561,7 +1561,7 @@ impl Backend for Cuda {
         };
         let mma = prefill_mma_on(head, op.dim) && bs.is_multiple_of(PREFILL_ROWS as usize) && nb <= PREFILL_MAX_NB;
         if mma && moba_takes_buckets(op) {
-            if let Some(heads) = moba_bucket_heads(op) {
+            if let Some(heads) = moba_bucket_heads(op, self.moba_workspace) {
                 return self.moba_buckets(op, head, heads, p, q, k, v, out, lse, selected);
             }
         }
@@ -1840,16 +1840,6 @@ fn moba_takes_buckets(op: &MobaPrefill) -> bool {
     })
 }
 
-/// Device memory the bucket path of MoBA may take for its per-pair lists and partial outputs
-/// (query heads are processed in chunks that fit): 2 GiB, or `KVSPARSE_CUDA_MOBA_WORKSPACE`
-/// bytes (tests set it small to run several chunks).
-fn moba_bucket_workspace() -> usize {
-    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        std::env::var("KVSPARSE_CUDA_MOBA_WORKSPACE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2 << 30)
-    })
-}
-
 /// Query rows of one bucket tile (`MOBA_TILE_ROWS`, the prefill's `PF_BM`).
 const MOBA_TILE_ROWS: usize = PREFILL_ROWS as usize;
 
@@ -1872,12 +1862,12 @@ fn moba_bucket_bytes_per_head(op: &MobaPrefill) -> usize {
         + 4 * (pairs.div_ceil(MOBA_TILE_ROWS) + 6 * op.nb() + 2)
 }
 
-/// Query heads per pass of the bucket path, or `None` when one head's lists do not fit the
-/// workspace (or positions would pass u32): the union kernel runs then.
-fn moba_bucket_heads(op: &MobaPrefill) -> Option<usize> {
+/// Query heads per pass of the bucket path within `workspace` bytes, or `None` when one head's
+/// lists do not fit (or positions would pass u32): the union kernel runs then.
+fn moba_bucket_heads(op: &MobaPrefill, workspace: usize) -> Option<usize> {
     let per_head = moba_bucket_bytes_per_head(op);
     // At most 65535 heads a pass: the count and fill kernels put them on the grid's y axis.
-    let heads = (moba_bucket_workspace() / per_head.max(1)).min(op.q_heads).min(65_535);
+    let heads = (workspace / per_head.max(1)).min(op.q_heads).min(65_535);
     (heads >= 1 && heads * moba_pairs_per_head(op) < u32::MAX as usize).then_some(heads)
 }
 
@@ -2016,11 +2006,8 @@ mod tests {
     /// A pass's lists fit the workspace: 2 GiB hold several heads at 1/16 of 32K tokens.
     #[test]
     fn moba_bucket_chunks_fit_the_workspace() {
-        if std::env::var_os("KVSPARSE_CUDA_MOBA_WORKSPACE").is_some() {
-            return;
-        }
         let op = moba_32k(16);
-        let heads = moba_bucket_heads(&op).unwrap();
+        let heads = moba_bucket_heads(&op, 2 << 30).unwrap();
         assert!(heads >= 2 && heads * moba_bucket_bytes_per_head(&op) <= 2 << 30, "{heads}");
         // Token t of block c selects at most min(W, c + 1) blocks.
         assert_eq!(moba_pairs_per_head(&op), 64 * ((1..=32).sum::<usize>() + 480 * 32));

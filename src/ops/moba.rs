@@ -18,7 +18,9 @@ use crate::{DType, Error, Result};
 /// `W = min(NB, max(n_blocks, n_local + force_first))`), and, unless the op was built
 /// [`MobaPrefill::without_ranking`], the ranking `[Hq, T, NB]`: `gate` (f32, every block
 /// including future ones) or `keys` (u32). The ranking grows as `T^2 / block_size` (2 GiB of
-/// f32 at 32K tokens, 32 heads, block 64): an engine leaves it out.
+/// f32 at 32K tokens, 32 heads, block 64): an engine leaves it out. On CUDA, sparse budgets at
+/// f16/bf16 take a key-block-major path whose scratch is bounded by `Cuda::with_moba_workspace`
+/// (2 GiB by default).
 ///
 /// | buffer     | shape          | dtype   | role |
 /// |------------|----------------|---------|------|
