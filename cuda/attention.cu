@@ -1208,6 +1208,159 @@ extern "C" __global__ void __launch_bounds__(128)
                                  BucketTiles{entries, start, tile_start, tile_of, nb, h0, n});
 }
 
+// attention_bucket_runs_mma (p, q, k, v, entries, start, run_start, run_of, part_o, part_lse, nb, h0,
+//                            n, run_rows)
+//   attention_buckets_mma for block size 64 with one CTA per run of up to run_rows / 64 tiles of
+//   a bucket (run_start / run_of count runs where attention_buckets_mma's lists count tiles): the
+//   block's K and V are staged once, each tile's 64 query rows are loaded while the tile before
+//   computes, and with a single key tile the softmax needs no running state. Opt-in
+//   (KVSPARSE_CUDA_MOBA_RUN) until timed against attention_buckets_mma.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_bucket_runs_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                              const store_t* __restrict__ v, const u32* __restrict__ entries,
+                              const u32* __restrict__ start, const u32* __restrict__ run_start,
+                              const u32* __restrict__ run_of, store_t* __restrict__ part_o,
+                              float* __restrict__ part_lse, const u32 nb, const u32 h0, const u32 n,
+                              const u32 run_rows) {
+    __shared__ __attribute__((aligned(16))) store_t ks[PF_BN][PF_LD];
+    __shared__ __attribute__((aligned(16))) store_t vs[PF_BN][PF_LD];
+    const u32 run = blockIdx.x;
+    if (run >= run_start[n]) return;  // the grid is sized for the most runs possible
+    const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+    const u32 gq = lane >> 2, tg = lane & 3u;
+    const u32 b = run_of[run];
+    const u32 hl = b / nb;
+    const u32 blk = b - hl * nb;
+    const u32 h = h0 + hl;
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    const u32 row_begin = start[b] + (run - run_start[b]) * run_rows;
+    const u32 row_end = min(start[b + 1u], row_begin + run_rows);
+    const u32 key0 = blk * PF_BN;  // block size == PF_BN (the host checks)
+    {
+        const store_t* kh = k + ((unsigned long long)kvh * p.kv_len + key0) * PF_D;
+        const store_t* vh = v + ((unsigned long long)kvh * p.kv_len + key0) * PF_D;
+        for (u32 c = tid; c < PF_BN * (PF_D / 8u); c += blockDim.x) {
+            const u32 r = c / (PF_D / 8u), col = (c % (PF_D / 8u)) * 8u;
+            const bool live = key0 + r < p.kv_len;
+            kvs_cp_async16(&ks[r][col], live ? kh + r * PF_D + col : kh, live ? 16u : 0u);
+            kvs_cp_async16(&vs[r][col], live ? vh + r * PF_D + col : vh, live ? 16u : 0u);
+        }
+    }
+    const store_t* qh = q + (unsigned long long)h * p.q_len * PF_D;
+    // This thread's rows of a tile at `row0` of the bucket: ia = warp*16 + gq and ia + 8.
+    const u32 ia = warp * 16u + gq, ib = ia + 8u;
+    auto load_rows = [&](u32 row0, u32& ta, u32& tb, u32 (&qa)[PF_D / 16][4]) {
+        const bool va = row0 + ia < row_end, vb = row0 + ib < row_end;
+        ta = va ? entries[row0 + ia] : 0xffffffffu;
+        tb = vb ? entries[row0 + ib] : 0xffffffffu;
+#pragma unroll
+        for (int kk = 0; kk < PF_D / 16; ++kk) {
+            const u32 c = (u32)kk * 16u + tg * 2u;
+            qa[kk][0] = va ? kvs_ld2(qh + ta * PF_D + c) : 0u;
+            qa[kk][1] = vb ? kvs_ld2(qh + tb * PF_D + c) : 0u;
+            qa[kk][2] = va ? kvs_ld2(qh + ta * PF_D + c + 8u) : 0u;
+            qa[kk][3] = vb ? kvs_ld2(qh + tb * PF_D + c + 8u) : 0u;
+        }
+    };
+    u32 ta, tb, qa[PF_D / 16][4];
+    load_rows(row_begin, ta, tb, qa);
+    kvs_cp_async_wait_all();
+    __syncthreads();
+    const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
+    const u32 mi = lane >> 3;
+#pragma unroll 1
+    for (u32 row0 = row_begin; row0 < row_end; row0 += PF_BM) {
+        // The next tile's rows, requested before this tile's math so their loads overlap it.
+        u32 tna = 0xffffffffu, tnb = 0xffffffffu, qn[PF_D / 16][4] = {};
+        if (row0 + PF_BM < row_end) load_rows(row0 + PF_BM, tna, tnb, qn);
+        float s[PF_BN / 8][4];
+#pragma unroll
+        for (int j = 0; j < PF_BN / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < PF_D / 16; ++kk) {
+#pragma unroll
+            for (int j = 0; j < PF_BN / 8; j += 2) {
+                u32 bk[4];
+                kvs_ldsm_x4(bk, &ks[(u32)j * 8u + (mi >> 1) * 8u + (lane & 7u)][kk * 16 + (mi & 1u) * 8u]);
+                kvs_mma16816(s[j], qa[kk], bk[0], bk[1]);
+                kvs_mma16816(s[j + 1], qa[kk], bk[2], bk[3]);
+            }
+        }
+        // Causal limit key0 + c <= t: only the block's own tokens (t < key0 + 64) are cut; rows
+        // past the bucket (t = 0xffffffff) see every key and are never written.
+        float mx_a = KVS_NEG_INF, mx_b = KVS_NEG_INF;
+#pragma unroll
+        for (int j = 0; j < PF_BN / 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const u32 key = key0 + (u32)j * 8u + tg * 2u + (u32)e;
+                s[j][e] = key <= ta && key < p.kv_len ? s[j][e] : KVS_NEG_INF;
+                s[j][2 + e] = key <= tb && key < p.kv_len ? s[j][2 + e] : KVS_NEG_INF;
+                mx_a = fmaxf(mx_a, s[j][e]);
+                mx_b = fmaxf(mx_b, s[j][2 + e]);
+            }
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 2));
+        // A row without a visible key keeps max -inf: subtract 0 so that exp2(-inf) = 0.
+        const float mu_a = mx_a == KVS_NEG_INF ? 0.0f : mx_a * sl2;
+        const float mu_b = mx_b == KVS_NEG_INF ? 0.0f : mx_b * sl2;
+        float l_a = 0.0f, l_b = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PF_BN / 8; ++j) {
+            s[j][0] = kvs_exp2(fmaf(s[j][0], sl2, -mu_a));
+            s[j][1] = kvs_exp2(fmaf(s[j][1], sl2, -mu_a));
+            s[j][2] = kvs_exp2(fmaf(s[j][2], sl2, -mu_b));
+            s[j][3] = kvs_exp2(fmaf(s[j][3], sl2, -mu_b));
+            l_a += s[j][0] + s[j][1];
+            l_b += s[j][2] + s[j][3];
+        }
+        l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 1);
+        l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 2);
+        l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 1);
+        l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 2);
+        float o[PF_D / 8][4];
+#pragma unroll
+        for (int j = 0; j < PF_D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < PF_BN / 16; ++kk) {
+            const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), kvs_pack2(s[2 * kk][2], s[2 * kk][3]),
+                               kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               kvs_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int j = 0; j < PF_D / 8; j += 2) {
+                u32 bv[4];
+                kvs_ldsm_x4_trans(bv, &vs[kk * 16 + (lane & 15u)][((u32)j + (lane >> 4)) * 8u]);
+                kvs_mma16816(o[j], pa, bv[0], bv[1]);
+                kvs_mma16816(o[j + 1], pa, bv[2], bv[3]);
+            }
+        }
+        const u32 rows[2] = {row0 + ia, row0 + ib};
+        const float ls[2] = {l_a, l_b}, mus[2] = {mu_a, mu_b};
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            if (rows[half] >= row_end) continue;
+            const bool any = ls[half] != 0.0f;
+            const float inv = any ? 1.0f / ls[half] : 0.0f;
+            store_t* orow = part_o + (unsigned long long)rows[half] * PF_D + tg * 2u;
+#pragma unroll
+            for (int j = 0; j < PF_D / 8; ++j) {
+                store_f(orow, (u32)j * 8u, o[j][2 * half] * inv);
+                store_f(orow, (u32)j * 8u + 1u, o[j][2 * half + 1] * inv);
+            }
+            if (tg == 0u) part_lse[rows[half]] = any ? mus[half] * 0.6931471805599453f + logf(ls[half]) : KVS_NEG_INF;
+        }
+        ta = tna;
+        tb = tnb;
+#pragma unroll
+        for (int kk = 0; kk < PF_D / 16; ++kk)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) qa[kk][c] = qn[kk][c];
+    }
+}
+
 // moba_merge_pairs (p, pair_pos[nh*T*W] u32, part_o, part_lse, out[Hq,T,D], lse[Hq,T], h0, nh)
 //   One warp per (chunk head, token): the partials of the token's selected blocks (pair_pos,
 //   0xffffffff for none), merged by their lse in slot order: out = sum_s exp(lse_s - L) o_s with

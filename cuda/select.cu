@@ -94,9 +94,10 @@ extern "C" __global__ void quest_union(const SelectParams p, const int* __restri
 // moba_bucket_count (sel[Hq,T,W] i32, counts[nh*nb] u32 zeroed, seq, width, nb, h0)
 //   grid (ceil(T / 256), nh); dynamic shared memory nb words. counts[b] += tokens of the chunk
 //   head that selected the block (a shared histogram per CTA, one global add per touched block).
-// moba_bucket_scan (counts[n], start[n+1], tile_start[n+1], tile_of[tiles], n)
+// moba_bucket_scan (counts[n], start[n+1], tile_start[n+1], tile_of[tiles], n, unit)
 //   one CTA: start = exclusive prefix of counts (start[n] = pairs), tile_start the same over
-//   ceil(counts / 64) (tile_start[n] = tiles), tile_of[tile] = the bucket it belongs to.
+//   ceil(counts / unit) (tile_start[n] = tiles), tile_of[tile] = the bucket it belongs to. A tile
+//   is `unit` entries: 64 for attention_buckets_mma, 64 * run tiles for attention_bucket_runs_mma.
 // moba_bucket_fill (sel, start, cursor[n] u32 zeroed, entries[pairs] u32, pair_pos[nh*T*W] u32,
 //                   seq, width, nb, h0)
 //   grid as moba_bucket_count; dynamic shared memory 2 * nb words. Each CTA reserves a range of
@@ -105,7 +106,6 @@ extern "C" __global__ void quest_union(const SelectParams p, const int* __restri
 //   within a bucket depend on the CTAs' order, the values computed at each do not.
 // ---------------------------------------------------------------------------------------------
 #define MOBA_BUCKET_TOKENS 256u
-#define MOBA_TILE_ROWS 64u
 
 // Histogram of the selections of this CTA's tokens into hist[nb] (zeroed here).
 __device__ __forceinline__ void moba_bucket_hist(const int* __restrict__ s, u32 n_entries, u32 nb, u32* hist) {
@@ -130,12 +130,13 @@ extern "C" __global__ void moba_bucket_count(const int* __restrict__ sel, u32* _
 }
 
 extern "C" __global__ void moba_bucket_scan(const u32* __restrict__ counts, u32* __restrict__ start,
-                                            u32* __restrict__ tile_start, u32* __restrict__ tile_of, const u32 n) {
+                                            u32* __restrict__ tile_start, u32* __restrict__ tile_of, const u32 n,
+                                            const u32 unit) {
     u32 pairs = 0u, tiles = 0u;
     for (u32 base = 0; base < n; base += blockDim.x) {
         const u32 b = base + threadIdx.x;
         const u32 c = b < n ? counts[b] : 0u;
-        const u32 nt = (c + MOBA_TILE_ROWS - 1u) / MOBA_TILE_ROWS;
+        const u32 nt = (c + unit - 1u) / unit;
         u32 c_tot, t_tot;
         const u32 c_before = block_exclusive_scan(c, &c_tot);
         const u32 t_before = block_exclusive_scan(nt, &t_tot);

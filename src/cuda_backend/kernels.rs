@@ -162,6 +162,7 @@ impl Family {
                 "attention_prefill_mma",
                 "attention_blocks_mma",
                 "attention_buckets_mma",
+                "attention_bucket_runs_mma",
                 "moba_merge_pairs",
             ],
             Family::SnapKv => &[
@@ -199,7 +200,11 @@ impl Family {
         }
         if matches!(
             entry,
-            "attention_prefill_mma" | "attention_blocks_mma" | "attention_buckets_mma" | "moba_merge_pairs"
+            "attention_prefill_mma"
+                | "attention_blocks_mma"
+                | "attention_buckets_mma"
+                | "attention_bucket_runs_mma"
+                | "moba_merge_pairs"
         ) {
             return prefill_mma_fits(spec);
         }

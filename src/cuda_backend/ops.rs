@@ -1840,7 +1840,20 @@ fn moba_takes_buckets(op: &MobaPrefill) -> bool {
     })
 }
 
-/// Query rows of one bucket tile (`MOBA_TILE_ROWS`, the prefill's `PF_BM`).
+/// `KVSPARSE_CUDA_MOBA_RUN=R` (2 to 64): each CTA of the bucket attention takes R tiles of its
+/// bucket, the block's K and V staged once (`attention_bucket_runs_mma`, block size 64 only).
+/// Opt-in: written in session 5 without a GPU to run it on, so neither validated nor timed.
+fn moba_run_tiles() -> Option<usize> {
+    static RUN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *RUN.get_or_init(|| {
+        std::env::var("KVSPARSE_CUDA_MOBA_RUN")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|r| (2..=64).contains(r))
+    })
+}
+
+/// Query rows of one bucket tile (the prefill's `PF_BM`).
 const MOBA_TILE_ROWS: usize = PREFILL_ROWS as usize;
 
 /// Tokens per CTA of `moba_bucket_count` / `moba_bucket_fill` (`MOBA_BUCKET_TOKENS`).
@@ -1894,7 +1907,10 @@ impl Cuda {
         let (t, w, nb) = (op.seq, op.width(), op.nb());
         let pairs = heads * moba_pairs_per_head(op);
         let n = heads * nb;
-        let tiles = pairs.div_ceil(MOBA_TILE_ROWS) + n;
+        // A CTA takes `run` tiles of a bucket (attention_bucket_runs_mma, opt-in, block 64) or one.
+        let run = moba_run_tiles().filter(|_| op.select.block_size == MOBA_TILE_ROWS).unwrap_or(1);
+        let unit = MOBA_TILE_ROWS * run;
+        let tiles = pairs.div_ceil(unit) + n;
         let mut counters = self.scratch(8 * n)?;
         let mut start = self.scratch(4 * (n + 1))?;
         let mut tile_start = self.scratch(4 * (n + 1))?;
@@ -1907,7 +1923,9 @@ impl Cuda {
         let count_f = self.function_with_smem(Family::Select, Spec::NONE, "moba_bucket_count", 4 * nb)?;
         let scan_f = self.function(Family::Select, Spec::NONE, "moba_bucket_scan")?;
         let fill_f = self.function_with_smem(Family::Select, Spec::NONE, "moba_bucket_fill", 8 * nb)?;
-        let attend_f = self.function(Family::Attention, head, "attention_buckets_mma")?;
+        let attend_entry = if run > 1 { "attention_bucket_runs_mma" } else { "attention_buckets_mma" };
+        let attend_f = self.function(Family::Attention, head, attend_entry)?;
+        let unit32 = unit as u32;
         let merge_f = self.function(Family::Attention, head, "moba_merge_pairs")?;
         for h0 in (0..op.q_heads).step_by(heads) {
             let nh = heads.min(op.q_heads - h0);
@@ -1926,11 +1944,11 @@ impl Cuda {
             // zeroed words; nb words of dynamic shared memory; tokens guarded t < T.
             unsafe { b.launch(by_tokens) }.map_err(|e| device_err("moba_bucket_count", e))?;
             let mut b = self.stream.launch_builder(&scan_f);
-            b.arg(&counters).arg(&mut start).arg(&mut tile_start).arg(&mut tile_of).arg(&n_live);
-            // SAFETY: matches `moba_bucket_scan(counts, start, tile_start, tile_of, n)`; counts
-            // are the first n_live <= n words of counters; start / tile_start hold n + 1 words;
-            // tile_of holds ceil(pairs / 64) + n >= the tiles of any n_live buckets of at most
-            // `pairs` entries; one CTA.
+            b.arg(&counters).arg(&mut start).arg(&mut tile_start).arg(&mut tile_of).arg(&n_live).arg(&unit32);
+            // SAFETY: matches `moba_bucket_scan(counts, start, tile_start, tile_of, n, unit)`;
+            // counts are the first n_live <= n words of counters; start / tile_start hold n + 1
+            // words; tile_of holds ceil(pairs / unit) + n >= the tiles of any n_live buckets of at
+            // most `pairs` entries; one CTA.
             unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }) }
                 .map_err(|e| device_err("moba_bucket_scan", e))?;
             let mut b = self.stream.launch_builder(&fill_f);
@@ -1947,13 +1965,17 @@ impl Cuda {
             b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice);
             b.arg(&entries).arg(&start).arg(&tile_start).arg(&tile_of).arg(&mut part_o).arg(&mut part_lse);
             b.arg(&nb32).arg(&h0_32).arg(&n_live);
+            if run > 1 {
+                b.arg(&unit32);
+            }
             let cfg = LaunchConfig {
-                grid_dim: ((nh * moba_pairs_per_head(op)).div_ceil(MOBA_TILE_ROWS) as u32 + n_live, 1, 1),
+                grid_dim: ((nh * moba_pairs_per_head(op)).div_ceil(unit) as u32 + n_live, 1, 1),
                 block_dim: (PREFILL_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: matches `attention_buckets_mma(p, q, k, v, entries, start, tile_start,
-            // tile_of, part_o, part_lse, nb, h0, n)`; q [Hq, T, D], k / v [Hkv, T, D] (checked);
+            // tile_of, part_o, part_lse, nb, h0, n)` (or attention_bucket_runs_mma with the run's
+            // rows last, block size 64); q [Hq, T, D], k / v [Hkv, T, D] (checked);
             // the bucket lists written above for heads h0 .. h0 + nh; the grid covers every tile
             // (CTAs past tile_start[n] return); part_o / part_lse hold `pairs` rows; f16/bf16 with
             // D in {64, 128} and block size a multiple of 64 (the caller's mma check).
