@@ -876,6 +876,100 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
 // ascending order, and each row keeps only its own blocks (a 64-bit row set per block in shared
 // memory) on top of the causal limit, as attention_blocks does.
 #define PF_MAX_NB 1024
+// S = Q K^T for one warp's 16 query rows (A fragments qa) against a 64-key tile in shared memory
+// (keys x D, row-major): ldmatrix.x4 gives matrices (n, low 8 columns), (n, high 8), (n+1, low),
+// (n+1, high).
+__device__ __forceinline__ void pf_scores(float (&s)[PF_BN / 8][4], const u32 (&qa)[PF_D / 16][4],
+                                          const store_t (*ks)[PF_LD], u32 lane) {
+#pragma unroll
+    for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    const u32 mi = lane >> 3;
+#pragma unroll
+    for (int kk = 0; kk < PF_D / 16; ++kk) {
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; n += 2) {
+            u32 b[4];
+            kvs_ldsm_x4(b, &ks[(u32)n * 8u + (mi >> 1) * 8u + (lane & 7u)][kk * 16 + (mi & 1u) * 8u]);
+            kvs_mma16816(s[n], qa[kk], b[0], b[1]);
+            kvs_mma16816(s[n + 1], qa[kk], b[2], b[3]);
+        }
+    }
+}
+
+// O += P V for the same rows: P is the S accumulators (probabilities by now) rounded to the
+// storage type, whose key columns 16kk .. 16kk+15 are exactly P's A fragment; V's tile is in
+// shared memory, read by ldmatrix.x4.trans (lanes 16-31 address the rows of column block n + 1).
+__device__ __forceinline__ void pf_accumulate(float (&o)[PF_D / 8][4], const float (&s)[PF_BN / 8][4],
+                                              const store_t (*vs)[PF_LD], u32 lane) {
+#pragma unroll
+    for (int kk = 0; kk < PF_BN / 16; ++kk) {
+        const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), kvs_pack2(s[2 * kk][2], s[2 * kk][3]),
+                           kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           kvs_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < PF_D / 8; n += 2) {
+            u32 b[4];
+            kvs_ldsm_x4_trans(b, &vs[kk * 16 + (lane & 15u)][((u32)n + (lane >> 4)) * 8u]);
+            kvs_mma16816(o[n], pa, b[0], b[1]);
+            kvs_mma16816(o[n + 1], pa, b[2], b[3]);
+        }
+    }
+}
+
+// A fragments of a warp's query rows ta (fragment rows 0-7) and tb (8-15) from the head's rows
+// qh[T, D] in global memory; zeros for a row that is not live.
+__device__ __forceinline__ void pf_load_queries(u32 (&qa)[PF_D / 16][4], const store_t* qh, u32 ta, bool va, u32 tb,
+                                                bool vb, u32 tg) {
+#pragma unroll
+    for (int kk = 0; kk < PF_D / 16; ++kk) {
+        const u32 c = (u32)kk * 16u + tg * 2u;
+        qa[kk][0] = va ? kvs_ld2(qh + ta * PF_D + c) : 0u;
+        qa[kk][1] = vb ? kvs_ld2(qh + tb * PF_D + c) : 0u;
+        qa[kk][2] = va ? kvs_ld2(qh + ta * PF_D + c + 8u) : 0u;
+        qa[kk][3] = vb ? kvs_ld2(qh + tb * PF_D + c + 8u) : 0u;
+    }
+}
+
+// Max and sum over the 4 threads of a fragment row group (each holds a quarter of the columns).
+__device__ __forceinline__ float pf_quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(KVS_FULL_MASK, x, 1));
+    return fmaxf(x, __shfl_xor_sync(KVS_FULL_MASK, x, 2));
+}
+__device__ __forceinline__ float pf_quad_sum(float x) {
+    x += __shfl_xor_sync(KVS_FULL_MASK, x, 1);
+    return x + __shfl_xor_sync(KVS_FULL_MASK, x, 2);
+}
+
+// Logits to probabilities in place, p = 2^(s * scale * log2 e - mu) as one FMA and ex2 per
+// element (mu per row, base 2), adding this thread's share of each row's sum to l_a / l_b.
+__device__ __forceinline__ void pf_exponentiate(float (&s)[PF_BN / 8][4], float sl2, float mu_a, float mu_b,
+                                                float& l_a, float& l_b) {
+#pragma unroll
+    for (int n = 0; n < PF_BN / 8; ++n) {
+        s[n][0] = kvs_exp2(fmaf(s[n][0], sl2, -mu_a));
+        s[n][1] = kvs_exp2(fmaf(s[n][1], sl2, -mu_a));
+        s[n][2] = kvs_exp2(fmaf(s[n][2], sl2, -mu_b));
+        s[n][3] = kvs_exp2(fmaf(s[n][3], sl2, -mu_b));
+        l_a += s[n][0] + s[n][1];
+        l_b += s[n][2] + s[n][3];
+    }
+}
+
+// Writes one of a thread's two rows (half 0: fragment rows 0-7, 1: 8-15): its quarter of the
+// columns of o / l to `orow` (the row's first element, plus the thread's column offset), and, from
+// the group's first thread, lse = m * ln 2 + log(l) (m in base 2), -inf for a row with no key.
+__device__ __forceinline__ void pf_write_row(store_t* orow, float* lse_at, const float (&o)[PF_D / 8][4], int half,
+                                             float l, float m, u32 tg) {
+    const bool any = l != 0.0f;
+    const float inv = any ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int n = 0; n < PF_D / 8; ++n) {
+        store_f(orow, (u32)n * 8u, o[n][2 * half] * inv);
+        store_f(orow, (u32)n * 8u + 1u, o[n][2 * half + 1] * inv);
+    }
+    if (tg == 0u) *lse_at = any ? m * 0.6931471805599453f + logf(l) : KVS_NEG_INF;
+}
+
 // The three kinds of query tile prefill_mma_body runs.
 #define PF_DENSE 0    // 64 consecutive query rows, every key tile up to the causal limit
 #define PF_UNION 1    // the same rows, the union of their selected blocks (row sets in shared memory)
@@ -973,17 +1067,7 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
     const u32 lim_a = va ? lim(ta) : 0u, lim_b = vb ? lim(tb) : 0u;
 
     u32 qa[PF_D / 16][4];
-    {
-        const store_t* qh = q + (unsigned long long)h * p.q_len * PF_D;
-#pragma unroll
-        for (int kk = 0; kk < PF_D / 16; ++kk) {
-            const u32 c = (u32)kk * 16u + tg * 2u;
-            qa[kk][0] = va ? kvs_ld2(qh + ta * PF_D + c) : 0u;
-            qa[kk][1] = vb ? kvs_ld2(qh + tb * PF_D + c) : 0u;
-            qa[kk][2] = va ? kvs_ld2(qh + ta * PF_D + c + 8u) : 0u;
-            qa[kk][3] = vb ? kvs_ld2(qh + tb * PF_D + c + 8u) : 0u;
-        }
-    }
+    pf_load_queries(qa, q + (unsigned long long)h * p.q_len * PF_D, ta, va, tb, vb, tg);
     const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
     float o[PF_D / 8][4];
 #pragma unroll
@@ -1052,22 +1136,7 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         __syncthreads();  // K_j visible to every warp; every warp is done with the last V tile
         stage(vs, vh, j0);
         float s[PF_BN / 8][4];
-#pragma unroll
-        for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        {
-            // ldmatrix.x4: matrices (n, low 8 columns), (n, high 8), (n+1, low), (n+1, high).
-            const u32 mi = lane >> 3;
-#pragma unroll
-            for (int kk = 0; kk < PF_D / 16; ++kk) {
-#pragma unroll
-                for (int n = 0; n < PF_BN / 8; n += 2) {
-                    u32 b[4];
-                    kvs_ldsm_x4(b, &ks[(u32)n * 8u + (mi >> 1) * 8u + (lane & 7u)][kk * 16 + (mi & 1u) * 8u]);
-                    kvs_mma16816(s[n], qa[kk], b[0], b[1]);
-                    kvs_mma16816(s[n + 1], qa[kk], b[2], b[3]);
-                }
-            }
-        }
+        pf_scores(s, qa, ks, lane);
         // Uniform over the CTA: only tiles crossing a row's limit (or, for MoBA, a block some
         // row did not select) pay for the per-element mask.
         bool take_a = true, take_b = true;
@@ -1096,10 +1165,8 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
                 mx_b = fmaxf(mx_b, s[n][2 + e]);
             }
         }
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 1));
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 1));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 2));
+        mx_a = pf_quad_max(mx_a);
+        mx_b = pf_quad_max(mx_b);
         const float mn_a = fmaxf(m_a, mx_a * sl2), mn_b = fmaxf(m_b, mx_b * sl2);
         // A row with no visible key yet keeps m = -inf; subtract 0 then so that exp2(-inf) = 0.
         const float mu_a = mn_a == KVS_NEG_INF ? 0.0f : mn_a;
@@ -1120,61 +1187,21 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
                 o[n][3] *= cb;
             }
         }
-#pragma unroll
-        for (int n = 0; n < PF_BN / 8; ++n) {
-            s[n][0] = kvs_exp2(fmaf(s[n][0], sl2, -mu_a));
-            s[n][1] = kvs_exp2(fmaf(s[n][1], sl2, -mu_a));
-            s[n][2] = kvs_exp2(fmaf(s[n][2], sl2, -mu_b));
-            s[n][3] = kvs_exp2(fmaf(s[n][3], sl2, -mu_b));
-            l_a += s[n][0] + s[n][1];
-            l_b += s[n][2] + s[n][3];
-        }
+        pf_exponentiate(s, sl2, mu_a, mu_b, l_a, l_b);
         u32 j_next = 0u;
         const bool more = next_tile(j_next);
         kvs_cp_async_wait_all();
         __syncthreads();  // V_j visible to every warp; every warp is done with K_j
         if (more) stage(ks, kh, j_next);
-#pragma unroll
-        for (int kk = 0; kk < PF_BN / 16; ++kk) {
-            // The S accumulators of key columns 16kk .. 16kk+15 are exactly P's A fragment.
-            const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), kvs_pack2(s[2 * kk][2], s[2 * kk][3]),
-                               kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               kvs_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int n = 0; n < PF_D / 8; n += 2) {
-                // ldmatrix.x4.trans: lanes 16-31 address the rows of column block n + 1.
-                u32 b[4];
-                kvs_ldsm_x4_trans(b, &vs[kk * 16 + (lane & 15u)][((u32)n + (lane >> 4)) * 8u]);
-                kvs_mma16816(o[n], pa, b[0], b[1]);
-                kvs_mma16816(o[n + 1], pa, b[2], b[3]);
-            }
-        }
+        pf_accumulate(o, s, vs, lane);
         j0 = j_next;
         have = more;
     }
     // Row sums: each of the 4 threads of a row holds a quarter of the columns.
-    l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 1);
-    l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 2);
-    l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 1);
-    l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 2);
-    const float ln2 = 0.6931471805599453f;
-    const unsigned long long rows[2] = {oa, ob};
-    const bool live[2] = {va, vb};
-    const float ls[2] = {l_a, l_b};
-    const float ms[2] = {m_a, m_b};
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        if (!live[half]) continue;
-        const bool any = ls[half] != 0.0f;
-        const float inv = any ? 1.0f / ls[half] : 0.0f;
-        store_t* orow = out + rows[half] * PF_D + tg * 2u;
-#pragma unroll
-        for (int n = 0; n < PF_D / 8; ++n) {
-            store_f(orow, (u32)n * 8u, o[n][2 * half] * inv);
-            store_f(orow, (u32)n * 8u + 1u, o[n][2 * half + 1] * inv);
-        }
-        if (tg == 0u) lse[rows[half]] = any ? ms[half] * ln2 + logf(ls[half]) : KVS_NEG_INF;
-    }
+    l_a = pf_quad_sum(l_a);
+    l_b = pf_quad_sum(l_b);
+    if (va) pf_write_row(out + oa * PF_D + tg * 2u, lse + oa, o, 0, l_a, m_a, tg);
+    if (vb) pf_write_row(out + ob * PF_D + tg * 2u, lse + ob, o, 1, l_b, m_b, tg);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -1253,39 +1280,22 @@ extern "C" __global__ void __launch_bounds__(128)
         const bool va = row0 + ia < row_end, vb = row0 + ib < row_end;
         ta = va ? entries[row0 + ia] : 0xffffffffu;
         tb = vb ? entries[row0 + ib] : 0xffffffffu;
-#pragma unroll
-        for (int kk = 0; kk < PF_D / 16; ++kk) {
-            const u32 c = (u32)kk * 16u + tg * 2u;
-            qa[kk][0] = va ? kvs_ld2(qh + ta * PF_D + c) : 0u;
-            qa[kk][1] = vb ? kvs_ld2(qh + tb * PF_D + c) : 0u;
-            qa[kk][2] = va ? kvs_ld2(qh + ta * PF_D + c + 8u) : 0u;
-            qa[kk][3] = vb ? kvs_ld2(qh + tb * PF_D + c + 8u) : 0u;
-        }
+        pf_load_queries(qa, qh, ta, va, tb, vb, tg);
     };
     u32 ta, tb, qa[PF_D / 16][4];
     load_rows(row_begin, ta, tb, qa);
     kvs_cp_async_wait_all();
     __syncthreads();
     const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
-    const u32 mi = lane >> 3;
 #pragma unroll 1
     for (u32 row0 = row_begin; row0 < row_end; row0 += PF_BM) {
-        // The next tile's rows, requested before this tile's math so their loads overlap it.
-        u32 tna = 0xffffffffu, tnb = 0xffffffffu, qn[PF_D / 16][4] = {};
-        if (row0 + PF_BM < row_end) load_rows(row0 + PF_BM, tna, tnb, qn);
+        // The next tile's rows, requested before this tile's math so their loads overlap it
+        // (past the run every row is dead: no loads, zeros). Unconditional: a guarded call made
+        // ptxas spill the loop-carried fragments.
+        u32 tna, tnb, qn[PF_D / 16][4];
+        load_rows(row0 + PF_BM, tna, tnb, qn);
         float s[PF_BN / 8][4];
-#pragma unroll
-        for (int j = 0; j < PF_BN / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < PF_D / 16; ++kk) {
-#pragma unroll
-            for (int j = 0; j < PF_BN / 8; j += 2) {
-                u32 bk[4];
-                kvs_ldsm_x4(bk, &ks[(u32)j * 8u + (mi >> 1) * 8u + (lane & 7u)][kk * 16 + (mi & 1u) * 8u]);
-                kvs_mma16816(s[j], qa[kk], bk[0], bk[1]);
-                kvs_mma16816(s[j + 1], qa[kk], bk[2], bk[3]);
-            }
-        }
+        pf_scores(s, qa, ks, lane);
         // Causal limit key0 + c <= t: only the block's own tokens (t < key0 + 64) are cut; rows
         // past the bucket (t = 0xffffffff) see every key and are never written.
         float mx_a = KVS_NEG_INF, mx_b = KVS_NEG_INF;
@@ -1300,58 +1310,22 @@ extern "C" __global__ void __launch_bounds__(128)
                 mx_b = fmaxf(mx_b, s[j][2 + e]);
             }
         }
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 1));
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(KVS_FULL_MASK, mx_a, 2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 1));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(KVS_FULL_MASK, mx_b, 2));
+        mx_a = pf_quad_max(mx_a);
+        mx_b = pf_quad_max(mx_b);
         // A row without a visible key keeps max -inf: subtract 0 so that exp2(-inf) = 0.
         const float mu_a = mx_a == KVS_NEG_INF ? 0.0f : mx_a * sl2;
         const float mu_b = mx_b == KVS_NEG_INF ? 0.0f : mx_b * sl2;
         float l_a = 0.0f, l_b = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PF_BN / 8; ++j) {
-            s[j][0] = kvs_exp2(fmaf(s[j][0], sl2, -mu_a));
-            s[j][1] = kvs_exp2(fmaf(s[j][1], sl2, -mu_a));
-            s[j][2] = kvs_exp2(fmaf(s[j][2], sl2, -mu_b));
-            s[j][3] = kvs_exp2(fmaf(s[j][3], sl2, -mu_b));
-            l_a += s[j][0] + s[j][1];
-            l_b += s[j][2] + s[j][3];
-        }
-        l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 1);
-        l_a += __shfl_xor_sync(KVS_FULL_MASK, l_a, 2);
-        l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 1);
-        l_b += __shfl_xor_sync(KVS_FULL_MASK, l_b, 2);
+        pf_exponentiate(s, sl2, mu_a, mu_b, l_a, l_b);
+        l_a = pf_quad_sum(l_a);
+        l_b = pf_quad_sum(l_b);
         float o[PF_D / 8][4];
 #pragma unroll
         for (int j = 0; j < PF_D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < PF_BN / 16; ++kk) {
-            const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), kvs_pack2(s[2 * kk][2], s[2 * kk][3]),
-                               kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               kvs_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int j = 0; j < PF_D / 8; j += 2) {
-                u32 bv[4];
-                kvs_ldsm_x4_trans(bv, &vs[kk * 16 + (lane & 15u)][((u32)j + (lane >> 4)) * 8u]);
-                kvs_mma16816(o[j], pa, bv[0], bv[1]);
-                kvs_mma16816(o[j + 1], pa, bv[2], bv[3]);
-            }
-        }
-        const u32 rows[2] = {row0 + ia, row0 + ib};
-        const float ls[2] = {l_a, l_b}, mus[2] = {mu_a, mu_b};
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            if (rows[half] >= row_end) continue;
-            const bool any = ls[half] != 0.0f;
-            const float inv = any ? 1.0f / ls[half] : 0.0f;
-            store_t* orow = part_o + (unsigned long long)rows[half] * PF_D + tg * 2u;
-#pragma unroll
-            for (int j = 0; j < PF_D / 8; ++j) {
-                store_f(orow, (u32)j * 8u, o[j][2 * half] * inv);
-                store_f(orow, (u32)j * 8u + 1u, o[j][2 * half + 1] * inv);
-            }
-            if (tg == 0u) part_lse[rows[half]] = any ? mus[half] * 0.6931471805599453f + logf(ls[half]) : KVS_NEG_INF;
-        }
+        pf_accumulate(o, s, vs, lane);
+        const unsigned long long ra = row0 + ia, rb = row0 + ib;
+        if (ra < row_end) pf_write_row(part_o + ra * PF_D + tg * 2u, part_lse + ra, o, 0, l_a, mu_a, tg);
+        if (rb < row_end) pf_write_row(part_o + rb * PF_D + tg * 2u, part_lse + rb, o, 1, l_b, mu_b, tg);
         ta = tna;
         tb = tnb;
 #pragma unroll

@@ -19,15 +19,12 @@ use kvsparse::ops::{default_scale, AnyOp, MobaPrefill, SelectConfig, Selector};
 use kvsparse::{Cpu, Cuda, DType, HostData};
 
 fn cuda() -> Option<Cuda> {
-    match Cuda::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            let required = std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == "cuda"));
-            assert!(!required, "KVSPARSE_REQUIRE=cuda but no device: {e}");
+    Cuda::new()
+        .inspect_err(|e| {
+            assert!(!common::required("cuda"), "KVSPARSE_REQUIRE=cuda but no device: {e}");
             eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 fn moba_case(r: &mut Rng, t: usize, d: usize, select: SelectConfig, dtype: DType) -> Case {
