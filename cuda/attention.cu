@@ -876,13 +876,11 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
 // ascending order, and each row keeps only its own blocks (a 64-bit row set per block in shared
 // memory) on top of the causal limit, as attention_blocks does.
 #define PF_MAX_NB 1024
-// S = Q K^T for one warp's 16 query rows (A fragments qa) against a 64-key tile in shared memory
+// S (+)= Q K^T for one warp's 16 query rows (A fragments qa) against a 64-key tile in shared memory
 // (keys x D, row-major): ldmatrix.x4 gives matrices (n, low 8 columns), (n, high 8), (n+1, low),
 // (n+1, high).
-__device__ __forceinline__ void pf_scores(float (&s)[PF_BN / 8][4], const u32 (&qa)[PF_D / 16][4],
-                                          const store_t (*ks)[PF_LD], u32 lane) {
-#pragma unroll
-    for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+__device__ __forceinline__ void pf_scores_add(float (&s)[PF_BN / 8][4], const u32 (&qa)[PF_D / 16][4],
+                                              const store_t (*ks)[PF_LD], u32 lane) {
     const u32 mi = lane >> 3;
 #pragma unroll
     for (int kk = 0; kk < PF_D / 16; ++kk) {
@@ -894,6 +892,13 @@ __device__ __forceinline__ void pf_scores(float (&s)[PF_BN / 8][4], const u32 (&
             kvs_mma16816(s[n + 1], qa[kk], b[2], b[3]);
         }
     }
+}
+
+__device__ __forceinline__ void pf_scores(float (&s)[PF_BN / 8][4], const u32 (&qa)[PF_D / 16][4],
+                                          const store_t (*ks)[PF_LD], u32 lane) {
+#pragma unroll
+    for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    pf_scores_add(s, qa, ks, lane);
 }
 
 // O += P V for the same rows: P is the S accumulators (probabilities by now) rounded to the
@@ -1334,6 +1339,72 @@ extern "C" __global__ void __launch_bounds__(128)
             for (int c = 0; c < 4; ++c) qa[kk][c] = qn[kk][c];
     }
 }
+
+#if defined(KVS_STORE_BF16)
+// moba_gate_mma (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
+//   blocks.cu's moba_gate (gate = q . mean of each block's keys, unscaled, every block) on tensor
+//   cores, bf16 storage: q is bf16 already, and each f32 mean is split exactly into three bf16
+//   parts (the top 8 significant bits, the next 8, the last 8, by truncation), so the three
+//   products q . part are exact and only their f32 accumulation rounds, in the tensor cores'
+//   order rather than channel order. One CTA per (64 tokens, query head); per tile of 64 blocks
+//   the parts are staged in shared memory one after the other. Opt-in (KVSPARSE_CUDA_MOBA_GATE)
+//   until validated and timed against moba_gate. p.q_len = T, p.block_size, p.dim = D.
+__device__ __forceinline__ u32 gate_top16(float x) { return __float_as_uint(x) & 0xffff0000u; }
+extern "C" __global__ void __launch_bounds__(128)
+    moba_gate_mma(const AttentionParams p, const store_t* __restrict__ q, const float* __restrict__ kmean,
+                  float* __restrict__ gate) {
+    __shared__ __attribute__((aligned(16))) store_t ms[PF_BN][PF_LD];
+    const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+    const u32 gq = lane >> 2, tg = lane & 3u;
+    const u32 h = blockIdx.y;
+    const u32 kvh = h / (p.q_heads / p.kv_heads);
+    const u32 bs = max(p.block_size, 1u);
+    const u32 nb = (p.q_len + bs - 1u) / bs;
+    const u32 ta = blockIdx.x * PF_BM + warp * 16u + gq, tb = ta + 8u;
+    const bool va = ta < p.q_len, vb = tb < p.q_len;
+    u32 qa[PF_D / 16][4];
+    pf_load_queries(qa, q + (unsigned long long)h * p.q_len * PF_D, ta, va, tb, vb, tg);
+    const float* mh = kmean + (unsigned long long)kvh * nb * PF_D;
+#pragma unroll 1
+    for (u32 j0 = 0; j0 < nb; j0 += PF_BN) {
+        float s[PF_BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll 1
+        for (int part = 0; part < 3; ++part) {
+            __syncthreads();  // every warp is done with the previous part
+            for (u32 e = tid * 4u; e < PF_BN * PF_D; e += blockDim.x * 4u) {
+                const u32 r = e / PF_D, c = e % PF_D;
+                float4 m = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (j0 + r < nb) m = *reinterpret_cast<const float4*>(mh + (unsigned long long)(j0 + r) * PF_D + c);
+                float x[4] = {m.x, m.y, m.z, m.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    // Peel `part` parts off: what is left after them, then its top 16 bits. A
+                    // non-finite mean is its own first part (inf - inf would make a NaN).
+                    float rest = x[i];
+                    for (int k = 0; k < part; ++k) rest -= __uint_as_float(gate_top16(rest));
+                    const bool finite = isfinite(x[i]);
+                    ms[r][c + (u32)i] = finite ? (store_t)(gate_top16(rest) >> 16) : (part == 0 ? kvs_f2bf(x[i]) : 0);
+                }
+            }
+            __syncthreads();
+            pf_scores_add(s, qa, ms, lane);
+        }
+        // s[n][e]: row ta (e < 2) or tb, block j0 + 8n + 2tg + e % 2.
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const u32 blk = j0 + (u32)n * 8u + tg * 2u + (u32)e;
+                if (blk >= nb) continue;
+                if (va) gate[((unsigned long long)h * p.q_len + ta) * nb + blk] = s[n][e];
+                if (vb) gate[((unsigned long long)h * p.q_len + tb) * nb + blk] = s[n][2 + e];
+            }
+        }
+    }
+}
+#endif
 
 // moba_merge_pairs (p, pair_pos[nh*T*W] u32, part_o, part_lse, out[Hq,T,D], lse[Hq,T], h0, nh)
 //   One warp per (chunk head, token): the partials of the token's selected blocks (pair_pos,

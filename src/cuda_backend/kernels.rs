@@ -164,6 +164,7 @@ impl Family {
                 "attention_buckets_mma",
                 "attention_bucket_runs_mma",
                 "moba_merge_pairs",
+                "moba_gate_mma",
             ],
             Family::SnapKv => &[
                 "snapkv_lse",
@@ -194,6 +195,9 @@ impl Family {
         }
         if entry == "attention_decode_mma" {
             return prefill_mma_fits(spec);
+        }
+        if entry == "moba_gate_mma" {
+            return prefill_mma_fits(spec) && spec.dtype == Some(DType::BF16);
         }
         if entry.starts_with("attention_decode_") {
             return spec.dpl <= DECODE_MAX_DPL;

@@ -1520,27 +1520,52 @@ impl Backend for Cuda {
             // SAFETY: matches `block_mean_f32(p, k, kmean)`; k [Hkv, T, D] (checked), kmean sized
             // Hkv*NB*D f32 here; guarded e < Hkv*NB*D.
             unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean_f32", e))?;
-            let gp = BlockParams {
-                q_heads: op.q_heads as u32,
-                kv_heads: op.kv_heads as u32,
-                seq: op.seq as u32,
-                dim: op.dim as u32,
-                block_size: bs as u32,
-                nb: nb as u32,
-                ..Default::default()
-            };
-            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
-            let cfg = LaunchConfig {
-                grid_dim: ((op.seq as u32).div_ceil(64), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: matches `moba_gate(p, q, kmean, gate)`; q [Hq, T, D] (checked), kmean
-            // written above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per (64 tokens,
-            // query head), 256 threads (its launch bounds); tokens, blocks and channels guarded.
-            unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate", e))?;
+            if moba_gate_mma() && op.dtype == DType::BF16 && prefill_mma_on(head, op.dim) {
+                let ap = AttentionParams {
+                    q_heads: op.q_heads as u32,
+                    kv_heads: op.kv_heads as u32,
+                    q_len: op.seq as u32,
+                    kv_len: op.seq as u32,
+                    dim: op.dim as u32,
+                    block_size: bs as u32,
+                    ..Default::default()
+                };
+                let f = self.function(Family::Attention, head, "moba_gate_mma")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&ap).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
+                let cfg = LaunchConfig {
+                    grid_dim: ((op.seq as u32).div_ceil(PREFILL_ROWS), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
+                    block_dim: (PREFILL_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches `moba_gate_mma(p, q, kmean, gate)`; bf16 with D in {64, 128}
+                // (checked just above); q [Hq, T, D] (checked), kmean [Hkv, NB, D] f32 written
+                // above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per (64 tokens, query
+                // head), 128 threads; tokens and blocks guarded.
+                unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate_mma", e))?;
+            } else {
+                let gp = BlockParams {
+                    q_heads: op.q_heads as u32,
+                    kv_heads: op.kv_heads as u32,
+                    seq: op.seq as u32,
+                    dim: op.dim as u32,
+                    block_size: bs as u32,
+                    nb: nb as u32,
+                    ..Default::default()
+                };
+                let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
+                let cfg = LaunchConfig {
+                    grid_dim: ((op.seq as u32).div_ceil(64), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches `moba_gate(p, q, kmean, gate)`; q [Hq, T, D] (checked), kmean
+                // written above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per (64 tokens,
+                // query head), 256 threads (its launch bounds); tokens, blocks and channels guarded.
+                unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate", e))?;
+            }
         }
         // 3. per-token routing.
         self.select(&op.select_params(), ranking, selected)?;
@@ -1851,6 +1876,14 @@ fn moba_run_tiles() -> Option<usize> {
             .and_then(|v| v.trim().parse().ok())
             .filter(|r| (2..=64).contains(r))
     })
+}
+
+/// `KVSPARSE_CUDA_MOBA_GATE=mma`: MoBA's gate on tensor cores for bf16 storage (`moba_gate_mma`:
+/// each f32 block mean split exactly into three bf16 parts). Opt-in: written in session 5 without
+/// a GPU to run it on, so neither validated nor timed.
+fn moba_gate_mma() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_MOBA_GATE").is_ok_and(|v| v.trim() == "mma"))
 }
 
 /// Query rows of one bucket tile (the prefill's `PF_BM`).
