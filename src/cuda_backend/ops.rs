@@ -1508,31 +1508,46 @@ impl Backend for Cuda {
         let head = head_spec(MobaPrefill::NAME, op.dtype, op.dim)?;
         let nb = op.nb();
         let bs = op.select.block_size;
+        // Attention parameters (also the tensor-core gate's: heads, length, dim, block size).
+        let p = AttentionParams {
+            q_heads: op.q_heads as u32,
+            kv_heads: op.kv_heads as u32,
+            q_len: op.seq as u32,
+            kv_len: op.seq as u32,
+            dim: op.dim as u32,
+            causal: 1,
+            scale: op.scale,
+            idx_heads: op.q_heads as u32,
+            n_idx: op.width() as u32,
+            block_size: bs as u32,
+            splits: 1,
+            _pad0: 0,
+        };
         if op.select.selector == Selector::Score {
             // 1. block means per kv head (f32 scratch), 2. gate of every block.
             let shape = BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
             let stats = op.kv_heads * nb * op.dim;
             let mut kmean = self.scratch(stats * 4)?;
-            let p = shape.params();
+            let mean_p = shape.params();
             let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean_f32")?;
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&p).arg(&k.slice).arg(&mut kmean);
+            b.arg(&mean_p).arg(&k.slice).arg(&mut kmean);
             // SAFETY: matches `block_mean_f32(p, k, kmean)`; k [Hkv, T, D] (checked), kmean sized
             // Hkv*NB*D f32 here; guarded e < Hkv*NB*D.
             unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean_f32", e))?;
+            let gp = BlockParams {
+                q_heads: op.q_heads as u32,
+                kv_heads: op.kv_heads as u32,
+                seq: op.seq as u32,
+                dim: op.dim as u32,
+                block_size: bs as u32,
+                nb: nb as u32,
+                ..Default::default()
+            };
             if moba_gate_mma() && op.dtype == DType::BF16 && prefill_mma_on(head, op.dim) {
-                let ap = AttentionParams {
-                    q_heads: op.q_heads as u32,
-                    kv_heads: op.kv_heads as u32,
-                    q_len: op.seq as u32,
-                    kv_len: op.seq as u32,
-                    dim: op.dim as u32,
-                    block_size: bs as u32,
-                    ..Default::default()
-                };
                 let f = self.function(Family::Attention, head, "moba_gate_mma")?;
                 let mut b = self.stream.launch_builder(&f);
-                b.arg(&ap).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
+                b.arg(&p).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
                 let cfg = LaunchConfig {
                     grid_dim: ((op.seq as u32).div_ceil(PREFILL_ROWS), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
                     block_dim: (PREFILL_THREADS, 1, 1),
@@ -1544,15 +1559,6 @@ impl Backend for Cuda {
                 // head), 128 threads; tokens and blocks guarded.
                 unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate_mma", e))?;
             } else {
-                let gp = BlockParams {
-                    q_heads: op.q_heads as u32,
-                    kv_heads: op.kv_heads as u32,
-                    seq: op.seq as u32,
-                    dim: op.dim as u32,
-                    block_size: bs as u32,
-                    nb: nb as u32,
-                    ..Default::default()
-                };
                 let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
                 let mut b = self.stream.launch_builder(&f);
                 b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
@@ -1570,20 +1576,6 @@ impl Backend for Cuda {
         // 3. per-token routing.
         self.select(&op.select_params(), ranking, selected)?;
         // 4. causal attention over the selected blocks' tokens.
-        let p = AttentionParams {
-            q_heads: op.q_heads as u32,
-            kv_heads: op.kv_heads as u32,
-            q_len: op.seq as u32,
-            kv_len: op.seq as u32,
-            dim: op.dim as u32,
-            causal: 1,
-            scale: op.scale,
-            idx_heads: op.q_heads as u32,
-            n_idx: op.width() as u32,
-            block_size: bs as u32,
-            splits: 1,
-            _pad0: 0,
-        };
         let mma = prefill_mma_on(head, op.dim) && bs.is_multiple_of(PREFILL_ROWS as usize) && nb <= PREFILL_MAX_NB;
         if mma && moba_takes_buckets(op) {
             if let Some(heads) = moba_bucket_heads(op, self.moba_workspace) {
