@@ -21,7 +21,9 @@ use super::{fits, float_dtype, gqa, nonzero, scale, BufferSpec, Cost, Op, Select
 use crate::params::CacheParams;
 use crate::{DType, DeviceBuffer, Error, Result};
 
-/// Shape of a batched KV cache (see the [module docs](self)).
+/// Shape of a batched KV cache: `B` sequences of `Hc` heads, `Tcap` token slots each, blocks of
+/// `bs` tokens; the buffers of the cache ops are laid out `[B, Hc, Tcap, D]` (k, v) and
+/// `[B, Hc, NB, D]` (block statistics), with `lens`, `pos` `[B]` on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheShape {
     /// Sequences (`B`); at least 1.
