@@ -1343,9 +1343,11 @@ extern "C" __global__ void __launch_bounds__(128)
 #if defined(KVS_STORE_BF16)
 // moba_gate_mma (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
 //   blocks.cu's moba_gate (gate = q . mean of each block's keys, unscaled, every block) on tensor
-//   cores, bf16 storage: q is bf16 already, and each f32 mean is split exactly into three bf16
-//   parts (the top 8 significant bits, the next 8, the last 8, by truncation), so the three
-//   products q . part are exact and only their f32 accumulation rounds, in the tensor cores'
+//   cores, bf16 storage: q is bf16 already, and each f32 mean is split into three bf16 parts
+//   (the top 8 significant bits, the next 8, the last 8, by truncation; exact for |mean| >=
+//   2^-110, below that off by under 2^-133 where the parts turn subnormal: checked in numpy over
+//   2M random floats), so the three products q . part are exact and only their f32 accumulation
+//   rounds, in the tensor cores'
 //   order rather than channel order. One CTA per (64 tokens, query head); per tile of 64 blocks
 //   the parts are staged in shared memory one after the other. Opt-in (KVSPARSE_CUDA_MOBA_GATE)
 //   until validated and timed against moba_gate. p.q_len = T, p.block_size, p.dim = D.
