@@ -767,8 +767,8 @@ KVS_DECODE_TUNED(8, 2)
 //   split weights go to shared memory once, and each column's sum over splits is cut into
 //   blockDim/D interleaved slices so that many partial loads are in flight (a warp per row, as
 //   attention_merge does, walks 60+ splits one L2 round trip at a time). splits <= 256.
-#define KVS_MERGE_THREADS 512
-#define KVS_MERGE_MAX_SPLITS 256
+// KVS_MERGE_THREADS and KVS_MERGE_MAX_SPLITS: from the host (ops.rs MERGE_THREADS, the launch's
+// block size, and DECODE_MAX_SPLITS, the most splits it asks for).
 // The first KVS_MERGE_PREFETCH partials of each thread's slice are loaded before the split
 // weights are known (they do not depend on them), so the kernel waits for one round trip to
 // memory instead of two; the weights' total is a butterfly over the shared weights in each warp
@@ -865,7 +865,7 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
 // ---------------------------------------------------------------------------------------------
 #if (KVS_DPL == 2 || KVS_DPL == 4) && !defined(KVS_STORE_F32)
 #define PF_D (32 * KVS_DPL)
-#define PF_BM 64
+// PF_BM (query rows of a CTA), PF_MAX_NB and PF_THREADS come from the host (ops.rs PREFILL_*).
 #define PF_BN 64
 #define PF_LD (PF_D + 8)
 
@@ -875,7 +875,6 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
 // ceil(kv_len / block_size) <= PF_MAX_NB): the CTA visits the union of its 64 rows' blocks, in
 // ascending order, and each row keeps only its own blocks (a 64-bit row set per block in shared
 // memory) on top of the causal limit, as attention_blocks does.
-#define PF_MAX_NB 1024
 // S (+)= Q K^T for one warp's 16 query rows (A fragments qa) against a 64-key tile in shared memory
 // (keys x D, row-major): ldmatrix.x4 gives matrices (n, low 8 columns), (n, high 8), (n+1, low),
 // (n+1, high).
@@ -1209,7 +1208,7 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
     if (vb) pf_write_row(out + ob * PF_D + tg * 2u, lse + ob, o, 1, l_b, m_b, tg);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_prefill_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                           const store_t* __restrict__ v, store_t* __restrict__ out, float* __restrict__ lse) {
     prefill_mma_body<PF_DENSE>(p, q, k, v, (const int*)0, out, lse, BucketTiles{});
@@ -1217,7 +1216,7 @@ extern "C" __global__ void __launch_bounds__(128)
 
 // attention_blocks_mma (p, q, k, v, sel, out, lse): attention_blocks on tensor cores (see
 // prefill_mma_body's MOBA notes for the limits the host checks).
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_blocks_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                          const store_t* __restrict__ v, const int* __restrict__ sel, store_t* __restrict__ out,
                          float* __restrict__ lse) {
@@ -1230,7 +1229,7 @@ extern "C" __global__ void __launch_bounds__(128)
 //   moba_bucket_*): the entries' query rows against the bucket's block, causal for the tokens of
 //   the block itself; writes each pair's normalised output (storage type) and lse at the pair's
 //   position. Grid: at least tile_start[n] CTAs (the rest return); f16/bf16, D 64 / 128.
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_buckets_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                           const store_t* __restrict__ v, const u32* __restrict__ entries,
                           const u32* __restrict__ start, const u32* __restrict__ tile_start,
@@ -1247,7 +1246,7 @@ extern "C" __global__ void __launch_bounds__(128)
 //   block's K and V are staged once, each tile's 64 query rows are loaded while the tile before
 //   computes, and with a single key tile the softmax needs no running state. Opt-in
 //   (KVSPARSE_CUDA_MOBA_RUN) until timed against attention_buckets_mma.
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_bucket_runs_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                               const store_t* __restrict__ v, const u32* __restrict__ entries,
                               const u32* __restrict__ start, const u32* __restrict__ run_start,
@@ -1352,7 +1351,7 @@ extern "C" __global__ void __launch_bounds__(128)
 //   the parts are staged in shared memory one after the other. Opt-in (KVSPARSE_CUDA_MOBA_GATE)
 //   until validated and timed against moba_gate. p.q_len = T, p.block_size, p.dim = D.
 __device__ __forceinline__ u32 gate_top16(float x) { return __float_as_uint(x) & 0xffff0000u; }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
     moba_gate_mma(const AttentionParams p, const store_t* __restrict__ q, const float* __restrict__ kmean,
                   float* __restrict__ gate) {
     __shared__ __attribute__((aligned(16))) store_t ms[PF_BN][PF_LD];

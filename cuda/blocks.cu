@@ -388,7 +388,7 @@ __device__ __forceinline__ void quest_select_kv_body(const BlockParams& p, const
 }
 
 #define KVS_QUEST_SELECT_KV(GM)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256) quest_select_kv_g##GM(                                    \
+    extern "C" __global__ void __launch_bounds__(QUEST_SELECT_KV_THREADS) quest_select_kv_g##GM(                \
         const BlockParams p, const store_t* __restrict__ q, const store_t* __restrict__ kmin,                  \
         const store_t* __restrict__ kmax, float* __restrict__ mean, int* __restrict__ selected,                \
         u32* __restrict__ arrivals, const u32 lanes, const u32 n_blocks, const u32 n_local,                    \

@@ -278,8 +278,8 @@ __device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr,
 // ascending index order. Returns how many were kept (every thread).
 // Each thread classifies KVS_COMPACT_ITEMS consecutive items per round, so a round covers
 // blockDim * KVS_COMPACT_ITEMS items for the price of two block scans (the scans and their
-// barriers, not the loads, bound this pass on long rows).
-#define KVS_COMPACT_ITEMS 8
+// barriers, not the loads, bound this pass on long rows). KVS_COMPACT_ITEMS comes from the host
+// (ops.rs TOPK_GATHER_ITEMS, the multi-CTA top-k's slices are whole rounds of it).
 template <class Src, class Sink>
 __device__ u32 block_compact_kept_to(const Src& src, u32 n, bool have_chosen, u32 thr, u32 take_eq,
                                      const Sink& sink) {
@@ -349,8 +349,8 @@ __device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 t
 // the threshold are kept lowest index first, so the kept ones before a thread are its items
 // above the threshold before it plus min(its equal items before it, take_eq). Same result as
 // the general path, which reads src in every pass (a 2048-block Quest row took 11 us in one CTA
-// of 1024 threads on the H200).
-#define KVS_SELECT_REG_ITEMS 8
+// of 1024 threads on the H200). KVS_SELECT_REG_ITEMS comes from the host (ops.rs
+// SELECT_REG_ITEMS, which sizes these kernels' CTAs to it).
 template <class Src>
 __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* out, u32 width) {
     constexpr u32 R = KVS_SELECT_REG_ITEMS;

@@ -105,7 +105,7 @@ extern "C" __global__ void quest_union(const SelectParams p, const int* __restri
 //   entries[pos] = token, pair_pos[(hl*T + t)*W + s] = pos (0xffffffff for a -1 slot). Positions
 //   within a bucket depend on the CTAs' order, the values computed at each do not.
 // ---------------------------------------------------------------------------------------------
-#define MOBA_BUCKET_TOKENS 256u
+// MOBA_BUCKET_TOKENS: tokens per CTA of the count and fill kernels, from the host (ops.rs).
 
 // Histogram of the selections of this CTA's tokens into hist[nb] (zeroed here).
 __device__ __forceinline__ void moba_bucket_hist(const int* __restrict__ s, u32 n_entries, u32 nb, u32* hist) {
@@ -122,8 +122,8 @@ extern "C" __global__ void moba_bucket_count(const int* __restrict__ sel, u32* _
                                              const u32 width, const u32 nb, const u32 h0) {
     extern __shared__ u32 hist[];
     const u32 hl = blockIdx.y;
-    const u32 t0 = blockIdx.x * MOBA_BUCKET_TOKENS;
-    const u32 n = min(MOBA_BUCKET_TOKENS, seq - t0);
+    const u32 t0 = blockIdx.x * (u32)MOBA_BUCKET_TOKENS;
+    const u32 n = min((u32)MOBA_BUCKET_TOKENS, seq - t0);
     moba_bucket_hist(sel + ((unsigned long long)(h0 + hl) * seq + t0) * width, n * width, nb, hist);
     for (u32 b = threadIdx.x; b < nb; b += blockDim.x)
         if (hist[b] != 0u) atomicAdd(&counts[hl * nb + b], hist[b]);
@@ -161,8 +161,8 @@ extern "C" __global__ void moba_bucket_fill(const int* __restrict__ sel, const u
     extern __shared__ u32 hist[];  // [nb] counts, then local cursors; [nb] bases
     u32* base = hist + nb;
     const u32 hl = blockIdx.y;
-    const u32 t0 = blockIdx.x * MOBA_BUCKET_TOKENS;
-    const u32 n = min(MOBA_BUCKET_TOKENS, seq - t0);
+    const u32 t0 = blockIdx.x * (u32)MOBA_BUCKET_TOKENS;
+    const u32 n = min((u32)MOBA_BUCKET_TOKENS, seq - t0);
     const unsigned long long row0 = (unsigned long long)hl * seq + t0;  // chunk row of token t0
     const int* s = sel + ((unsigned long long)h0 * seq + row0) * width;
     moba_bucket_hist(s, n * width, nb, hist);

@@ -80,11 +80,11 @@ extern "C" __global__ void topk(const TopkParams p, const float* __restrict__ sc
 // both zeroed by one memset before pass 0; lhist R*ctas*TOPK_LB; then (even word offset) the
 // pairs R*out_k u64.
 // ---------------------------------------------------------------------------------------------
-#define TOPK_RUN 4096
-#define TOPK_SORT_THREADS 1024
+// From the host (ops.rs), which lays out the workspace and sizes the launches with them:
+// TOPK_RUN (pairs a sort CTA holds), TOPK_SORT_THREADS, TOPK_GH (ghist words per row, pass t at
+// t * TOPK_BINS), TOPK_LB (lhist words per CTA: the last digit has at most 10 bits).
 #define TOPK_BINS 2048                // bins of the widest digit (11 bits)
-#define TOPK_GH (4 * TOPK_BINS)       // ghist words per row (pass t at t * TOPK_BINS)
-#define TOPK_LB 1024                  // lhist words per CTA (the last digit has at most 10 bits)
+static_assert(TOPK_GH == 4 * TOPK_BINS && TOPK_LB == 1024, "topk workspace: the host's layout");
 #define TOPK_STATE_WORDS (5 * 1024)   // shared histogram words of topk_state (2048+2048+1024)
 
 struct TopkWs {
@@ -393,18 +393,18 @@ extern "C" __global__ void topk_merge_runs(const TopkParams p, const u64* __rest
 // pass 1), then at an even word offset u64 sure R*out_k, cand R*min(n, TOPK_CAND_CAP), and
 // pairs R*out_k when out_k > TOPK_TILE.
 // ---------------------------------------------------------------------------------------------
-#define TOPK_SEL_THREADS 256                                   // = TOPK_THREADS in ops.rs
+// From the host (ops.rs), which lays out the workspace and sizes the launches and the finish's
+// shared memory with them: TOPK_SEL_THREADS, TOPK_SEL_GH (ghist words per row), TOPK_REC
+// (record words per CTA), TOPK_CAND_CAP (candidates stored per row), TOPK_TILE (most pairs
+// sorted in shared memory), TOPK_FINISH_THREADS, TOPK_AUX (finish scratch words after the tile).
 #define TOPK_SEL_ROUND (TOPK_SEL_THREADS * KVS_COMPACT_ITEMS)  // items per CTA round
 #define TOPK_SEL_BINS 256                                      // bins of an 8-bit digit
-#define TOPK_SEL_GH (2 * TOPK_SEL_BINS)                        // ghist words per row
-#define TOPK_REC (TOPK_SEL_BINS + 1)                           // record words per CTA
-#define TOPK_CAND_CAP 4096                                     // candidates stored per row
-#define TOPK_TILE 8192                                         // most pairs sorted in shared memory
-#define TOPK_FINISH_THREADS 1024
 #define TOPK_SORT_ITEMS (TOPK_TILE / TOPK_FINISH_THREADS)      // items per thread of topk_tile_sort
 #define TOPK_SORT_WARPS (TOPK_FINISH_THREADS / 32)
 #define TOPK_SORT_STRIDE (TOPK_SEL_BINS + 1)                   // counter words per warp (bank spread)
-#define TOPK_AUX (TOPK_SORT_WARPS * TOPK_SORT_STRIDE)          // finish scratch words after the tile
+static_assert(TOPK_SEL_GH == 2 * TOPK_SEL_BINS && TOPK_REC == TOPK_SEL_BINS + 1 &&
+                  TOPK_AUX == TOPK_SORT_WARPS * TOPK_SORT_STRIDE,
+              "topk select: the host's workspace and shared-memory layout");
 static_assert(TOPK_SEL_THREADS == TOPK_SEL_BINS, "topk_sel_hist: one bin per thread");
 static_assert(2 * TOPK_CAND_CAP <= TOPK_AUX && TOPK_SEL_GH <= TOPK_AUX, "finish scratch holds the staged candidates");
 

@@ -303,8 +303,10 @@ impl Spec {
 
 /// The full NVRTC input of one module.
 pub(crate) fn assemble(family: Family, spec: &Spec) -> String {
+    let defines: String =
+        super::ops::kernel_defines().iter().map(|(name, value)| format!("#define {name} {value}\n")).collect();
     format!(
-        "// kvsparse: {family} [{label}]\n{params}{prelude}#line 1 \"cuda/common.cuh\"\n{COMMON}\n#line 1 \"cuda/{family}.cu\"\n{body}",
+        "// kvsparse: {family} [{label}]\n{params}{prelude}{defines}#line 1 \"cuda/common.cuh\"\n{COMMON}\n#line 1 \"cuda/{family}.cu\"\n{body}",
         family = family.name(),
         label = spec.label(),
         params = family.params_decl(),

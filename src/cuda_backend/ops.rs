@@ -83,6 +83,35 @@ const TOPK_CAND_CAP: usize = 4096;
 const TOPK_TILE: usize = 8192;
 const TOPK_FINISH_THREADS: u32 = 1024;
 const TOPK_AUX: usize = 32 * 257;
+/// The constants the kernels share with this launch code (block sizes, items per thread,
+/// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
+/// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
+/// `static_assert` what they derive from them).
+pub(super) fn kernel_defines() -> [(&'static str, usize); 20] {
+    [
+        ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
+        ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
+        ("TOPK_RUN", TOPK_RUN),
+        ("TOPK_SORT_THREADS", TOPK_SORT_THREADS as usize),
+        ("TOPK_GH", TOPK_GH),
+        ("TOPK_LB", TOPK_LB),
+        ("TOPK_SEL_GH", TOPK_SEL_GH),
+        ("TOPK_REC", TOPK_REC),
+        ("TOPK_CAND_CAP", TOPK_CAND_CAP),
+        ("TOPK_TILE", TOPK_TILE),
+        ("TOPK_FINISH_THREADS", TOPK_FINISH_THREADS as usize),
+        ("TOPK_AUX", TOPK_AUX),
+        ("KVS_MERGE_THREADS", MERGE_THREADS as usize),
+        ("KVS_MERGE_MAX_SPLITS", DECODE_MAX_SPLITS),
+        ("KVS_SELECT_REG_ITEMS", SELECT_REG_ITEMS),
+        ("QUEST_SELECT_KV_THREADS", QUEST_SELECT_KV_THREADS as usize),
+        ("PF_BM", PREFILL_ROWS as usize),
+        ("PF_THREADS", PREFILL_THREADS as usize),
+        ("PF_MAX_NB", PREFILL_MAX_NB),
+        ("MOBA_BUCKET_TOKENS", MOBA_BUCKET_TOKENS as usize),
+    ]
+}
+
 /// Row length from which top-k uses several CTAs per row by default.
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
 /// Threads of `attention_merge_rows` (`KVS_MERGE_THREADS`).
