@@ -366,6 +366,16 @@ impl Cuda {
         unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.map_err(|e| device_err("alloc scratch", e))
     }
 
+    /// [`Cuda::scratch`] of `bytes` bytes whose first `zeroed` bytes are zeroed by a
+    /// stream-ordered memset (the counters and histograms a workspace starts from); `what`
+    /// names the workspace in errors.
+    pub(crate) fn scratch_zeroed_head(&self, bytes: usize, zeroed: usize, what: &str) -> Result<CudaSlice<u8>> {
+        let mut ws = self.scratch(bytes)?;
+        let mut head = ws.slice_mut(..zeroed.min(ws.len()));
+        self.stream.memset_zeros(&mut head).map_err(|e| device_err(&format!("memset {what}"), e))?;
+        Ok(ws)
+    }
+
     pub(crate) fn buffer_from_bytes(&self, dtype: DType, len: usize, bytes: &[u8]) -> Result<CudaBuffer> {
         // cuMemAlloc rejects 0 bytes: an empty buffer still owns a small allocation.
         let slice = if bytes.is_empty() { self.stream.alloc_zeros::<u8>(4) } else { self.stream.clone_htod(bytes) }

@@ -42,13 +42,13 @@ const QUEST_SELECT_KV_MAX_NB: usize = 8 * 1024;
 
 /// Whether `quest_select_kv_g*` takes Quest's per-kv-head selection: a group of at most 8 query
 /// heads, rows of a power-of-two number (<= 32) of 16-byte vectors, 1..=QUEST_SELECT_KV_MAX_NB
-/// blocks.
+/// blocks, kv heads within the grid's y extent (65535, also within its ARRIVAL_SLOTS counters).
 fn quest_select_kv_fits(op: &QuestDecode) -> bool {
     let ve = 16 / op.dtype.size();
     let lanes = op.dim / ve;
     !legacy()
         && !quest_unfused()
-        && op.kv_heads > 0
+        && (1..=super::ARRIVAL_SLOTS.min(65_535)).contains(&op.kv_heads)
         && op.q_heads / op.kv_heads <= 8
         && op.dim.is_multiple_of(ve)
         && lanes.is_power_of_two()
@@ -447,8 +447,7 @@ impl Cuda {
         if n_chunks > u32::MAX as usize || ctas >= i32::MAX as usize {
             return Err(Error::TooLarge { backend: "cuda", what: format!("one-pass scan of {ctas} runs") });
         }
-        let mut sync = self.scratch(4 * (1 + ctas))?;
-        self.stream.memset_zeros(&mut sync).map_err(|e| device_err("memset scan flags", e))?;
+        let sync = self.scratch_zeroed_head(4 * (1 + ctas), 4 * (1 + ctas), "scan flags")?;
         let values = states * n_chunks * tiles * SCAN_TILE;
         Ok(LookBack {
             sync,
@@ -794,9 +793,7 @@ impl Cuda {
         let passes = if wide != 0 { 3u32 } else { 4 };
         let fuse = u32::from(wide != 0 && m <= TOPK_RUN);
         let (zero_words, pairs_words) = topk_ws_words(rows, ctas);
-        let mut ws = self.scratch(4 * pairs_words + 8 * m * rows)?;
-        let mut zero = ws.slice_mut(..4 * zero_words);
-        self.stream.memset_zeros(&mut zero).map_err(|e| device_err("memset topk workspace", e))?;
+        let mut ws = self.scratch_zeroed_head(4 * pairs_words + 8 * m * rows, 4 * zero_words, "topk workspace")?;
         let (ctas32, slice32) = (ctas as u32, slice as u32);
         let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
         let f = self.function(Family::Topk, Spec::NONE, "topk_hist")?;
@@ -895,9 +892,7 @@ impl Cuda {
         let (ctas, slice) = self.topk_split(rows, n, TOPK_SEL_CTAS_PER_SM);
         let rows_y = grid_y(TopK::NAME, rows)?;
         let lay = topk_sel_ws(rows, ctas, n, m);
-        let mut ws = self.scratch(4 * lay.total)?;
-        let mut zero = ws.slice_mut(..4 * lay.zero);
-        self.stream.memset_zeros(&mut zero).map_err(|e| device_err("memset topk workspace", e))?;
+        let mut ws = self.scratch_zeroed_head(4 * lay.total, 4 * lay.zero, "topk workspace")?;
         let (ctas32, slice32) = (ctas as u32, slice as u32);
         let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
         let f = self.function(Family::Topk, Spec::NONE, "topk_sel_hist")?;
@@ -1921,13 +1916,11 @@ fn moba_pairs_per_head(op: &MobaPrefill) -> usize {
     op.seq * op.width()
 }
 
-/// Bytes of bucket workspace per query head: pair positions (T x W), the entries, partial
-/// outputs (storage dtype) and lse of every pair, and the bucket counters.
+/// Bytes of bucket workspace per query head: per pair its position, entry, lse and partial
+/// output (storage dtype); the tile map; the bucket counters, starts and tile starts.
 fn moba_bucket_bytes_per_head(op: &MobaPrefill) -> usize {
     let pairs = moba_pairs_per_head(op);
-    4 * op.seq * op.width()
-        + pairs * (4 + 4 + op.dim * op.dtype.size())
-        + 4 * (pairs.div_ceil(MOBA_TILE_ROWS) + 6 * op.nb() + 2)
+    pairs * (4 + 4 + 4 + op.dim * op.dtype.size()) + 4 * (pairs.div_ceil(MOBA_TILE_ROWS) + 6 * op.nb() + 2)
 }
 
 /// Query heads per pass of the bucket path within `workspace` bytes, or `None` when one head's
@@ -2034,7 +2027,7 @@ impl Cuda {
             // the bucket lists written above for heads h0 .. h0 + nh; the grid covers every tile
             // (CTAs past tile_start[n] return); part_o / part_lse hold `pairs` rows; f16/bf16 with
             // D in {64, 128} and block size a multiple of 64 (the caller's mma check).
-            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_buckets_mma", e))?;
+            unsafe { b.launch(cfg) }.map_err(|e| device_err(attend_entry, e))?;
             let mut b = self.stream.launch_builder(&merge_f);
             b.arg(&p).arg(&pair_pos).arg(&part_o).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
             b.arg(&h0_32).arg(&nh_32);
