@@ -317,14 +317,17 @@ pub(crate) fn assemble(family: Family, spec: &Spec) -> String {
 
 /// NVRTC options: the real arch of the device and line info for profilers. No `--use_fast_math`:
 /// selection and softmax paths need IEEE `expf`/`logf`/division (NVRTC's defaults).
-fn options(arch: &str) -> Vec<String> {
+pub(crate) fn options(arch: &str) -> Vec<String> {
     vec![format!("--gpu-architecture={arch}"), "-lineinfo".to_string(), "--std=c++17".to_string()]
 }
 
 /// One module as NVRTC compiled it: the PTX, and the CUBIN it assembled alongside when the arch
-/// is a real one (`sm_XX`). Loading the CUBIN spares the driver assembling the PTX again (it
-/// keeps what it assembled in a per-machine cache: the likely reason why only the first process
-/// on a fresh machine was slow in BENCHMARKS run 35; not yet timed with and without).
+/// is a real one (`sm_XX`). The backend loads the CUBIN (no assembly by the driver) and keeps it
+/// in the module store (`module_store.rs`) so that later processes skip NVRTC. The CUBIN alone
+/// did not remove the first-process cost: on the H200 with the driver's JIT cache disabled, the
+/// first process took 58.3 s loading CUBINs and 61.0 s loading PTX (`benches/device-moba.sh`).
+/// NVRTC is where that time goes: `KVSPARSE_CUDA_LOG=1` showed 36 s of NVRTC in a 52 s process
+/// and about 1 ms per module load; with the store filled the process took 15 s.
 pub(crate) struct Compiled {
     pub(crate) ptx: Ptx,
     pub(crate) cubin: Option<Vec<u8>>,

@@ -10,6 +10,7 @@
 mod cache;
 mod graph;
 mod kernels;
+mod module_store;
 mod ops;
 
 pub use graph::CudaGraph;
@@ -270,19 +271,15 @@ impl Cuda {
         lines
     }
 
-    /// The compiled module of `family` for `spec` (compiled and loaded on first use).
+    /// The compiled module of `family` for `spec` (loaded on first use: from the module store or
+    /// compiled by NVRTC, see [`module_store::load_module`]).
     fn module(&self, family: Family, spec: Spec) -> Result<Arc<CudaModule>> {
         if let Some(m) = self.modules.read().ok().and_then(|m| m.get(&(family, spec)).cloned()) {
             return Ok(m);
         }
-        let compiled = kernels::compile(family, &spec, &self.arch)?;
-        // NVRTC's CUBIN first (no assembly by the driver); the PTX if the driver refuses it or
-        // under KVSPARSE_CUDA_PTX=1 (to time the two).
-        let cubin = compiled.cubin.filter(|_| !load_ptx_only());
-        let module = cubin
-            .and_then(|bin| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).ok())
-            .map_or_else(|| self.ctx.load_module(compiled.ptx), Ok)
-            .map_err(|e| device_err(&format!("load module {} [{}]", family.name(), spec.label()), e))?;
+        // The CUBIN an earlier process stored, else NVRTC's (then stored); the PTX if the driver
+        // refuses the CUBIN or under KVSPARSE_CUDA_PTX=1 (to time the two; bypasses the store).
+        let module = module_store::load_module(&self.ctx, family, &spec, &self.arch, load_ptx_only())?;
         let mut cache = self
             .modules
             .write()
