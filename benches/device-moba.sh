@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# MoBA's CUDA paths and the module loading, validated and timed in one call on the GPU machine
-# (cuda/PERF.md, "MoBA key-block-major"; BENCHMARKS run 35 for the first measurements):
+# MoBA's CUDA paths and the compiled-module store, validated and timed in one call on the GPU
+# machine (cuda/PERF.md, "MoBA key-block-major"; BENCHMARKS runs 35-37):
 #   here:   bash benches/device-prepare.sh
 #   there:  source .devbin/on-device.sh; bash benches/device-moba.sh
-# 1. first-process cost on this fresh machine, driver cache off: CUBIN (default) against PTX;
-# 2. the opt-in kernels against the reference: bucket runs (KVSPARSE_CUDA_MOBA_RUN) and the
-#    tensor-core gate (KVSPARSE_CUDA_MOBA_GATE=mma), long cases and 40 random cases a dtype;
-# 3. MoBA at 32K for every path (union, buckets with R = 1, 4, 8, each gate) in the same call;
-# 4. ncu durations of the MoBA kernels for the fastest combination.
+# 1. the module store: a test binary's first process with an empty store (driver JIT cache off),
+#    then the same binary again with the store filled; KVSPARSE_CUDA_LOG=1 names each module's
+#    source (store or NVRTC) and its compile and load seconds;
+# 2. the defaults against the golden cases, the CUDA equivalence suite, 200 random MoBA cases a
+#    dtype, the long MoBA cases on each path (and with a small workspace), hostile inputs;
+# 3. report --preset long (32K and 128K) with the defaults; MoBA at 32K on the union kernel and
+#    with an 8 GiB bucket workspace (fewer, larger passes);
+# 4. ncu durations of MoBA's kernels at every budget of one 32K report.
 # Results land in device-out/ and, packed, in $OUT/moba.tar.gz.
 set -uo pipefail
 out=device-out
@@ -23,36 +26,45 @@ timed() {
   echo "$* -> rc $rc, $((($(date +%s%N) - t0) / 1000000)) ms" | tee -a "$out/log.txt"
 }
 export KVSPARSE_REQUIRE=cuda
+store=$(mktemp -d)
+export KVSPARSE_CACHE_DIR=$store
 
-log "first process, driver JIT cache off: CUBIN, then PTX"
-CUDA_CACHE_DISABLE=1 timed timeout 300 .devbin/test-cuda_large >"$out/first-cubin.txt" 2>&1
-tail -n 1 "$out/first-cubin.txt" | tee -a "$out/log.txt"
-CUDA_CACHE_DISABLE=1 KVSPARSE_CUDA_PTX=1 timed timeout 300 .devbin/test-cuda_large >"$out/first-ptx.txt" 2>&1
-tail -n 1 "$out/first-ptx.txt" | tee -a "$out/log.txt"
+log "module store: empty, then filled (driver JIT cache off both times)"
+CUDA_CACHE_DISABLE=1 KVSPARSE_CUDA_LOG=1 timed timeout 240 .devbin/test-cuda_large >"$out/store-cold.txt" 2>&1
+CUDA_CACHE_DISABLE=1 KVSPARSE_CUDA_LOG=1 timed timeout 240 .devbin/test-cuda_large >"$out/store-warm.txt" 2>&1
+grep -hE "test result|panicked" "$out/store-cold.txt" "$out/store-warm.txt" | tee -a "$out/log.txt"
+ls "$store" | wc -l | sed 's/^/modules stored: /' | tee -a "$out/log.txt"
 
-log "opt-in kernels against the reference"
-opt="KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_RUN=8 KVSPARSE_CUDA_MOBA_GATE=mma"
-env $opt timeout 300 .devbin/test-cuda_large >"$out/large-optin.txt" 2>&1
-env $opt KVSPARSE_CUDA_MOBA_WORKSPACE=20000000 timeout 300 .devbin/test-cuda_large >>"$out/large-optin.txt" 2>&1
-env $opt KVSPARSE_CASES=40 timeout 300 .devbin/test-equivalence cuda::moba >"$out/eq-optin.txt" 2>&1
-grep -hE "test result|panicked|outside" "$out/large-optin.txt" "$out/eq-optin.txt" | tee -a "$out/log.txt"
-
-log "MoBA at 32K, every path"
-for combo in "KVSPARSE_CUDA_MOBA=union" "KVSPARSE_CUDA_MOBA=buckets" \
-  "KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_RUN=4" "KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_RUN=8" \
-  "KVSPARSE_CUDA_MOBA=union KVSPARSE_CUDA_MOBA_GATE=mma" \
-  "KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_RUN=8 KVSPARSE_CUDA_MOBA_GATE=mma"; do
-  name=$(echo "$combo" | sed 's/KVSPARSE_CUDA_MOBA//g; s/[ =]/_/g')
-  env $combo timeout 240 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 --backend cuda \
-    >"$out/report$name.txt" 2>/dev/null
-  echo "$combo" | tee -a "$out/log.txt"
-  grep -E "prefill +(dense|moba) +attention" "$out/report$name.txt" | tee -a "$out/log.txt"
+log "defaults against the golden cases and the reference"
+timeout 120 .devbin/kvsparse verify --golden tests/golden --backend cuda >"$out/verify.txt" 2>&1
+tail -n 1 "$out/verify.txt" | tee -a "$out/log.txt"
+grep -vE " pass$" "$out/verify.txt" | tail -n 5 | tee -a "$out/log.txt"
+timed timeout 200 .devbin/test-equivalence cuda:: >"$out/eq-default.txt" 2>&1
+grep -hE "test result|panicked|FAILED" "$out/eq-default.txt" | tail -n 8 | tee -a "$out/log.txt"
+KVSPARSE_CASES=200 timeout 150 .devbin/test-equivalence cuda::moba >"$out/eq-moba200.txt" 2>&1
+for combo in "KVSPARSE_CUDA_MOBA=buckets" "KVSPARSE_CUDA_MOBA=union" \
+  "KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_WORKSPACE=20000000" "KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_RUN=1"; do
+  echo "== $combo" >>"$out/large.txt"
+  env $combo timeout 120 .devbin/test-cuda_large >>"$out/large.txt" 2>&1
 done
+grep -hE "test result|panicked|outside|==" "$out/eq-moba200.txt" "$out/large.txt" | tee -a "$out/log.txt"
+timeout 120 .devbin/test-hostile --nocapture >"$out/hostile.txt" 2>&1
+grep -E "tried|test result" "$out/hostile.txt" | tee -a "$out/log.txt"
 
-log "ncu: the MoBA kernels, buckets with runs of 8 and the tensor-core gate"
-env KVSPARSE_CUDA_MOBA=buckets KVSPARSE_CUDA_MOBA_RUN=8 KVSPARSE_CUDA_MOBA_GATE=mma timeout 300 \
-  ncu --clock-control none --cache-control all \
-  --kernel-name regex:"moba_|attention_bucket|select_blocks|block_mean_f32" --launch-count 120 \
+log "report --preset long, defaults; MoBA at 32K on the union kernel"
+timeout 200 .devbin/kvsparse report --preset long --repeats 10 --backend cuda --out "$out/long" >"$out/report-long.txt" 2>/dev/null
+grep -E "^(copy|kernel|decode   dense|decode   quest|decode   snapkv|prefill|compress)" "$out/report-long.txt" | grep -v ratplus | tee -a "$out/log.txt"
+KVSPARSE_CUDA_MOBA=union timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 --backend cuda \
+  --out "$out/union" >"$out/report-union.txt" 2>/dev/null
+grep -E "prefill +(dense|moba) +attention" "$out/report-union.txt" | tee -a "$out/log.txt"
+echo "KVSPARSE_CUDA_MOBA_WORKSPACE=8 GiB" | tee -a "$out/log.txt"
+KVSPARSE_CUDA_MOBA_WORKSPACE=8589934592 timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 \
+  --backend cuda --out "$out/ws8g" >"$out/report-ws8g.txt" 2>/dev/null
+grep -E "prefill +(dense|moba) +attention" "$out/report-ws8g.txt" | tee -a "$out/log.txt"
+
+log "ncu: MoBA's kernels at 32K"
+timeout 200 ncu --clock-control none --cache-control all \
+  --kernel-name regex:"moba_|attention_bucket|attention_blocks|select_blocks|block_mean_f32" --launch-count 400 \
   --metrics gpu__time_duration.sum --csv \
-  .devbin/kvsparse report --preset long --contexts 32768 --repeats 1 --backend cuda >"$out/ncu.csv" 2>"$out/ncu.err"
+  .devbin/kvsparse report --preset long --contexts 32768 --repeats 1 --backend cuda --out "$out/ncu" >"$out/ncu.csv" 2>"$out/ncu.err"
 wc -l "$out/ncu.csv" | tee -a "$out/log.txt"

@@ -1219,8 +1219,8 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 //   attention_buckets_mma for block size 64 with one CTA per run of up to run_rows / 64 tiles of
 //   a bucket (run_start / run_of count runs where attention_buckets_mma's lists count tiles): the
 //   block's K and V are staged once, each tile's 64 query rows are loaded while the tile before
-//   computes, and with a single key tile the softmax needs no running state. Opt-in
-//   (KVSPARSE_CUDA_MOBA_RUN) until timed against attention_buckets_mma.
+//   computes, and with a single key tile the softmax needs no running state. The default (runs
+//   of 8; KVSPARSE_CUDA_MOBA_RUN): 1.10-1.19x attention_buckets_mma's MoBA at 32K (run 36).
 extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_bucket_runs_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                               const store_t* __restrict__ v, const u32* __restrict__ entries,
@@ -1315,69 +1315,170 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 }
 
 #if defined(KVS_STORE_BF16)
-// moba_gate_mma (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, gate[Hq,T,NB] f32)
-//   blocks.cu's moba_gate (gate = q . mean of each block's keys, unscaled, every block) on tensor
-//   cores, bf16 storage: q is bf16 already, and each f32 mean is split into three bf16 parts
+// moba_route_mma (p, q[Hq,T,D], kmean[Hkv,NB,D] f32, selected[Hq,T,W] i32, n_blocks, n_local,
+//                 force_first, key_stride)
+//   MoBA's gate and per-token routing in one pass, bf16 storage: the scores q . mean of every
+//   block a token may pick never leave shared memory (the separate moba_gate + select_blocks
+//   wrote and re-read Hq*T*NB f32, 2.1 GB at 32K tokens, and took 6.7 + 4.5 ms on the H200).
+//   Scores on tensor cores: q is bf16 already and each f32 mean is split into three bf16 parts
 //   (the top 8 significant bits, the next 8, the last 8, by truncation; exact for |mean| >=
 //   2^-110, below that off by under 2^-133 where the parts turn subnormal: checked in numpy over
 //   2M random floats), so the three products q . part are exact and only their f32 accumulation
-//   rounds, in the tensor cores'
-//   order rather than channel order. One CTA per (64 tokens, query head); per tile of 64 blocks
-//   the parts are staged in shared memory one after the other. Opt-in (KVSPARSE_CUDA_MOBA_GATE)
-//   until validated and timed against moba_gate. p.q_len = T, p.block_size, p.dim = D.
-__device__ __forceinline__ u32 gate_top16(float x) { return __float_as_uint(x) & 0xffff0000u; }
-extern "C" __global__ void __launch_bounds__(PF_THREADS)
-    moba_gate_mma(const AttentionParams p, const store_t* __restrict__ q, const float* __restrict__ kmean,
-                  float* __restrict__ gate) {
-    __shared__ __attribute__((aligned(16))) store_t ms[PF_BN][PF_LD];
+//   rounds (in the tensor cores' order, not channel order). Only the blocks up to the CTA's last
+//   token's block are scored (later ones are never candidates). Selection as select_blocks mode
+//   1 (the same forced set, budget, key order and ties to the lower index), one warp per token:
+//   a 4-pass radix select over the warp's 256-bin histogram, then a ballot compaction in block
+//   order. One CTA (ROUTE_THREADS) per (64 tokens, query head); warp w scores rows 16(w%4).. of
+//   the tile against half w/4 of each 64-block chunk, then routes tokens 8w .. 8w+7.
+//   Dynamic shared memory (route_smem_bytes on the host): the three parts of a chunk's means,
+//   [3][64][PF_LD] bf16; the keys (f32_order_key of the scores) [64][key_stride] u32, key_stride
+//   a multiple of 64 plus 8 (>= NB) so that a warp's float2 stores of 8 rows hit distinct banks;
+//   a 256-bin histogram per warp.
+#define ROUTE_WARPS (ROUTE_THREADS / 32)
+static_assert(ROUTE_WARPS == 8 && PF_BM == 64, "moba_route_mma: 4 row groups of 16 x 2 column halves");
+// The three bf16 parts (as their 16 bits) of x: x = p0 + p1 + p2 exactly for finite |x| >=
+// 2^-110; a non-finite x is its own first part (inf - inf would make a NaN).
+__device__ __forceinline__ void route_split(float x, u32& p0, u32& p1, u32& p2) {
+    const u32 top = __float_as_uint(x) & 0xffff0000u;
+    const float r1 = x - __uint_as_float(top);
+    const u32 mid = __float_as_uint(r1) & 0xffff0000u;
+    const u32 low = __float_as_uint(r1 - __uint_as_float(mid)) & 0xffff0000u;
+    const bool finite = isfinite(x);
+    p0 = finite ? top >> 16 : (u32)kvs_f2bf(x);
+    p1 = finite ? mid >> 16 : 0u;
+    p2 = finite ? low >> 16 : 0u;
+}
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
+    moba_route_mma(const AttentionParams p, const store_t* __restrict__ q, const float* __restrict__ kmean,
+                   int* __restrict__ selected, const u32 n_blocks, const u32 n_local, const u32 force_first,
+                   const u32 key_stride) {
+    extern __shared__ __attribute__((aligned(16))) unsigned char route_smem[];
+    store_t(*ms)[PF_BN][PF_LD] = reinterpret_cast<store_t(*)[PF_BN][PF_LD]>(route_smem);
+    u32* keys = reinterpret_cast<u32*>(route_smem + sizeof(store_t) * 3 * PF_BN * PF_LD);
+    u32* hist = keys + PF_BM * key_stride;
     const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
     const u32 gq = lane >> 2, tg = lane & 3u;
     const u32 h = blockIdx.y;
     const u32 kvh = h / (p.q_heads / p.kv_heads);
     const u32 bs = max(p.block_size, 1u);
     const u32 nb = (p.q_len + bs - 1u) / bs;
-    const u32 ta = blockIdx.x * PF_BM + warp * 16u + gq, tb = ta + 8u;
+    const u32 width = p.n_idx;
+    const u32 t0 = blockIdx.x * PF_BM;
+    const u32 nb_live = (min(t0 + PF_BM, p.q_len) - 1u) / bs + 1u;  // blocks up to the last token's
+    const u32 rg = warp & 3u, half = warp >> 2;
+    const u32 ta = t0 + rg * 16u + gq, tb = ta + 8u;
     const bool va = ta < p.q_len, vb = tb < p.q_len;
     u32 qa[PF_D / 16][4];
     pf_load_queries(qa, q + (unsigned long long)h * p.q_len * PF_D, ta, va, tb, vb, tg);
     const float* mh = kmean + (unsigned long long)kvh * nb * PF_D;
 #pragma unroll 1
-    for (u32 j0 = 0; j0 < nb; j0 += PF_BN) {
-        float s[PF_BN / 8][4];
+    for (u32 j0 = 0; j0 < nb_live; j0 += PF_BN) {
+        __syncthreads();  // every warp is done with the previous chunk's parts
+        for (u32 e = tid * 4u; e < PF_BN * PF_D; e += ROUTE_THREADS * 4u) {
+            const u32 r = e / PF_D, c = e % PF_D;
+            float4 m = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (j0 + r < nb_live) m = *reinterpret_cast<const float4*>(mh + (unsigned long long)(j0 + r) * PF_D + c);
+            const float x[4] = {m.x, m.y, m.z, m.w};
+            u32 bits[3][4];
 #pragma unroll
-        for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll 1
+            for (int i = 0; i < 4; ++i) route_split(x[i], bits[0][i], bits[1][i], bits[2][i]);
+#pragma unroll
+            for (int k = 0; k < 3; ++k)
+                *reinterpret_cast<uint2*>(&ms[k][r][c]) =
+                    make_uint2(bits[k][0] | (bits[k][1] << 16), bits[k][2] | (bits[k][3] << 16));
+        }
+        __syncthreads();
+        // This warp's 16 rows against blocks j0 + 32 half .. + 31: 4 column tiles of 8.
+        float s[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        const u32 mi = lane >> 3;
+#pragma unroll
         for (int part = 0; part < 3; ++part) {
-            __syncthreads();  // every warp is done with the previous part
-            for (u32 e = tid * 4u; e < PF_BN * PF_D; e += blockDim.x * 4u) {
-                const u32 r = e / PF_D, c = e % PF_D;
-                float4 m = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (j0 + r < nb) m = *reinterpret_cast<const float4*>(mh + (unsigned long long)(j0 + r) * PF_D + c);
-                float x[4] = {m.x, m.y, m.z, m.w};
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    // Peel `part` parts off: what is left after them, then its top 16 bits. A
-                    // non-finite mean is its own first part (inf - inf would make a NaN).
-                    float rest = x[i];
-                    for (int k = 0; k < part; ++k) rest -= __uint_as_float(gate_top16(rest));
-                    const bool finite = isfinite(x[i]);
-                    ms[r][c + (u32)i] = finite ? (store_t)(gate_top16(rest) >> 16) : (part == 0 ? kvs_f2bf(x[i]) : 0);
+            for (int kk = 0; kk < PF_D / 16; ++kk) {
+#pragma unroll
+                for (int n = 0; n < 4; n += 2) {
+                    u32 b[4];
+                    kvs_ldsm_x4(b, &ms[part][half * 32u + (u32)n * 8u + (mi >> 1) * 8u + (lane & 7u)]
+                                      [kk * 16 + (mi & 1u) * 8u]);
+                    kvs_mma16816(s[n], qa[kk], b[0], b[1]);
+                    kvs_mma16816(s[n + 1], qa[kk], b[2], b[3]);
                 }
             }
-            __syncthreads();
-            pf_scores_add(s, qa, ms, lane);
         }
-        // s[n][e]: row ta (e < 2) or tb, block j0 + 8n + 2tg + e % 2.
+        // s[n][e]: row ta (e < 2) or tb, block j0 + 32 half + 8n + 2tg + e % 2; the key rows
+        // hold blocks up to a multiple of 64 past nb_live (never read past it).
 #pragma unroll
-        for (int n = 0; n < PF_BN / 8; ++n) {
+        for (int n = 0; n < 4; ++n) {
+            const u32 col = j0 + half * 32u + (u32)n * 8u + tg * 2u;
+            const u32 ra = rg * 16u + gq;
+            *reinterpret_cast<uint2*>(&keys[ra * key_stride + col]) =
+                make_uint2(f32_order_key(s[n][0]), f32_order_key(s[n][1]));
+            *reinterpret_cast<uint2*>(&keys[(ra + 8u) * key_stride + col]) =
+                make_uint2(f32_order_key(s[n][2]), f32_order_key(s[n][3]));
+        }
+    }
+    __syncthreads();
+    u32* wh = hist + warp * 256u;
+    const u32 lt = (1u << lane) - 1u;  // lanes below this one
+#pragma unroll 1
+    for (u32 lr = warp * (PF_BM / ROUTE_WARPS); lr < (warp + 1u) * (PF_BM / ROUTE_WARPS); ++lr) {
+        const u32 t = t0 + lr;
+        if (t >= p.q_len) break;  // warp-uniform
+        const u32* row = keys + lr * key_stride;
+        const u32 cur = min(t / bs, nb - 1u);
+        const u32 n = cur + 1u;
+        // Forced: block 0 (force_first) and cur - n_local + 1 ..= cur; competing: the other
+        // blocks before cur (select_blocks' BlockSelectSrc, past_only).
+        auto forced = [&](u32 b) { return (force_first != 0u && b == 0u) || (b <= cur && b + n_local > cur); };
+        u32 n_forced = 0u, n_elig = 0u;
+        for (u32 b0 = 0; b0 < n; b0 += 32u) {
+            const u32 b = b0 + lane;
+            const bool f = b < n && forced(b);
+            n_forced += (u32)__popc(__ballot_sync(KVS_FULL_MASK, f));
+            n_elig += (u32)__popc(__ballot_sync(KVS_FULL_MASK, b < cur && !f));
+        }
+        const u32 budget = n_blocks > n_forced ? n_blocks - n_forced : 0u;
+        const u32 want = min(budget, n_elig);
+        u32 thr = 0u, take_eq = 0u;
+        if (want > 0u) {  // warp-uniform
+            u32 prefix = 0u, mask = 0u, rem = want;
+            for (int shift = 24; shift >= 0; shift -= 8) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const u32 blk = j0 + (u32)n * 8u + tg * 2u + (u32)e;
-                if (blk >= nb) continue;
-                if (va) gate[((unsigned long long)h * p.q_len + ta) * nb + blk] = s[n][e];
-                if (vb) gate[((unsigned long long)h * p.q_len + tb) * nb + blk] = s[n][2 + e];
+                for (u32 i = 0; i < 8u; ++i) wh[lane + 32u * i] = 0u;
+                __syncwarp();
+                for (u32 b0 = 0; b0 < n; b0 += 32u) {
+                    const u32 b = b0 + lane;
+                    const bool c = b < cur && !forced(b) && (row[b] & mask) == prefix;
+                    hist_add_warp(wh, c ? (row[b] >> shift) & 255u : 256u);
+                }
+                __syncwarp();
+                u32 d;
+                radix_digit_warp(wh, rem, &d, &rem);
+                prefix |= d << shift;
+                mask |= 255u << shift;
+                __syncwarp();  // the histogram is read before the next pass clears it
             }
+            thr = prefix;
+            take_eq = rem;
         }
+        int* out = selected + ((unsigned long long)h * p.q_len + t) * width;
+        u32 pos = 0u, eq_seen = 0u;
+        for (u32 b0 = 0; b0 < n; b0 += 32u) {
+            const u32 b = b0 + lane;
+            const bool f = b < n && forced(b);
+            const bool e = want > 0u && b < cur && !f;
+            const u32 key = e ? row[b] : 0u;
+            const u32 eq = __ballot_sync(KVS_FULL_MASK, e && key == thr);
+            const bool take = f || (e && key > thr) || (((eq >> lane) & 1u) != 0u && eq_seen + (u32)__popc(eq & lt) < take_eq);
+            const u32 tm = __ballot_sync(KVS_FULL_MASK, take);
+            const u32 at = pos + (u32)__popc(tm & lt);
+            if (take && at < width) out[at] = (int)b;
+            pos += (u32)__popc(tm);
+            eq_seen += (u32)__popc(eq);
+        }
+        for (u32 i = pos + lane; i < width; i += 32u) out[i] = -1;
     }
 }
 #endif

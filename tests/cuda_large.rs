@@ -5,9 +5,10 @@
 //! and 5000 tokens at f16 and bf16 against the CPU reference. The backend picks the bucket path
 //! only for the sparsest budgets: run with `KVSPARSE_CUDA_MOBA=buckets` to put every case on it
 //! (and `=union` for the query-major kernel), and with `KVSPARSE_CUDA_MOBA_WORKSPACE=20000000`
-//! (bytes) to make it take the query heads one or two at a time. The opt-in kernels are checked
-//! the same way: `KVSPARSE_CUDA_MOBA_RUN=8` (bucket CTAs over runs of tiles) and
-//! `KVSPARSE_CUDA_MOBA_GATE=mma` (the gate on tensor cores, bf16 cases).
+//! (bytes) to make it take the query heads one or two at a time. The bucket CTAs take runs of 8
+//! tiles by default (`KVSPARSE_CUDA_MOBA_RUN=1` for one tile a CTA), and bf16 cases route on
+//! tensor cores in one pass (`moba_route_mma`) where the f16 ones take the separate gate and
+//! selection kernels.
 //!
 //! Runs only where a CUDA device exists; `KVSPARSE_REQUIRE=cuda` turns a missing device into a
 //! failure.

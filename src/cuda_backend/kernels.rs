@@ -164,7 +164,7 @@ impl Family {
                 "attention_buckets_mma",
                 "attention_bucket_runs_mma",
                 "moba_merge_pairs",
-                "moba_gate_mma",
+                "moba_route_mma",
             ],
             Family::SnapKv => &[
                 "snapkv_lse",
@@ -196,7 +196,7 @@ impl Family {
         if entry == "attention_decode_mma" {
             return prefill_mma_fits(spec);
         }
-        if entry == "moba_gate_mma" {
+        if entry == "moba_route_mma" {
             return prefill_mma_fits(spec) && spec.dtype == Some(DType::BF16);
         }
         if entry.starts_with("attention_decode_") {

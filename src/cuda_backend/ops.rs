@@ -87,7 +87,7 @@ const TOPK_AUX: usize = 32 * 257;
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
 /// `static_assert` what they derive from them).
-pub(super) fn kernel_defines() -> [(&'static str, usize); 20] {
+pub(super) fn kernel_defines() -> [(&'static str, usize); 21] {
     [
         ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
         ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
@@ -109,6 +109,7 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 20] {
         ("PF_THREADS", PREFILL_THREADS as usize),
         ("PF_MAX_NB", PREFILL_MAX_NB),
         ("MOBA_BUCKET_TOKENS", MOBA_BUCKET_TOKENS as usize),
+        ("ROUTE_THREADS", ROUTE_THREADS as usize),
     ]
 }
 
@@ -1516,23 +1517,10 @@ impl Backend for Cuda {
             Some(r) => ops::check(op, &[q, k, v, out, lse, selected, r])?,
             None => ops::check(op, &[q, k, v, out, lse, selected])?,
         }
-        // Without a ranking output the gate (or keys) still go through scratch for now.
-        let mut rank_scratch;
-        let ranking: &mut CudaBuffer = match ranking {
-            Some(r) => r,
-            None => {
-                let (dtype, len) = match op.select.selector {
-                    Selector::Score => (DType::F32, op.q_heads * op.seq * op.nb()),
-                    Selector::Random { .. } => (DType::U32, op.q_heads * op.seq * op.nb()),
-                };
-                rank_scratch = CudaBuffer { slice: self.scratch(len * 4)?, dtype, len };
-                &mut rank_scratch
-            }
-        };
         let head = head_spec(MobaPrefill::NAME, op.dtype, op.dim)?;
         let nb = op.nb();
         let bs = op.select.block_size;
-        // Attention parameters (also the tensor-core gate's: heads, length, dim, block size).
+        // Attention parameters (also the routing kernel's: heads, length, dim, block size, W).
         let p = AttentionParams {
             q_heads: op.q_heads as u32,
             kv_heads: op.kv_heads as u32,
@@ -1547,42 +1535,58 @@ impl Backend for Cuda {
             splits: 1,
             _pad0: 0,
         };
-        if op.select.selector == Selector::Score {
-            // 1. block means per kv head (f32 scratch), 2. gate of every block.
-            let shape = BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
-            let stats = op.kv_heads * nb * op.dim;
-            let mut kmean = self.scratch(stats * 4)?;
-            let mean_p = shape.params();
-            let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean_f32")?;
+        let route_bytes = route_smem_bytes(op);
+        let fused_route = op.select.selector == Selector::Score
+            && ranking.is_none()
+            && op.dtype == DType::BF16
+            && prefill_mma_on(head, op.dim)
+            && route_bytes <= self.smem_per_block_optin()?;
+        if fused_route {
+            // 1. block means per kv head (f32 scratch), 2. gate and routing in one pass.
+            let kmean = self.block_means_f32(op, k)?;
+            let f = self.function_with_smem(Family::Attention, head, "moba_route_mma", route_bytes)?;
+            let sp = op.select_params();
+            let key_stride = route_key_stride(nb) as u32;
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&mean_p).arg(&k.slice).arg(&mut kmean);
-            // SAFETY: matches `block_mean_f32(p, k, kmean)`; k [Hkv, T, D] (checked), kmean sized
-            // Hkv*NB*D f32 here; guarded e < Hkv*NB*D.
-            unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean_f32", e))?;
-            let gp = BlockParams {
-                q_heads: op.q_heads as u32,
-                kv_heads: op.kv_heads as u32,
-                seq: op.seq as u32,
-                dim: op.dim as u32,
-                block_size: bs as u32,
-                nb: nb as u32,
-                ..Default::default()
+            b.arg(&p).arg(&q.slice).arg(&kmean).arg(&mut selected.slice);
+            b.arg(&sp.n_blocks).arg(&sp.n_local).arg(&sp.force_first).arg(&key_stride);
+            let cfg = LaunchConfig {
+                grid_dim: ((op.seq as u32).div_ceil(PREFILL_ROWS), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
+                block_dim: (ROUTE_THREADS, 1, 1),
+                shared_mem_bytes: route_bytes as u32,
             };
-            if moba_gate_mma() && op.dtype == DType::BF16 && prefill_mma_on(head, op.dim) {
-                let f = self.function(Family::Attention, head, "moba_gate_mma")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
-                let cfg = LaunchConfig {
-                    grid_dim: ((op.seq as u32).div_ceil(PREFILL_ROWS), grid_y(MobaPrefill::NAME, op.q_heads)?, 1),
-                    block_dim: (PREFILL_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
+            // SAFETY: matches `moba_route_mma(p, q, kmean, selected, n_blocks, n_local,
+            // force_first, key_stride)`; bf16 with D in {64, 128} (prefill_mma_on); q [Hq, T, D]
+            // and selected [Hq, T, W] i32 (checked), kmean [Hkv, NB, D] f32 written above;
+            // key_stride >= NB rounded up to 64 (route_key_stride) and `route_bytes` of dynamic
+            // shared memory sized from it (within the device's opt-in limit, checked above); one
+            // CTA per (64 tokens, query head); tokens, blocks and selected slots guarded.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_route_mma", e))?;
+        } else {
+            let mut rank_scratch;
+            let ranking: &mut CudaBuffer = match ranking {
+                Some(r) => r,
+                None => {
+                    let (dtype, len) = match op.select.selector {
+                        Selector::Score => (DType::F32, op.q_heads * op.seq * nb),
+                        Selector::Random { .. } => (DType::U32, op.q_heads * op.seq * nb),
+                    };
+                    rank_scratch = CudaBuffer { slice: self.scratch(len * 4)?, dtype, len };
+                    &mut rank_scratch
+                }
+            };
+            if op.select.selector == Selector::Score {
+                // 1. block means per kv head (f32 scratch), 2. gate of every block.
+                let kmean = self.block_means_f32(op, k)?;
+                let gp = BlockParams {
+                    q_heads: op.q_heads as u32,
+                    kv_heads: op.kv_heads as u32,
+                    seq: op.seq as u32,
+                    dim: op.dim as u32,
+                    block_size: bs as u32,
+                    nb: nb as u32,
+                    ..Default::default()
                 };
-                // SAFETY: matches `moba_gate_mma(p, q, kmean, gate)`; bf16 with D in {64, 128}
-                // (checked just above); q [Hq, T, D] (checked), kmean [Hkv, NB, D] f32 written
-                // above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per (64 tokens, query
-                // head), 128 threads; tokens and blocks guarded.
-                unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate_mma", e))?;
-            } else {
                 let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
                 let mut b = self.stream.launch_builder(&f);
                 b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
@@ -1591,14 +1595,15 @@ impl Backend for Cuda {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                // SAFETY: matches `moba_gate(p, q, kmean, gate)`; q [Hq, T, D] (checked), kmean
-                // written above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per (64 tokens,
-                // query head), 256 threads (its launch bounds); tokens, blocks and channels guarded.
+                // SAFETY: matches `moba_gate(p, q, kmean, gate)`; q [Hq, T, D] (checked),
+                // kmean written above, ranking = gate [Hq, T, NB] f32 (checked); one CTA per
+                // (64 tokens, query head), 256 threads (its launch bounds); tokens, blocks
+                // and channels guarded.
                 unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_gate", e))?;
             }
+            // 3. per-token routing (the random selector's keys first, inside `select`).
+            self.select(&op.select_params(), ranking, selected)?;
         }
-        // 3. per-token routing.
-        self.select(&op.select_params(), ranking, selected)?;
         // 4. causal attention over the selected blocks' tokens.
         let mma = prefill_mma_on(head, op.dim) && bs.is_multiple_of(PREFILL_ROWS as usize) && nb <= PREFILL_MAX_NB;
         if mma && moba_takes_buckets(op) {
@@ -1863,11 +1868,11 @@ impl Backend for Cuda {
 /// one query-major pass over the union of each 64-query tile's selected blocks
 /// (`attention_blocks_mma`). `KVSPARSE_CUDA_MOBA=buckets` or `=union` forces one (to time both in
 /// one GPU run); by default the buckets run when the key-query pairs the selection allows
-/// ([`MobaPrefill::pairs_bound`]) are at most 2/9 of dense causal attention's. Why 2/9: on the
-/// H200 at 32K tokens (BENCHMARKS run 35) a bucket pass cost about 5.4x dense prefill's time per
-/// key-query pair (single-tile CTAs, partials written and merged) and the union pass 1.25x dense
-/// attention whatever the budget, so the buckets win below 1.25 / 5.4 of the pairs: at 1/16
-/// (36.6 against 55.4 ms), not at 1/8 (57.7 against 56.0) or 1/4 (97.3 against 56.9).
+/// ([`MobaPrefill::pairs_bound`]) are at most 2/7 of dense causal attention's. Why 2/7: on the
+/// H200 at 32K tokens (BENCHMARKS run 36, bucket CTAs over runs of 8 tiles) the bucket path
+/// cost about 13 ms plus 140 ms per unit of that pair fraction, the union pass about 55 ms
+/// whatever the budget: the two meet near 0.28, between 1/8 (0.23 of the pairs: 48.3 against
+/// 55.2 ms) and 1/4 (0.44: 82.3 against 55.7 ms).
 fn moba_takes_buckets(op: &MobaPrefill) -> bool {
     static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *FORCED.get_or_init(|| match std::env::var("KVSPARSE_CUDA_MOBA").as_deref().map(str::trim) {
@@ -1877,29 +1882,24 @@ fn moba_takes_buckets(op: &MobaPrefill) -> bool {
     });
     forced.unwrap_or_else(|| {
         let dense_pairs = op.q_heads as u64 * (op.seq as u64 * (op.seq as u64 + 1) / 2);
-        9 * op.pairs_bound() <= 2 * dense_pairs
+        7 * op.pairs_bound() <= 2 * dense_pairs
     })
 }
 
-/// `KVSPARSE_CUDA_MOBA_RUN=R` (2 to 64): each CTA of the bucket attention takes R tiles of its
-/// bucket, the block's K and V staged once (`attention_bucket_runs_mma`, block size 64 only).
-/// Opt-in: written in session 5 without a GPU to run it on, so neither validated nor timed.
-fn moba_run_tiles() -> Option<usize> {
-    static RUN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+/// Tiles of its bucket each CTA of the bucket attention takes, the block's K and V staged once
+/// (`attention_bucket_runs_mma`, block size 64; 1 = `attention_buckets_mma`, a tile a CTA). 8 by
+/// default: on the H200 at 32K tokens runs of 8 took MoBA 1/4, 1/8, 1/16 from 99.0 / 57.9 / 36.1
+/// ms to 83.1 / 49.3 / 32.1 ms, runs of 4 to 85.2 / 50.3 / 32.1 (BENCHMARKS run 36).
+/// `KVSPARSE_CUDA_MOBA_RUN=R` (1 to 64) picks another run length.
+fn moba_run_tiles() -> usize {
+    static RUN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *RUN.get_or_init(|| {
         std::env::var("KVSPARSE_CUDA_MOBA_RUN")
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .filter(|r| (2..=64).contains(r))
+            .filter(|r| (1..=64).contains(r))
+            .unwrap_or(8)
     })
-}
-
-/// `KVSPARSE_CUDA_MOBA_GATE=mma`: MoBA's gate on tensor cores for bf16 storage (`moba_gate_mma`:
-/// each f32 block mean split exactly into three bf16 parts). Opt-in: written in session 5 without
-/// a GPU to run it on, so neither validated nor timed.
-fn moba_gate_mma() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_MOBA_GATE").is_ok_and(|v| v.trim() == "mma"))
 }
 
 /// Query rows of one bucket tile (the prefill's `PF_BM`).
@@ -1932,6 +1932,51 @@ fn moba_bucket_heads(op: &MobaPrefill, workspace: usize) -> Option<usize> {
     (heads >= 1 && heads * moba_pairs_per_head(op) < u32::MAX as usize).then_some(heads)
 }
 
+/// Threads of `moba_route_mma` (`ROUTE_THREADS`): 8 warps, two per 16-row group of the tile.
+const ROUTE_THREADS: u32 = 256;
+
+/// Words per key row of `moba_route_mma`'s shared scores: NB rounded up to the 64-block chunks
+/// it writes, plus 8 so that the rows of a warp's stores fall on different banks.
+fn route_key_stride(nb: usize) -> usize {
+    nb.next_multiple_of(64) + 8
+}
+
+/// Dynamic shared memory of `moba_route_mma`: a chunk's mean parts ([3][64][D + 8] bf16), the
+/// tile's keys ([64][key stride] u32) and a 256-bin histogram per warp. 189 KiB at NB 512, D 128.
+fn route_smem_bytes(op: &MobaPrefill) -> usize {
+    let parts = 3 * MOBA_TILE_ROWS * (op.dim + 8) * 2;
+    let keys = MOBA_TILE_ROWS * route_key_stride(op.nb()) * 4;
+    parts + keys + (ROUTE_THREADS as usize / 32) * 256 * 4
+}
+
+impl Cuda {
+    /// f32 means of every key block of `k` ([Hkv, NB, D] scratch), MoBA's gate operand.
+    fn block_means_f32(&self, op: &MobaPrefill, k: &CudaBuffer) -> Result<CudaSlice<u8>> {
+        let bs = op.select.block_size;
+        let shape = BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
+        let stats = op.kv_heads * op.nb() * op.dim;
+        let mut kmean = self.scratch(stats * 4)?;
+        let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean_f32")?;
+        let mean_p = shape.params();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mean_p).arg(&k.slice).arg(&mut kmean);
+        // SAFETY: matches `block_mean_f32(p, k, kmean)`; k [Hkv, T, D] (checked by the caller),
+        // kmean sized Hkv*NB*D f32 here; guarded e < Hkv*NB*D.
+        unsafe { b.launch(elementwise(stats)) }.map_err(|e| device_err("block_mean_f32", e))?;
+        Ok(kmean)
+    }
+
+    /// The most dynamic shared memory one CTA may opt in to on this device.
+    fn smem_per_block_optin(&self) -> Result<usize> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let bytes = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| device_err("device attribute", e))?;
+        Ok(bytes.max(0) as usize)
+    }
+}
+
 impl Cuda {
     /// MoBA's attention key-block-major, `heads` query heads per pass: buckets of the tokens that
     /// selected each (head, block) (`moba_bucket_count`, `moba_bucket_scan`, `moba_bucket_fill`),
@@ -1955,8 +2000,8 @@ impl Cuda {
         let (t, w, nb) = (op.seq, op.width(), op.nb());
         let pairs = heads * moba_pairs_per_head(op);
         let n = heads * nb;
-        // A CTA takes `run` tiles of a bucket (attention_bucket_runs_mma, opt-in, block 64) or one.
-        let run = moba_run_tiles().filter(|_| op.select.block_size == MOBA_TILE_ROWS).unwrap_or(1);
+        // A CTA takes `run` tiles of a bucket (attention_bucket_runs_mma, block 64) or one.
+        let run = if op.select.block_size == MOBA_TILE_ROWS { moba_run_tiles() } else { 1 };
         let unit = MOBA_TILE_ROWS * run;
         let tiles = pairs.div_ceil(unit) + n;
         let mut counters = self.scratch(8 * n)?;
@@ -2061,16 +2106,26 @@ mod tests {
         MobaPrefill::new(32, 8, 32768, 128, select, default_scale(128), DType::BF16).unwrap().without_ranking()
     }
 
-    /// The choice run 35 measured: buckets at 1/16 of 32K tokens, the union kernel at 1/8 and 1/4
-    /// (unless `KVSPARSE_CUDA_MOBA` forces one).
+    /// The choice run 36 measured: buckets at 1/16 and 1/8 of 32K tokens, the union kernel at
+    /// 1/4 (unless `KVSPARSE_CUDA_MOBA` forces one).
     #[test]
-    fn moba_takes_buckets_only_for_the_sparsest_budgets() {
+    fn moba_takes_buckets_for_the_sparser_budgets() {
         if std::env::var_os("KVSPARSE_CUDA_MOBA").is_some() {
             return;
         }
         assert!(moba_takes_buckets(&moba_32k(16)));
-        assert!(!moba_takes_buckets(&moba_32k(8)));
+        assert!(moba_takes_buckets(&moba_32k(8)));
         assert!(!moba_takes_buckets(&moba_32k(4)));
+    }
+
+    /// The one-pass routing's shared memory fits a Hopper CTA (227 KiB) at 32K tokens of block
+    /// 64, and its key rows start 8 words past a multiple of 32 (the stores' bank spread).
+    #[test]
+    fn moba_route_fits_hopper_at_32k() {
+        let bytes = route_smem_bytes(&moba_32k(16));
+        assert!(bytes <= 227 << 10, "{bytes}");
+        assert_eq!(route_key_stride(512) % 32, 8);
+        assert_eq!(route_key_stride(65), 136);
     }
 
     /// A pass's lists fit the workspace: 2 GiB hold several heads at 1/16 of 32K tokens.
