@@ -2,7 +2,9 @@
 # MoBA's CUDA paths and the compiled-module store, validated and timed in one call on the GPU
 # machine (cuda/PERF.md, "MoBA key-block-major"; BENCHMARKS runs 35-37):
 #   here:   bash benches/device-prepare.sh
-#   there:  source .devbin/on-device.sh; bash benches/device-moba.sh
+#   there:  source .devbin/on-device.sh; bash benches/device-moba.sh [quick]
+# `quick` (a kernel change to validate and time, nothing else): step 2 without the hostile inputs,
+# step 3 at 32K only, step 4; no step 1.
 # 1. the module store: a test binary's first process with an empty store (driver JIT cache off),
 #    then the same binary again with the store filled; KVSPARSE_CUDA_LOG=1 names each module's
 #    source (store or NVRTC) and its compile and load seconds;
@@ -26,14 +28,17 @@ timed() {
   echo "$* -> rc $rc, $((($(date +%s%N) - t0) / 1000000)) ms" | tee -a "$out/log.txt"
 }
 export KVSPARSE_REQUIRE=cuda
+quick=$([ "${1:-}" = quick ] && echo 1 || echo 0)
 store=$(mktemp -d)
 export KVSPARSE_CACHE_DIR=$store
 
+[ "$quick" = 1 ] || {
 log "module store: empty, then filled (driver JIT cache off both times)"
 CUDA_CACHE_DISABLE=1 KVSPARSE_CUDA_LOG=1 timed timeout 240 .devbin/test-cuda_large >"$out/store-cold.txt" 2>&1
 CUDA_CACHE_DISABLE=1 KVSPARSE_CUDA_LOG=1 timed timeout 240 .devbin/test-cuda_large >"$out/store-warm.txt" 2>&1
 grep -hE "test result|panicked" "$out/store-cold.txt" "$out/store-warm.txt" | tee -a "$out/log.txt"
 ls "$store" | wc -l | sed 's/^/modules stored: /' | tee -a "$out/log.txt"
+}
 
 log "defaults against the golden cases and the reference"
 timeout 120 .devbin/kvsparse verify --golden tests/golden --backend cuda >"$out/verify.txt" 2>&1
@@ -48,19 +53,25 @@ for combo in "KVSPARSE_CUDA_MOBA=buckets" "KVSPARSE_CUDA_MOBA=union" \
   env $combo timeout 120 .devbin/test-cuda_large >>"$out/large.txt" 2>&1
 done
 grep -hE "test result|panicked|outside|==" "$out/eq-moba200.txt" "$out/large.txt" | tee -a "$out/log.txt"
+[ "$quick" = 1 ] || {
 timeout 120 .devbin/test-hostile --nocapture >"$out/hostile.txt" 2>&1
 grep -E "tried|test result" "$out/hostile.txt" | tee -a "$out/log.txt"
+}
 
 log "report --preset long, defaults; MoBA at 32K on the union kernel"
-timeout 200 .devbin/kvsparse report --preset long --repeats 10 --backend cuda --out "$out/long" >"$out/report-long.txt" 2>/dev/null
+contexts=$([ "$quick" = 1 ] && echo 32768 || echo 32768,131072)
+timeout 200 .devbin/kvsparse report --preset long --contexts "$contexts" --repeats 10 --backend cuda --out "$out/long" \
+  >"$out/report-long.txt" 2>/dev/null
 grep -E "^(copy|kernel|decode   dense|decode   quest|decode   snapkv|prefill|compress)" "$out/report-long.txt" | grep -v ratplus | tee -a "$out/log.txt"
 KVSPARSE_CUDA_MOBA=union timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 --backend cuda \
   --out "$out/union" >"$out/report-union.txt" 2>/dev/null
 grep -E "prefill +(dense|moba) +attention" "$out/report-union.txt" | tee -a "$out/log.txt"
+[ "$quick" = 1 ] || {
 echo "KVSPARSE_CUDA_MOBA_WORKSPACE=8 GiB" | tee -a "$out/log.txt"
 KVSPARSE_CUDA_MOBA_WORKSPACE=8589934592 timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 \
   --backend cuda --out "$out/ws8g" >"$out/report-ws8g.txt" 2>/dev/null
 grep -E "prefill +(dense|moba) +attention" "$out/report-ws8g.txt" | tee -a "$out/log.txt"
+}
 
 log "ncu: MoBA's kernels at 32K"
 timeout 200 ncu --clock-control none --cache-control all \

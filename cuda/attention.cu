@@ -1326,16 +1326,32 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 //   2M random floats), so the three products q . part are exact and only their f32 accumulation
 //   rounds (in the tensor cores' order, not channel order). Only the blocks up to the CTA's last
 //   token's block are scored (later ones are never candidates). Selection as select_blocks mode
-//   1 (the same forced set, budget, key order and ties to the lower index), one warp per token:
-//   a 4-pass radix select over the warp's 256-bin histogram, then a ballot compaction in block
-//   order. One CTA (ROUTE_THREADS) per (64 tokens, query head); warp w scores rows 16(w%4).. of
-//   the tile against half w/4 of each 64-block chunk, then routes tokens 8w .. 8w+7.
+//   1 (the same forced set, budget, key order and ties to the lower index), one warp per token
+//   with its keys in registers (ROUTE_ITEMS a lane, NB <= ROUTE_MAX_NB): the threshold bit by
+//   bit from the top, one warp sum per bit, then a ballot compaction in block order. (Run 37's
+//   first version, a 4-pass radix select over a warp histogram of match.any-aggregated adds,
+//   took 13.3 ms at 32K, more than the two kernels it replaced.) One CTA (ROUTE_THREADS) per
+//   (64 tokens, query head); warp w scores rows 16(w%4).. of the tile against half w/4 of each
+//   64-block chunk, then routes tokens 8w .. 8w+7.
 //   Dynamic shared memory (route_smem_bytes on the host): the three parts of a chunk's means,
-//   [3][64][PF_LD] bf16; the keys (f32_order_key of the scores) [64][key_stride] u32, key_stride
-//   a multiple of 64 plus 8 (>= NB) so that a warp's float2 stores of 8 rows hit distinct banks;
-//   a 256-bin histogram per warp.
+//   [3][64][PF_LD] bf16, and the keys (f32_order_key of the scores) [64][key_stride] u32,
+//   key_stride a multiple of 64 plus 8 (>= NB) so that a warp's float2 stores of 8 rows hit
+//   distinct banks.
 #define ROUTE_WARPS (ROUTE_THREADS / 32)
 static_assert(ROUTE_WARPS == 8 && PF_BM == 64, "moba_route_mma: 4 row groups of 16 x 2 column halves");
+#define ROUTE_ITEMS (ROUTE_MAX_NB / 32)  // blocks a lane ranks (ROUTE_MAX_NB: ops.rs)
+static_assert(ROUTE_MAX_NB % 32 == 0 && ROUTE_ITEMS <= 32, "a lane's item bits fit a u32");
+static_assert((PF_BN * PF_D) % (ROUTE_THREADS * 4) == 0, "a chunk's means split evenly into float4 loads");
+// Sum of v over the warp (redux.sync where the arch has it).
+__device__ __forceinline__ u32 route_warp_sum(u32 v) {
+#if __CUDA_ARCH__ >= 800
+    return __reduce_add_sync(KVS_FULL_MASK, v);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(KVS_FULL_MASK, v, o);
+    return v;
+#endif
+}
 // The three bf16 parts (as their 16 bits) of x: x = p0 + p1 + p2 exactly for finite |x| >=
 // 2^-110; a non-finite x is its own first part (inf - inf would make a NaN).
 __device__ __forceinline__ void route_split(float x, u32& p0, u32& p1, u32& p2) {
@@ -1355,7 +1371,6 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
     extern __shared__ __attribute__((aligned(16))) unsigned char route_smem[];
     store_t(*ms)[PF_BN][PF_LD] = reinterpret_cast<store_t(*)[PF_BN][PF_LD]>(route_smem);
     u32* keys = reinterpret_cast<u32*>(route_smem + sizeof(store_t) * 3 * PF_BN * PF_LD);
-    u32* hist = keys + PF_BM * key_stride;
     const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
     const u32 gq = lane >> 2, tg = lane & 3u;
     const u32 h = blockIdx.y;
@@ -1371,14 +1386,28 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
     u32 qa[PF_D / 16][4];
     pf_load_queries(qa, q + (unsigned long long)h * p.q_len * PF_D, ta, va, tb, vb, tg);
     const float* mh = kmean + (unsigned long long)kvh * nb * PF_D;
+    // The means of a chunk, ROUTE_LOADS float4 a thread, loaded a chunk ahead: the next chunk's
+    // loads are in flight while this one's products run (one CTA per SM: nothing else hides them).
+    constexpr int ROUTE_LOADS = PF_BN * PF_D / (ROUTE_THREADS * 4);
+    float4 next[ROUTE_LOADS];
+    auto load_chunk = [&](u32 j0) {
+#pragma unroll
+        for (int it = 0; it < ROUTE_LOADS; ++it) {
+            const u32 e = (tid + (u32)it * ROUTE_THREADS) * 4u;
+            const u32 r = e / PF_D, c = e % PF_D;
+            next[it] = j0 + r < nb_live ? *reinterpret_cast<const float4*>(mh + (unsigned long long)(j0 + r) * PF_D + c)
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    };
+    load_chunk(0u);
 #pragma unroll 1
     for (u32 j0 = 0; j0 < nb_live; j0 += PF_BN) {
         __syncthreads();  // every warp is done with the previous chunk's parts
-        for (u32 e = tid * 4u; e < PF_BN * PF_D; e += ROUTE_THREADS * 4u) {
+#pragma unroll
+        for (int it = 0; it < ROUTE_LOADS; ++it) {
+            const u32 e = (tid + (u32)it * ROUTE_THREADS) * 4u;
             const u32 r = e / PF_D, c = e % PF_D;
-            float4 m = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (j0 + r < nb_live) m = *reinterpret_cast<const float4*>(mh + (unsigned long long)(j0 + r) * PF_D + c);
-            const float x[4] = {m.x, m.y, m.z, m.w};
+            const float x[4] = {next[it].x, next[it].y, next[it].z, next[it].w};
             u32 bits[3][4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) route_split(x[i], bits[0][i], bits[1][i], bits[2][i]);
@@ -1387,6 +1416,7 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
                 *reinterpret_cast<uint2*>(&ms[k][r][c]) =
                     make_uint2(bits[k][0] | (bits[k][1] << 16), bits[k][2] | (bits[k][3] << 16));
         }
+        if (j0 + PF_BN < nb_live) load_chunk(j0 + PF_BN);
         __syncthreads();
         // This warp's 16 rows against blocks j0 + 32 half .. + 31: 4 column tiles of 8.
         float s[4][4];
@@ -1420,7 +1450,6 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
         }
     }
     __syncthreads();
-    u32* wh = hist + warp * 256u;
     const u32 lt = (1u << lane) - 1u;  // lanes below this one
 #pragma unroll 1
     for (u32 lr = warp * (PF_BM / ROUTE_WARPS); lr < (warp + 1u) * (PF_BM / ROUTE_WARPS); ++lr) {
@@ -1429,52 +1458,56 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
         const u32* row = keys + lr * key_stride;
         const u32 cur = min(t / bs, nb - 1u);
         const u32 n = cur + 1u;
-        // Forced: block 0 (force_first) and cur - n_local + 1 ..= cur; competing: the other
-        // blocks before cur (select_blocks' BlockSelectSrc, past_only).
-        auto forced = [&](u32 b) { return (force_first != 0u && b == 0u) || (b <= cur && b + n_local > cur); };
-        u32 n_forced = 0u, n_elig = 0u;
-        for (u32 b0 = 0; b0 < n; b0 += 32u) {
-            const u32 b = b0 + lane;
-            const bool f = b < n && forced(b);
-            n_forced += (u32)__popc(__ballot_sync(KVS_FULL_MASK, f));
-            n_elig += (u32)__popc(__ballot_sync(KVS_FULL_MASK, b < cur && !f));
+        // This lane's blocks lane + 32i: keys in registers, bit i of `forc` / `elig` when forced
+        // (block 0 under force_first, cur - n_local + 1 ..= cur) or competing (the other blocks
+        // before cur), as select_blocks' BlockSelectSrc with past_only.
+        u32 key[ROUTE_ITEMS];
+        u32 forc = 0u, elig = 0u;
+#pragma unroll
+        for (int i = 0; i < ROUTE_ITEMS; ++i) {
+            const u32 b = lane + 32u * (u32)i;
+            const bool f = b < n && ((force_first != 0u && b == 0u) || (b <= cur && b + n_local > cur));
+            const bool e = b < cur && !f;
+            key[i] = e ? row[b] : 0u;
+            forc |= (f ? 1u : 0u) << i;
+            elig |= (e ? 1u : 0u) << i;
         }
+        const u32 n_forced = route_warp_sum((u32)__popc(forc));
         const u32 budget = n_blocks > n_forced ? n_blocks - n_forced : 0u;
-        const u32 want = min(budget, n_elig);
+        const u32 want = min(budget, route_warp_sum((u32)__popc(elig)));
+        // thr = the want-th largest competing key: the largest value with at least `want` keys at
+        // or above it, found bit by bit from the top; take_eq = how many keys equal to it are kept
+        // (the lowest blocks first).
         u32 thr = 0u, take_eq = 0u;
         if (want > 0u) {  // warp-uniform
-            u32 prefix = 0u, mask = 0u, rem = want;
-            for (int shift = 24; shift >= 0; shift -= 8) {
+#pragma unroll 1
+            for (int bit = 31; bit >= 0; --bit) {
+                const u32 c = thr | (1u << bit);
+                u32 at_least = 0u;
 #pragma unroll
-                for (u32 i = 0; i < 8u; ++i) wh[lane + 32u * i] = 0u;
-                __syncwarp();
-                for (u32 b0 = 0; b0 < n; b0 += 32u) {
-                    const u32 b = b0 + lane;
-                    const bool c = b < cur && !forced(b) && (row[b] & mask) == prefix;
-                    hist_add_warp(wh, c ? (row[b] >> shift) & 255u : 256u);
+                for (int i = 0; i < ROUTE_ITEMS; ++i) {
+                    if (32u * (u32)i < cur) at_least += ((elig >> i) & 1u) != 0u && key[i] >= c ? 1u : 0u;
                 }
-                __syncwarp();
-                u32 d;
-                radix_digit_warp(wh, rem, &d, &rem);
-                prefix |= d << shift;
-                mask |= 255u << shift;
-                __syncwarp();  // the histogram is read before the next pass clears it
+                if (route_warp_sum(at_least) >= want) thr = c;
             }
-            thr = prefix;
-            take_eq = rem;
+            u32 above = 0u;
+#pragma unroll
+            for (int i = 0; i < ROUTE_ITEMS; ++i) above += ((elig >> i) & 1u) != 0u && key[i] > thr ? 1u : 0u;
+            take_eq = want - route_warp_sum(above);
         }
+        // The kept blocks in ascending order (ballot positions), then -1 up to the width.
         int* out = selected + ((unsigned long long)h * p.q_len + t) * width;
         u32 pos = 0u, eq_seen = 0u;
-        for (u32 b0 = 0; b0 < n; b0 += 32u) {
-            const u32 b = b0 + lane;
-            const bool f = b < n && forced(b);
-            const bool e = want > 0u && b < cur && !f;
-            const u32 key = e ? row[b] : 0u;
-            const u32 eq = __ballot_sync(KVS_FULL_MASK, e && key == thr);
-            const bool take = f || (e && key > thr) || (((eq >> lane) & 1u) != 0u && eq_seen + (u32)__popc(eq & lt) < take_eq);
+#pragma unroll
+        for (int i = 0; i < ROUTE_ITEMS; ++i) {
+            if (32u * (u32)i >= n) break;  // warp-uniform
+            const bool e = want > 0u && ((elig >> i) & 1u) != 0u;
+            const u32 eq = __ballot_sync(KVS_FULL_MASK, e && key[i] == thr);
+            const bool take = ((forc >> i) & 1u) != 0u || (e && key[i] > thr) ||
+                              (((eq >> lane) & 1u) != 0u && eq_seen + (u32)__popc(eq & lt) < take_eq);
             const u32 tm = __ballot_sync(KVS_FULL_MASK, take);
             const u32 at = pos + (u32)__popc(tm & lt);
-            if (take && at < width) out[at] = (int)b;
+            if (take && at < width) out[at] = (int)(lane + 32u * (u32)i);
             pos += (u32)__popc(tm);
             eq_seen += (u32)__popc(eq);
         }

@@ -194,39 +194,6 @@ __device__ __forceinline__ void hist_add_warp(u32* hist, u32 bin) {
     if (bin < 256u && (u32)(__ffs(same) - 1) == (threadIdx.x & 31u)) atomicAdd(&hist[bin], (u32)__popc(same));
 }
 
-// One pass's digit search by the 32 lanes of a warp over a (complete) 256-bin histogram, the
-// `rem0` >= 1 largest items still to be found: walks the digits from the largest, skipping whole
-// bins while they hold fewer than the items still needed; the bin where the count is reached
-// holds the threshold. The walk is cut in 32 runs of 8 bins (lane l: bins 255-8l down to 248-8l):
-// a prefix sum over the runs finds the run where the count is reached, one lane walks it. Same
-// result as the serial walk, including its stop at bin 0 when the count is never reached. Every
-// lane returns the digit and the items still needed within its bin.
-__device__ __forceinline__ void radix_digit_warp(const u32* hist, u32 rem0, u32* digit, u32* rem_out) {
-    const u32 lane = threadIdx.x & 31u;
-    const u32 top = 255u - 8u * lane;
-    u32 run = 0u;
-#pragma unroll
-    for (u32 i = 0; i < 8u; ++i) run += hist[top - i];
-    u32 incl = run;  // inclusive prefix over lanes 0..lane (largest digits first)
-#pragma unroll
-    for (u32 o = 1; o < 32u; o <<= 1) {
-        const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
-        if (lane >= o) incl += y;
-    }
-    const u32 hit = __ballot_sync(KVS_FULL_MASK, incl >= rem0);
-    const u32 owner = hit != 0u ? (u32)(__ffs(hit) - 1) : 31u;
-    u32 rem = rem0 - (incl - run);  // items still needed when this lane's run starts
-    u32 d = top;
-    if (lane == owner) {
-        for (u32 i = 0; i < 7u && d > 0u && hist[d] < rem; ++i) {
-            rem -= hist[d];
-            --d;
-        }
-    }
-    *digit = __shfl_sync(KVS_FULL_MASK, d, (int)owner);
-    *rem_out = __shfl_sync(KVS_FULL_MASK, rem, (int)owner);
-}
-
 // The 4-pass radix select over the candidates that count(hist, mask, prefix, shift) adds to the
 // (zeroed) 256-bin histogram: the digit (key >> shift) & 255 of every eligible item whose key
 // agrees with `prefix` on `mask`; every thread of the block calls count.
@@ -250,9 +217,33 @@ __device__ void block_radix_threshold_by(u32 want, u32* thr, u32* take_eq, const
         count(hist, mask, prefix, shift);
         __syncthreads();
         if (threadIdx.x < 32u) {
-            u32 d, rem;
-            radix_digit_warp(hist, s_rem, &d, &rem);
-            if (threadIdx.x == 0u) {
+            // Walk the digits from the largest: skip whole bins while they hold fewer than the
+            // items still needed; the bin where the count is reached holds the threshold. The
+            // walk is cut in 32 runs of 8 bins (lane l: bins 255-8l down to 248-8l): a prefix sum
+            // over the runs finds the run where the count is reached, one lane walks it. Same
+            // result as the serial walk, including its stop at bin 0 when the count is never
+            // reached.
+            const u32 lane = threadIdx.x;
+            const u32 top = 255u - 8u * lane;
+            u32 run = 0u;
+#pragma unroll
+            for (u32 i = 0; i < 8u; ++i) run += hist[top - i];
+            u32 incl = run;  // inclusive prefix over lanes 0..lane (largest digits first)
+#pragma unroll
+            for (u32 o = 1; o < 32u; o <<= 1) {
+                const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
+                if (lane >= o) incl += y;
+            }
+            const u32 rem0 = s_rem;
+            const u32 hit = __ballot_sync(KVS_FULL_MASK, incl >= rem0);
+            const u32 owner = hit != 0u ? (u32)(__ffs(hit) - 1) : 31u;
+            if (lane == owner) {
+                u32 rem = rem0 - (incl - run);  // items still needed when this run starts
+                u32 d = top;
+                for (u32 i = 0; i < 7u && d > 0u && hist[d] < rem; ++i) {
+                    rem -= hist[d];
+                    --d;
+                }
                 s_prefix = prefix | (d << shift);
                 s_rem = rem;
             }

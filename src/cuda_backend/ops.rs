@@ -87,7 +87,7 @@ const TOPK_AUX: usize = 32 * 257;
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
 /// `static_assert` what they derive from them).
-pub(super) fn kernel_defines() -> [(&'static str, usize); 21] {
+pub(super) fn kernel_defines() -> [(&'static str, usize); 22] {
     [
         ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
         ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
@@ -110,6 +110,7 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 21] {
         ("PF_MAX_NB", PREFILL_MAX_NB),
         ("MOBA_BUCKET_TOKENS", MOBA_BUCKET_TOKENS as usize),
         ("ROUTE_THREADS", ROUTE_THREADS as usize),
+        ("ROUTE_MAX_NB", ROUTE_MAX_NB),
     ]
 }
 
@@ -1540,6 +1541,7 @@ impl Backend for Cuda {
             && ranking.is_none()
             && op.dtype == DType::BF16
             && prefill_mma_on(head, op.dim)
+            && nb <= ROUTE_MAX_NB
             && route_bytes <= self.smem_per_block_optin()?;
         if fused_route {
             // 1. block means per kv head (f32 scratch), 2. gate and routing in one pass.
@@ -1559,7 +1561,8 @@ impl Backend for Cuda {
             // force_first, key_stride)`; bf16 with D in {64, 128} (prefill_mma_on); q [Hq, T, D]
             // and selected [Hq, T, W] i32 (checked), kmean [Hkv, NB, D] f32 written above;
             // key_stride >= NB rounded up to 64 (route_key_stride) and `route_bytes` of dynamic
-            // shared memory sized from it (within the device's opt-in limit, checked above); one
+            // shared memory sized from it (within the device's opt-in limit, checked above); NB <=
+            // ROUTE_MAX_NB, the keys a warp holds in registers; one
             // CTA per (64 tokens, query head); tokens, blocks and selected slots guarded.
             unsafe { b.launch(cfg) }.map_err(|e| device_err("moba_route_mma", e))?;
         } else {
@@ -1941,12 +1944,15 @@ fn route_key_stride(nb: usize) -> usize {
     nb.next_multiple_of(64) + 8
 }
 
-/// Dynamic shared memory of `moba_route_mma`: a chunk's mean parts ([3][64][D + 8] bf16), the
-/// tile's keys ([64][key stride] u32) and a 256-bin histogram per warp. 189 KiB at NB 512, D 128.
+/// Most key blocks `moba_route_mma` ranks (`ROUTE_MAX_NB`; its lanes hold NB / 32 keys each in
+/// registers); longer prompts take the separate gate and selection kernels.
+const ROUTE_MAX_NB: usize = 640;
+
+/// Dynamic shared memory of `moba_route_mma`: a chunk's mean parts ([3][64][D + 8] bf16) and the
+/// tile's keys ([64][key stride] u32). 181 KiB at NB 512, D 128.
 fn route_smem_bytes(op: &MobaPrefill) -> usize {
     let parts = 3 * MOBA_TILE_ROWS * (op.dim + 8) * 2;
-    let keys = MOBA_TILE_ROWS * route_key_stride(op.nb()) * 4;
-    parts + keys + (ROUTE_THREADS as usize / 32) * 256 * 4
+    parts + MOBA_TILE_ROWS * route_key_stride(op.nb()) * 4
 }
 
 impl Cuda {
