@@ -66,6 +66,10 @@ grep -E "^(copy|kernel|decode   dense|decode   quest|decode   snapkv|prefill|com
 KVSPARSE_CUDA_MOBA=union timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 --backend cuda \
   --out "$out/union" >"$out/report-union.txt" 2>/dev/null
 grep -E "prefill +(dense|moba) +attention" "$out/report-union.txt" | tee -a "$out/log.txt"
+echo "KVSPARSE_CUDA_MOBA_ROUTE=0 (separate gate and selection)" | tee -a "$out/log.txt"
+KVSPARSE_CUDA_MOBA_ROUTE=0 timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 --backend cuda \
+  --out "$out/route0" >"$out/report-route0.txt" 2>/dev/null
+grep -E "prefill +(dense|moba) +attention" "$out/report-route0.txt" | tee -a "$out/log.txt"
 [ "$quick" = 1 ] || {
 echo "KVSPARSE_CUDA_MOBA_WORKSPACE=8 GiB" | tee -a "$out/log.txt"
 KVSPARSE_CUDA_MOBA_WORKSPACE=8589934592 timeout 120 .devbin/kvsparse report --preset long --contexts 32768 --repeats 5 \
@@ -75,7 +79,7 @@ grep -E "prefill +(dense|moba) +attention" "$out/report-ws8g.txt" | tee -a "$out
 
 log "ncu: MoBA's kernels at 32K"
 timeout 200 ncu --clock-control none --cache-control all \
-  --kernel-name regex:"moba_|attention_bucket|attention_blocks|select_blocks|block_mean_f32" --launch-count 400 \
+  --kernel-name regex:"moba_|attention_bucket|attention_blocks|select_blocks|block_mean_f32" --launch-count 120 \
   --metrics gpu__time_duration.sum --csv \
   .devbin/kvsparse report --preset long --contexts 32768 --repeats 1 --backend cuda --out "$out/ncu" >"$out/ncu.csv" 2>"$out/ncu.err"
 wc -l "$out/ncu.csv" | tee -a "$out/log.txt"

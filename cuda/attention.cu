@@ -1327,10 +1327,10 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 //   rounds (in the tensor cores' order, not channel order). Only the blocks up to the CTA's last
 //   token's block are scored (later ones are never candidates). Selection as select_blocks mode
 //   1 (the same forced set, budget, key order and ties to the lower index), one warp per token
-//   with its keys in registers (ROUTE_ITEMS a lane, NB <= ROUTE_MAX_NB): the threshold bit by
-//   bit from the top, one warp sum per bit, then a ballot compaction in block order. (Run 37's
-//   first version, a 4-pass radix select over a warp histogram of match.any-aggregated adds,
-//   took 13.3 ms at 32K, more than the two kernels it replaced.) One CTA (ROUTE_THREADS) per
+//   with its keys in registers (route_select_row; NB <= ROUTE_MAX_NB). The selection is what
+//   costs: at 32K the first two versions (a radix select over a warp histogram, run 37; all
+//   ROUTE_ITEMS registers compared per bit, run 38) took 13.1-13.3 ms, ALU-bound on 5.0G warp
+//   instructions (ncu, run 39), more than the two kernels they replace. One CTA (ROUTE_THREADS) per
 //   (64 tokens, query head); warp w scores rows 16(w%4).. of the tile against half w/4 of each
 //   64-block chunk, then routes tokens 8w .. 8w+7.
 //   Dynamic shared memory (route_smem_bytes on the host): the three parts of a chunk's means,
@@ -1340,7 +1340,7 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 #define ROUTE_WARPS (ROUTE_THREADS / 32)
 static_assert(ROUTE_WARPS == 8 && PF_BM == 64, "moba_route_mma: 4 row groups of 16 x 2 column halves");
 #define ROUTE_ITEMS (ROUTE_MAX_NB / 32)  // blocks a lane ranks (ROUTE_MAX_NB: ops.rs)
-static_assert(ROUTE_MAX_NB % 32 == 0 && ROUTE_ITEMS <= 32, "a lane's item bits fit a u32");
+static_assert(ROUTE_MAX_NB % 128 == 0 && ROUTE_ITEMS <= 32 && ROUTE_ITEMS > 16, "register steps of 4; item bits fit a u32");
 static_assert((PF_BN * PF_D) % (ROUTE_THREADS * 4) == 0, "a chunk's means split evenly into float4 loads");
 // Sum of v over the warp (redux.sync where the arch has it).
 __device__ __forceinline__ u32 route_warp_sum(u32 v) {
@@ -1364,6 +1364,71 @@ __device__ __forceinline__ void route_split(float x, u32& p0, u32& p1, u32& p2) 
     p1 = finite ? mid >> 16 : 0u;
     p2 = finite ? low >> 16 : 0u;
 }
+// One token's row for route_select_row: its keys in shared memory, its selected row, its
+// current block and the selection's settings.
+struct RouteRow {
+    const u32* keys;
+    int* out;
+    u32 cur, n_blocks, n_local, force_first, width;
+};
+
+// select_blocks mode 1 for one row by one warp, blocks lane + 32i (i < ITEMS, ITEMS * 32 > cur)
+// in registers: forced = block 0 under force_first and cur - n_local + 1 ..= cur; competing = the
+// other blocks before cur, whose keys are kept (0 for the rest). thr = the want-th largest
+// competing key, the largest value with at least `want` keys at or above it, bit by bit from the
+// top with one warp sum per bit; a zero key never counts at a candidate >= 1, so the rest need
+// no mask there (an eligible zero key, -NaN's, is only kept through take_eq). Then the kept
+// blocks in ascending order by ballot positions, ties to the lower block, -1 up to the width.
+template <int ITEMS>
+__device__ __forceinline__ void route_select_row(const RouteRow& r, u32 lane) {
+    const u32 n = r.cur + 1u;
+    u32 key[ITEMS];
+    u32 forc = 0u, elig = 0u;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const u32 b = lane + 32u * (u32)i;
+        const bool f = b < n && ((r.force_first != 0u && b == 0u) || (b <= r.cur && b + r.n_local > r.cur));
+        const bool e = b < r.cur && !f;
+        key[i] = e ? r.keys[b] : 0u;
+        forc |= (f ? 1u : 0u) << i;
+        elig |= (e ? 1u : 0u) << i;
+    }
+    const u32 n_forced = route_warp_sum((u32)__popc(forc));
+    const u32 budget = r.n_blocks > n_forced ? r.n_blocks - n_forced : 0u;
+    const u32 want = min(budget, route_warp_sum((u32)__popc(elig)));
+    u32 thr = 0u, take_eq = 0u;
+    if (want > 0u) {  // warp-uniform
+#pragma unroll 1
+        for (int bit = 31; bit >= 0; --bit) {
+            const u32 c = thr | (1u << bit);
+            u32 at_least[4] = {0u, 0u, 0u, 0u};  // four chains, not one ITEMS adds long
+#pragma unroll
+            for (int i = 0; i < ITEMS; ++i) at_least[i & 3] += key[i] >= c ? 1u : 0u;
+            if (route_warp_sum((at_least[0] + at_least[1]) + (at_least[2] + at_least[3])) >= want) thr = c;
+        }
+        u32 above = 0u;
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) above += ((elig >> i) & 1u) != 0u && key[i] > thr ? 1u : 0u;
+        take_eq = want - route_warp_sum(above);
+    }
+    const u32 lt = (1u << lane) - 1u;  // lanes below this one
+    u32 pos = 0u, eq_seen = 0u;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        if (32u * (u32)i >= n) break;  // warp-uniform
+        const bool e = want > 0u && ((elig >> i) & 1u) != 0u;
+        const u32 eq = __ballot_sync(KVS_FULL_MASK, e && key[i] == thr);
+        const bool take = ((forc >> i) & 1u) != 0u || (e && key[i] > thr) ||
+                          (((eq >> lane) & 1u) != 0u && eq_seen + (u32)__popc(eq & lt) < take_eq);
+        const u32 tm = __ballot_sync(KVS_FULL_MASK, take);
+        const u32 at = pos + (u32)__popc(tm & lt);
+        if (take && at < r.width) r.out[at] = (int)(lane + 32u * (u32)i);
+        pos += (u32)__popc(tm);
+        eq_seen += (u32)__popc(eq);
+    }
+    for (u32 i = pos + lane; i < r.width; i += 32u) r.out[i] = -1;
+}
+
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
     moba_route_mma(const AttentionParams p, const store_t* __restrict__ q, const float* __restrict__ kmean,
                    int* __restrict__ selected, const u32 n_blocks, const u32 n_local, const u32 force_first,
@@ -1450,68 +1515,27 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
         }
     }
     __syncthreads();
-    const u32 lt = (1u << lane) - 1u;  // lanes below this one
 #pragma unroll 1
     for (u32 lr = warp * (PF_BM / ROUTE_WARPS); lr < (warp + 1u) * (PF_BM / ROUTE_WARPS); ++lr) {
         const u32 t = t0 + lr;
         if (t >= p.q_len) break;  // warp-uniform
-        const u32* row = keys + lr * key_stride;
         const u32 cur = min(t / bs, nb - 1u);
-        const u32 n = cur + 1u;
-        // This lane's blocks lane + 32i: keys in registers, bit i of `forc` / `elig` when forced
-        // (block 0 under force_first, cur - n_local + 1 ..= cur) or competing (the other blocks
-        // before cur), as select_blocks' BlockSelectSrc with past_only.
-        u32 key[ROUTE_ITEMS];
-        u32 forc = 0u, elig = 0u;
-#pragma unroll
-        for (int i = 0; i < ROUTE_ITEMS; ++i) {
-            const u32 b = lane + 32u * (u32)i;
-            const bool f = b < n && ((force_first != 0u && b == 0u) || (b <= cur && b + n_local > cur));
-            const bool e = b < cur && !f;
-            key[i] = e ? row[b] : 0u;
-            forc |= (f ? 1u : 0u) << i;
-            elig |= (e ? 1u : 0u) << i;
+        const RouteRow r{keys + lr * key_stride, selected + ((unsigned long long)h * p.q_len + t) * width, cur,
+                         n_blocks, n_local, force_first, width};
+        // As many registers a lane as the row needs, in steps of 4 (a row of NB blocks costs its
+        // NB / 32 compares per bit, not ROUTE_MAX_NB / 32).
+        const u32 groups = cur / 32u + 1u;
+        if (groups <= 4u) {
+            route_select_row<4>(r, lane);
+        } else if (groups <= 8u) {
+            route_select_row<8>(r, lane);
+        } else if (groups <= 12u) {
+            route_select_row<12>(r, lane);
+        } else if (groups <= 16u) {
+            route_select_row<16>(r, lane);
+        } else {
+            route_select_row<ROUTE_ITEMS>(r, lane);
         }
-        const u32 n_forced = route_warp_sum((u32)__popc(forc));
-        const u32 budget = n_blocks > n_forced ? n_blocks - n_forced : 0u;
-        const u32 want = min(budget, route_warp_sum((u32)__popc(elig)));
-        // thr = the want-th largest competing key: the largest value with at least `want` keys at
-        // or above it, found bit by bit from the top; take_eq = how many keys equal to it are kept
-        // (the lowest blocks first).
-        u32 thr = 0u, take_eq = 0u;
-        if (want > 0u) {  // warp-uniform
-#pragma unroll 1
-            for (int bit = 31; bit >= 0; --bit) {
-                const u32 c = thr | (1u << bit);
-                u32 at_least = 0u;
-#pragma unroll
-                for (int i = 0; i < ROUTE_ITEMS; ++i) {
-                    if (32u * (u32)i < cur) at_least += ((elig >> i) & 1u) != 0u && key[i] >= c ? 1u : 0u;
-                }
-                if (route_warp_sum(at_least) >= want) thr = c;
-            }
-            u32 above = 0u;
-#pragma unroll
-            for (int i = 0; i < ROUTE_ITEMS; ++i) above += ((elig >> i) & 1u) != 0u && key[i] > thr ? 1u : 0u;
-            take_eq = want - route_warp_sum(above);
-        }
-        // The kept blocks in ascending order (ballot positions), then -1 up to the width.
-        int* out = selected + ((unsigned long long)h * p.q_len + t) * width;
-        u32 pos = 0u, eq_seen = 0u;
-#pragma unroll
-        for (int i = 0; i < ROUTE_ITEMS; ++i) {
-            if (32u * (u32)i >= n) break;  // warp-uniform
-            const bool e = want > 0u && ((elig >> i) & 1u) != 0u;
-            const u32 eq = __ballot_sync(KVS_FULL_MASK, e && key[i] == thr);
-            const bool take = ((forc >> i) & 1u) != 0u || (e && key[i] > thr) ||
-                              (((eq >> lane) & 1u) != 0u && eq_seen + (u32)__popc(eq & lt) < take_eq);
-            const u32 tm = __ballot_sync(KVS_FULL_MASK, take);
-            const u32 at = pos + (u32)__popc(tm & lt);
-            if (take && at < width) out[at] = (int)(lane + 32u * (u32)i);
-            pos += (u32)__popc(tm);
-            eq_seen += (u32)__popc(eq);
-        }
-        for (u32 i = pos + lane; i < width; i += 32u) out[i] = -1;
     }
 }
 #endif

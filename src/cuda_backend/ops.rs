@@ -1537,7 +1537,8 @@ impl Backend for Cuda {
             _pad0: 0,
         };
         let route_bytes = route_smem_bytes(op);
-        let fused_route = op.select.selector == Selector::Score
+        let fused_route = moba_route_on()
+            && op.select.selector == Selector::Score
             && ranking.is_none()
             && op.dtype == DType::BF16
             && prefill_mma_on(head, op.dim)
@@ -1942,6 +1943,14 @@ const ROUTE_THREADS: u32 = 256;
 /// it writes, plus 8 so that the rows of a warp's stores fall on different banks.
 fn route_key_stride(nb: usize) -> usize {
     nb.next_multiple_of(64) + 8
+}
+
+/// Whether bf16 MoBA without a ranking output routes in one pass (`moba_route_mma`);
+/// `KVSPARSE_CUDA_MOBA_ROUTE=0` takes the separate gate and selection kernels (to time both in
+/// one GPU run).
+fn moba_route_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KVSPARSE_CUDA_MOBA_ROUTE").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Most key blocks `moba_route_mma` ranks (`ROUTE_MAX_NB`; its lanes hold NB / 32 keys each in
