@@ -1330,7 +1330,9 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 //   with its keys in registers (route_select_row; NB <= ROUTE_MAX_NB). The selection is what
 //   costs: at 32K the first two versions (a radix select over a warp histogram, run 37; all
 //   ROUTE_ITEMS registers compared per bit, run 38) took 13.1-13.3 ms, ALU-bound on 5.0G warp
-//   instructions (ncu, run 39), more than the two kernels they replace. One CTA (ROUTE_THREADS) per
+//   instructions (ncu, run 39), more than the two kernels they replace; with only the registers a
+//   row needs, 6.7 ms (run 40; starting the search below the bits all keys share changed nothing,
+//   run 42). One CTA (ROUTE_THREADS) per
 //   (64 tokens, query head); warp w scores rows 16(w%4).. of the tile against half w/4 of each
 //   64-block chunk, then routes tokens 8w .. 8w+7.
 //   Dynamic shared memory (route_smem_bytes on the host): the three parts of a chunk's means,
@@ -1342,31 +1344,13 @@ static_assert(ROUTE_WARPS == 8 && PF_BM == 64, "moba_route_mma: 4 row groups of 
 #define ROUTE_ITEMS (ROUTE_MAX_NB / 32)  // blocks a lane ranks (ROUTE_MAX_NB: ops.rs)
 static_assert(ROUTE_MAX_NB % 128 == 0 && ROUTE_ITEMS <= 32 && ROUTE_ITEMS > 16, "register steps of 4; item bits fit a u32");
 static_assert((PF_BN * PF_D) % (ROUTE_THREADS * 4) == 0, "a chunk's means split evenly into float4 loads");
-// Sum, max and min of v over the warp (redux.sync where the arch has it).
+// Sum of v over the warp (redux.sync where the arch has it).
 __device__ __forceinline__ u32 route_warp_sum(u32 v) {
 #if __CUDA_ARCH__ >= 800
     return __reduce_add_sync(KVS_FULL_MASK, v);
 #else
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(KVS_FULL_MASK, v, o);
-    return v;
-#endif
-}
-__device__ __forceinline__ u32 route_warp_max(u32 v) {
-#if __CUDA_ARCH__ >= 800
-    return __reduce_max_sync(KVS_FULL_MASK, v);
-#else
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(KVS_FULL_MASK, v, o));
-    return v;
-#endif
-}
-__device__ __forceinline__ u32 route_warp_min(u32 v) {
-#if __CUDA_ARCH__ >= 800
-    return __reduce_min_sync(KVS_FULL_MASK, v);
-#else
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(KVS_FULL_MASK, v, o));
     return v;
 #endif
 }
@@ -1416,19 +1400,8 @@ __device__ __forceinline__ void route_select_row(const RouteRow& r, u32 lane) {
     const u32 want = min(budget, route_warp_sum((u32)__popc(elig)));
     u32 thr = 0u, take_eq = 0u;
     if (want > 0u) {  // warp-uniform
-        // Bits on which every competing key agrees are the threshold's too: start below them
-        // (scores of one row share sign, exponent and leading mantissa bits: ~10 of 32 passes).
-        u32 hi = 0u, lo = 0xffffffffu;
-#pragma unroll
-        for (int i = 0; i < ITEMS; ++i) {
-            if (((elig >> i) & 1u) != 0u) hi = max(hi, key[i]), lo = min(lo, key[i]);
-        }
-        hi = route_warp_max(hi);
-        lo = route_warp_min(lo);
-        const int top = hi == lo ? -1 : 31 - __clz(hi ^ lo);  // the highest bit they differ on
-        thr = top < 0 ? hi : hi & ~(top == 31 ? 0xffffffffu : (2u << top) - 1u);
 #pragma unroll 1
-        for (int bit = top; bit >= 0; --bit) {
+        for (int bit = 31; bit >= 0; --bit) {
             const u32 c = thr | (1u << bit);
             u32 at_least[4] = {0u, 0u, 0u, 0u};  // four chains, not one ITEMS adds long
 #pragma unroll
