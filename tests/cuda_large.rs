@@ -19,16 +19,7 @@ mod common;
 
 use common::{compare, run_on, Case, Rng};
 use kvsparse::ops::{default_scale, AnyOp, MobaPrefill, SelectConfig, Selector};
-use kvsparse::{Cpu, Cuda, DType, HostData};
-
-fn cuda() -> Option<Cuda> {
-    Cuda::new()
-        .inspect_err(|e| {
-            assert!(!common::required("cuda"), "KVSPARSE_REQUIRE=cuda but no device: {e}");
-            eprintln!("skipped: no CUDA device ({e})");
-        })
-        .ok()
-}
+use kvsparse::{Cpu, DType, HostData};
 
 fn moba_case(r: &mut Rng, t: usize, d: usize, select: SelectConfig, dtype: DType) -> Case {
     let (hq, hkv) = (8, 2);
@@ -40,7 +31,7 @@ fn moba_case(r: &mut Rng, t: usize, d: usize, select: SelectConfig, dtype: DType
 
 #[test]
 fn long_moba_prefill_matches_the_reference() {
-    let Some(b) = cuda() else { return };
+    let Some(b) = common::cuda_or_skip() else { return };
     let mut r = Rng::new(0x30ba);
     let score = |n_blocks, force_first| SelectConfig {
         block_size: 64,

@@ -15,15 +15,6 @@ use kvsparse::{ops::TopK, Backend, Cuda, DType, HostData};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-fn cuda() -> Option<Cuda> {
-    Cuda::new()
-        .inspect_err(|e| {
-            assert!(!common::required("cuda"), "KVSPARSE_REQUIRE=cuda but no device: {e}");
-            eprintln!("skipped: no CUDA device ({e})");
-        })
-        .ok()
-}
-
 /// Top-2 of four scores on `gpu` (loads the `topk` module).
 fn top2(gpu: &Cuda) -> HostData {
     let op = TopK::new(1, 4, 2).unwrap();
@@ -76,7 +67,7 @@ fn a_second_backend_loads_the_stored_cubin_and_a_bad_one_is_replaced() {
     std::env::set_var("KVSPARSE_CUDA_LOG", "1");
     std::env::remove_var("KVSPARSE_CUDA_CACHE");
     std::env::remove_var("KVSPARSE_CUDA_PTX");
-    let Some(first) = cuda() else { return };
+    let Some(first) = common::cuda_or_skip() else { return };
     let expected = HostData::I32(vec![1, 2]);
     assert_eq!(top2(&first), expected);
     let stored = listing(&dir);
@@ -85,7 +76,7 @@ fn a_second_backend_loads_the_stored_cubin_and_a_bad_one_is_replaced() {
     assert!(stored.iter().all(|(n, _)| !n.ends_with(".tmp")), "temporary files left: {stored:?}");
 
     // A hit loads the stored CUBIN and writes nothing.
-    assert_eq!(top2(&cuda().unwrap()), expected);
+    assert_eq!(top2(&common::cuda_or_skip().unwrap()), expected);
     assert_eq!(listing(&dir), stored, "a hit rewrote the store");
 
     // A damaged CUBIN (checksum mismatch) and one that the driver refuses (checksum matches;
@@ -94,7 +85,7 @@ fn a_second_backend_loads_the_stored_cubin_and_a_bad_one_is_replaced() {
     let good = std::fs::read(&cubin).unwrap();
     for checksum_too in [false, true] {
         replace_cubin(&cubin, &key, b"not a cubin\0", checksum_too);
-        assert_eq!(top2(&cuda().unwrap()), expected);
+        assert_eq!(top2(&common::cuda_or_skip().unwrap()), expected);
         assert_eq!(
             std::fs::read(&cubin).unwrap().len(),
             good.len(),
@@ -103,7 +94,7 @@ fn a_second_backend_loads_the_stored_cubin_and_a_bad_one_is_replaced() {
     }
     // The replaced entry is a hit again.
     let replaced = listing(&dir);
-    assert_eq!(top2(&cuda().unwrap()), expected);
+    assert_eq!(top2(&common::cuda_or_skip().unwrap()), expected);
     assert_eq!(listing(&dir), replaced, "the replaced entry missed");
     let _ = std::fs::remove_dir_all(&dir);
 }

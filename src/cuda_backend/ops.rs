@@ -1582,15 +1582,7 @@ impl Backend for Cuda {
             if op.select.selector == Selector::Score {
                 // 1. block means per kv head (f32 scratch), 2. gate of every block.
                 let kmean = self.block_means_f32(op, k)?;
-                let gp = BlockParams {
-                    q_heads: op.q_heads as u32,
-                    kv_heads: op.kv_heads as u32,
-                    seq: op.seq as u32,
-                    dim: op.dim as u32,
-                    block_size: bs as u32,
-                    nb: nb as u32,
-                    ..Default::default()
-                };
+                let gp = BlockParams { q_heads: op.q_heads as u32, ..moba_key_blocks(op).params() };
                 let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "moba_gate")?;
                 let mut b = self.stream.launch_builder(&f);
                 b.arg(&gp).arg(&q.slice).arg(&kmean).arg(&mut ranking.slice);
@@ -1964,11 +1956,15 @@ fn route_smem_bytes(op: &MobaPrefill) -> usize {
     parts + MOBA_TILE_ROWS * route_key_stride(op.nb()) * 4
 }
 
+/// The key blocks MoBA's gate ranks: per kv head, `T` keys in blocks of the selection's size.
+fn moba_key_blocks(op: &MobaPrefill) -> BlockShape {
+    BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: op.select.block_size, dtype: op.dtype }
+}
+
 impl Cuda {
     /// f32 means of every key block of `k` ([Hkv, NB, D] scratch), MoBA's gate operand.
     fn block_means_f32(&self, op: &MobaPrefill, k: &CudaBuffer) -> Result<CudaSlice<u8>> {
-        let bs = op.select.block_size;
-        let shape = BlockShape { heads: op.kv_heads, seq: op.seq, dim: op.dim, block_size: bs, dtype: op.dtype };
+        let shape = moba_key_blocks(op);
         let stats = op.kv_heads * op.nb() * op.dim;
         let mut kmean = self.scratch(stats * 4)?;
         let f = self.function(Family::Blocks, Spec::dtype(op.dtype), "block_mean_f32")?;

@@ -22,6 +22,18 @@ pub fn required(name: &str) -> bool {
     std::env::var("KVSPARSE_REQUIRE").is_ok_and(|v| v.split(',').any(|x| x.trim() == name))
 }
 
+/// The CUDA backend, or `None` with a note where no device exists (a failure under
+/// `KVSPARSE_REQUIRE=cuda`).
+#[cfg(feature = "cuda")]
+pub fn cuda_or_skip() -> Option<kvsparse::Cuda> {
+    kvsparse::Cuda::new()
+        .inspect_err(|e| {
+            assert!(!required("cuda"), "KVSPARSE_REQUIRE=cuda but no device: {e}");
+            eprintln!("skipped: no CUDA device ({e})");
+        })
+        .ok()
+}
+
 /// A trial that runs `check` on `backend`: *ignored* when the backend is unavailable, or a
 /// failure naming why when `KVSPARSE_REQUIRE` asks for it.
 pub fn backend_trial<B: Sync + 'static>(
