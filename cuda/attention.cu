@@ -1221,15 +1221,13 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 //   block's K and V are staged once, each tile's 64 query rows are loaded while the tile before
 //   computes, and with a single key tile the softmax needs no running state. The default (runs
 //   of 8; KVSPARSE_CUDA_MOBA_RUN): 1.10-1.19x attention_buckets_mma's MoBA at 32K (run 36).
-//   Two entries of one body: attention_bucket_runs_mma (3 CTAs an SM at its 168 registers) and
-//   attention_bucket_runs_mma_x4 (4 an SM: 128 registers, 180 bytes of spills;
-//   KVSPARSE_CUDA_MOBA_CTAS=4), to time whether more warps hide the gathered loads better.
-__device__ __forceinline__ void bucket_runs_body(const AttentionParams& p, const store_t* __restrict__ q,
-                                                 const store_t* __restrict__ k, const store_t* __restrict__ v,
-                                                 const u32* __restrict__ entries, const u32* __restrict__ start,
-                                                 const u32* __restrict__ run_start, const u32* __restrict__ run_of,
-                                                 store_t* __restrict__ part_o, float* __restrict__ part_lse,
-                                                 const u32 nb, const u32 h0, const u32 n, const u32 run_rows) {
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
+    attention_bucket_runs_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                              const store_t* __restrict__ v, const u32* __restrict__ entries,
+                              const u32* __restrict__ start, const u32* __restrict__ run_start,
+                              const u32* __restrict__ run_of, store_t* __restrict__ part_o,
+                              float* __restrict__ part_lse, const u32 nb, const u32 h0, const u32 n,
+                              const u32 run_rows) {
     __shared__ __attribute__((aligned(16))) store_t ks[PF_BN][PF_LD];
     __shared__ __attribute__((aligned(16))) store_t vs[PF_BN][PF_LD];
     const u32 run = blockIdx.x;
@@ -1314,17 +1312,6 @@ __device__ __forceinline__ void bucket_runs_body(const AttentionParams& p, const
 #pragma unroll
             for (int c = 0; c < 4; ++c) qa[kk][c] = qn[kk][c];
     }
-}
-
-#define BUCKET_RUNS_ARGS                                                                                        \
-    const AttentionParams p, const store_t *__restrict__ q, const store_t *__restrict__ k,                     \
-        const store_t *__restrict__ v, const u32 *__restrict__ entries, const u32 *__restrict__ start,         \
-        const u32 *__restrict__ run_start, const u32 *__restrict__ run_of, store_t *__restrict__ part_o,       \
-        float *__restrict__ part_lse, const u32 nb, const u32 h0, const u32 n, const u32 run_rows
-#define BUCKET_RUNS_CALL bucket_runs_body(p, q, k, v, entries, start, run_start, run_of, part_o, part_lse, nb, h0, n, run_rows)
-extern "C" __global__ void __launch_bounds__(PF_THREADS) attention_bucket_runs_mma(BUCKET_RUNS_ARGS) { BUCKET_RUNS_CALL; }
-extern "C" __global__ void __launch_bounds__(PF_THREADS, 4) attention_bucket_runs_mma_x4(BUCKET_RUNS_ARGS) {
-    BUCKET_RUNS_CALL;
 }
 
 #if defined(KVS_STORE_BF16)

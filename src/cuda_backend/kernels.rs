@@ -163,7 +163,6 @@ impl Family {
                 "attention_blocks_mma",
                 "attention_buckets_mma",
                 "attention_bucket_runs_mma",
-                "attention_bucket_runs_mma_x4",
                 "moba_merge_pairs",
                 "moba_route_mma",
             ],
@@ -209,7 +208,6 @@ impl Family {
                 | "attention_blocks_mma"
                 | "attention_buckets_mma"
                 | "attention_bucket_runs_mma"
-                | "attention_bucket_runs_mma_x4"
                 | "moba_merge_pairs"
         ) {
             return prefill_mma_fits(spec);

@@ -1898,14 +1898,6 @@ fn moba_run_tiles() -> usize {
     })
 }
 
-/// `KVSPARSE_CUDA_MOBA_CTAS=4`: the bucket runs' entry compiled for 4 CTAs an SM
-/// (`attention_bucket_runs_mma_x4`, 128 registers with a few spills) instead of 3 (168
-/// registers), to time whether more warps hide the gathered loads and partial stores better.
-fn moba_runs_four_ctas() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_MOBA_CTAS").is_ok_and(|v| v.trim() == "4"))
-}
-
 /// Query rows of one bucket tile (the prefill's `PF_BM`).
 const MOBA_TILE_ROWS: usize = PREFILL_ROWS as usize;
 
@@ -2035,11 +2027,7 @@ impl Cuda {
         let count_f = self.function_with_smem(Family::Select, Spec::NONE, "moba_bucket_count", 4 * nb)?;
         let scan_f = self.function(Family::Select, Spec::NONE, "moba_bucket_scan")?;
         let fill_f = self.function_with_smem(Family::Select, Spec::NONE, "moba_bucket_fill", 8 * nb)?;
-        let attend_entry = match (run > 1, moba_runs_four_ctas()) {
-            (true, true) => "attention_bucket_runs_mma_x4",
-            (true, false) => "attention_bucket_runs_mma",
-            (false, _) => "attention_buckets_mma",
-        };
+        let attend_entry = if run > 1 { "attention_bucket_runs_mma" } else { "attention_buckets_mma" };
         let attend_f = self.function(Family::Attention, head, attend_entry)?;
         let unit32 = unit as u32;
         let merge_f = self.function(Family::Attention, head, "moba_merge_pairs")?;
