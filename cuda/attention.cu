@@ -1376,7 +1376,10 @@ struct RouteRow {
 
 // select_blocks mode 1 for one row by one warp, blocks lane + 32i (i < ITEMS, ITEMS * 32 > cur)
 // in registers: forced = block 0 under force_first and cur - n_local + 1 ..= cur; competing = the
-// other blocks before cur, whose keys are kept (0 for the rest). thr = the want-th largest
+// other blocks before cur, whose keys are kept (0 for the rest). These are common.cuh's
+// BlockSelectSrc rules with past_only, written out here: expressed through BlockSelectSrc the
+// kernel compiled to different PTX (extra branches) that no GPU run has checked, so a change to
+// one must be made to the other. thr = the want-th largest
 // competing key, the largest value with at least `want` keys at or above it, bit by bit from the
 // top with one warp sum per bit; a zero key never counts at a candidate >= 1, so the rest need
 // no mask there (an eligible zero key, -NaN's, is only kept through take_eq). Then the kept

@@ -327,7 +327,8 @@ pub(crate) fn options(arch: &str) -> Vec<String> {
 /// did not remove the first-process cost: on the H200 with the driver's JIT cache disabled, the
 /// first process took 58.3 s loading CUBINs and 61.0 s loading PTX (`benches/device-moba.sh`).
 /// NVRTC is where that time goes: `KVSPARSE_CUDA_LOG=1` showed 36 s of NVRTC in a 52 s process
-/// and about 1 ms per module load; with the store filled the process took 15 s.
+/// and about 1 ms per module load (BENCHMARKS run 36's note); with the store filled the same
+/// test took 19.1 s against 53.7 s (run 37).
 pub(crate) struct Compiled {
     pub(crate) ptx: Ptx,
     pub(crate) cubin: Option<Vec<u8>>,
