@@ -763,62 +763,85 @@ KVS_DECODE_TUNED(8, 2)
 #endif  // KVS_DPL <= 8
 
 // attention_merge_rows (p, part_out[rows,splits,D], part_lse[rows,splits], out, lse)
-//   The split-K merge of attention_merge with one CTA (KVS_MERGE_THREADS threads) per row: the
-//   split weights go to shared memory once, and each column's sum over splits is cut into
-//   blockDim/D interleaved slices so that many partial loads are in flight (a warp per row, as
-//   attention_merge does, walks 60+ splits one L2 round trip at a time). splits <= 256.
+//   The split-K merge of attention_merge with one CTA (KVS_MERGE_THREADS threads) per row. The
+//   merge sits on the critical path of every decode, and its bytes come from L2, so it is a
+//   chain of round trips: each thread issues its whole first batch of partials (MERGE_BATCH
+//   splits of one column; the column's sum is cut into blockDim/D interleaved slices) and their
+//   lse together with the row's lse for the max, so that up to 4 * MERGE_BATCH splits (D <= 128)
+//   cost one round trip; the max and the weights' total are warp reductions of registers (the
+//   same tree in every warp, so every thread agrees on them). splits <= KVS_MERGE_MAX_SPLITS.
 // KVS_MERGE_THREADS and KVS_MERGE_MAX_SPLITS: from the host (ops.rs MERGE_THREADS, the launch's
 // block size, and DECODE_MAX_SPLITS, the most splits it asks for).
+#define MERGE_BATCH 16
 extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
     attention_merge_rows(const AttentionParams p, const float* __restrict__ part_out,
                          const float* __restrict__ part_lse, store_t* __restrict__ out, float* __restrict__ lse) {
-    __shared__ float s_w[KVS_MERGE_MAX_SPLITS];
     __shared__ float s_red[KVS_MERGE_THREADS];
     const u32 row = blockIdx.x;
+    const u32 lane = threadIdx.x & 31u;
     const u32 splits = min(max(p.splits, 1u), (u32)KVS_MERGE_MAX_SPLITS);
     const float* pl = part_lse + row * splits;
-    // NaN-propagating max of the split lse (every warp computes it; no barrier needed).
+    const float* po = part_out + (row * splits) * p.dim;
+    const u32 slices = p.dim <= blockDim.x ? blockDim.x / p.dim : 1u;
+    const u32 step = p.dim <= blockDim.x ? p.dim : blockDim.x;  // columns per pass
+    const u32 r = threadIdx.x / step;                           // slice: splits r, r + slices, ...
+    const u32 col = threadIdx.x - r * step;
+    // The row's lse by lane (for the max and the total), then this thread's first batch.
+    float lv[KVS_MERGE_MAX_SPLITS / 32];
+#pragma unroll
+    for (int i = 0; i < KVS_MERGE_MAX_SPLITS / 32; ++i) {
+        const u32 s = lane + 32u * (u32)i;
+        lv[i] = s < splits ? __ldcg(pl + s) : KVS_NEG_INF;
+    }
+    float xs[MERGE_BATCH], ws[MERGE_BATCH];
+    // Splits s0, s0 + slices, ... of column c: value and lse (-inf past the row or the slices,
+    // which weighs 0). Loads unconditional on the data, so a batch is in flight at once.
+    auto load_batch = [&](u32 c, u32 s0) {
+#pragma unroll
+        for (int j = 0; j < MERGE_BATCH; ++j) {
+            const u32 s = s0 + slices * (u32)j;
+            const bool ok = r < slices && s < splits && c < p.dim;
+            xs[j] = ok ? __ldcg(po + s * p.dim + c) : 0.0f;
+            ws[j] = ok ? __ldcg(pl + s) : KVS_NEG_INF;
+        }
+    };
+    load_batch(col, r);
+    // NaN-propagating max of the split lse.
     float m = KVS_NEG_INF;
-    for (u32 s = threadIdx.x & 31u; s < splits; s += 32u) m = (pl[s] > m || pl[s] != pl[s]) ? pl[s] : m;
+#pragma unroll
+    for (int i = 0; i < KVS_MERGE_MAX_SPLITS / 32; ++i) m = (lv[i] > m || lv[i] != lv[i]) ? lv[i] : m;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float y = __shfl_xor_sync(KVS_FULL_MASK, m, o);
         m = (y > m || y != y) ? y : m;
     }
-    for (u32 s = threadIdx.x; s < splits; s += blockDim.x) {
-        // Empty splits (lse = -inf) weigh 0 and are skipped below, as in attention_merge.
-        s_w[s] = (m == KVS_NEG_INF || pl[s] == KVS_NEG_INF) ? 0.0f : expf(pl[s] - m);
-    }
-    __syncthreads();
+    // Empty splits (lse = -inf) weigh 0 and are skipped below, as in attention_merge.
+    auto weight = [&](float l) { return (m == KVS_NEG_INF || l == KVS_NEG_INF) ? 0.0f : expf(l - m); };
     float total = 0.0f;
-    for (u32 s = 0; s < splits; ++s) total += s_w[s];  // same order in every thread
-    const bool any = total != 0.0f;                    // NaN propagates
+#pragma unroll
+    for (int i = 0; i < KVS_MERGE_MAX_SPLITS / 32; ++i) total += weight(lv[i]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(KVS_FULL_MASK, total, o);
+    const bool any = total != 0.0f;  // NaN propagates
     const float inv = any ? 1.0f / total : 0.0f;
-    const u32 slices = p.dim <= blockDim.x ? blockDim.x / p.dim : 1u;
-    const u32 step = p.dim <= blockDim.x ? p.dim : blockDim.x;  // columns per pass
     for (u32 c0 = 0; c0 < p.dim; c0 += step) {
-        const u32 t = threadIdx.x;
-        const u32 r = t / p.dim;
-        const u32 d = c0 + (t - r * p.dim);
         float a = 0.0f;
-        if (r < slices && d < p.dim) {
-            const float* po = part_out + (row * splits) * p.dim + d;
-            // Loads unconditional (every split's row is in bounds) and the skip a select, so the
-            // unrolled loads are all in flight at once: with a branch around each load the loop
-            // walked the splits one L2 round trip at a time (9.4 µs for 32 rows x 33 splits on
-            // the H200, ncu). An empty split's row may hold anything: the select drops it.
-#pragma unroll 8
-            for (u32 s = r; s < splits; s += slices) {
-                const float w = s_w[s];
-                const float x = __ldcg(po + s * p.dim);
-                a += w != 0.0f ? w * x : 0.0f;
+        for (u32 s0 = r;; s0 += slices * MERGE_BATCH) {
+            if (c0 != 0u || s0 != r) load_batch(c0 + col, s0);
+            // An empty split's row may hold anything: the select drops it.
+#pragma unroll
+            for (int j = 0; j < MERGE_BATCH; ++j) {
+                const float w = weight(ws[j]);
+                a += w != 0.0f ? w * xs[j] : 0.0f;
             }
+            if (s0 + slices * MERGE_BATCH >= splits) break;
         }
-        s_red[t] = a;
+        s_red[threadIdx.x] = a;
         __syncthreads();
+        const u32 d = c0 + col;
         if (r == 0u && d < p.dim) {
             float sum = 0.0f;
-            for (u32 q2 = 0; q2 < slices; ++q2) sum += s_red[q2 * p.dim + (t - r * p.dim)];
+            for (u32 q2 = 0; q2 < slices; ++q2) sum += s_red[q2 * step + col];
             store_f(out, row * p.dim + d, sum * inv);
         }
         __syncthreads();
@@ -1658,9 +1681,13 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
     const store_t* kh = k + kvh * p.kv_len * PF_D;
     const store_t* vh = v + kvh * p.kv_len * PF_D;
     store_t(*vw)[PF_LD] = vs[warp];
+    // The tile's token and head mask, read one tile ahead: in modes 1 and 2 the index row is a
+    // load that the tile's K/V loads depend on, so it is issued with the previous tile's.
+    u32 hm_next;
+    int jl_next = decode_token(mode, n0 + warp * MD_KT + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm_next);
     for (u32 base = n0 + warp * MD_KT; base < n1; base += DEC_WARPS * MD_KT) {  // warp-uniform
-        u32 hm;
-        const int jl = decode_token(mode, base + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm);
+        const u32 hm = hm_next;
+        const int jl = jl_next;
         // Bit c: key base + c is attended by this row's head.
         u32 keep;
         if (mode == 2u) {
@@ -1698,6 +1725,7 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
                 kw[t][4 * i + 3] = x.w;
             }
         }
+        jl_next = decode_token(mode, base + DEC_WARPS * MD_KT + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm_next);
         float s[MD_KT / 8][4];
 #pragma unroll
         for (int t = 0; t < MD_KT / 8; ++t) {

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Decode-side changes validated and timed in one call on the GPU machine:
+#   here:   bash benches/device-prepare.sh
+#   there:  source .devbin/on-device.sh; bash benches/device-decode.sh [VARIANT ...]
+# 1. golden cases (cuda), the CUDA equivalence suite, hostile inputs;
+# 2. report --preset paper at 32K and 128K (decode rows, top-k, scan) once per variant given as
+#    an argument (a space-separated list of VAR=value settings, "" for the defaults), the list
+#    twice in turn so that drift shows, then the graph timer once with the defaults;
+# 3. the peers (SDPA decode and prefill, torch.topk, fla) in the same call;
+# 4. ncu durations of the decode-side kernels over one 128K and one 32K report.
+# Results in device-out/, packed into $OUT/decode.tar.gz.
+set -uo pipefail
+out=device-out
+rm -rf "$out" && mkdir -p "$out"
+pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/decode.tar.gz" "$out"; }
+trap pack EXIT
+log() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" | tee -a "$out/log.txt"; }
+export KVSPARSE_REQUIRE=cuda
+B=.devbin/kvsparse
+
+log "golden, equivalence, hostile"
+timeout 120 $B verify --golden tests/golden --backend cuda >"$out/verify.txt" 2>&1
+tail -n 1 "$out/verify.txt" | tee -a "$out/log.txt"
+grep -vE " pass$" "$out/verify.txt" | tail -n 5 | tee -a "$out/log.txt"
+timeout 200 .devbin/test-equivalence cuda:: >"$out/eq.txt" 2>&1
+grep -hE "test result|panicked|FAILED" "$out/eq.txt" | tail -n 8 | tee -a "$out/log.txt"
+timeout 100 .devbin/test-hostile --nocapture >"$out/hostile.txt" 2>&1
+grep -E "tried|test result" "$out/hostile.txt" | tee -a "$out/log.txt"
+
+rows='^(copy|kernel|decode   dense +attention|decode   quest_kv +attention|decode   snapkv +attention)'
+[ $# -eq 0 ] && set -- ""
+n=0
+for pass in 1 2; do
+  for variant in "$@"; do
+    n=$((n + 1))
+    log "report paper 32K,128K, variant ${variant:-defaults} (pass $pass)"
+    env $variant timeout 120 $B report --preset paper --contexts 32768,131072 \
+      --repeats 30 --backend cuda --out "$out/r$n" >"$out/report-$n.txt" 2>/dev/null
+    grep -E "$rows" "$out/report-$n.txt" | tee -a "$out/log.txt"
+  done
+done
+log "report paper 32K,128K, graph timer"
+timeout 120 $B report --preset paper --contexts 32768,131072 --repeats 30 --backend cuda --timer graph \
+  --out "$out/graph" >"$out/report-graph.txt" 2>/dev/null
+grep -E "$rows" "$out/report-graph.txt" | tee -a "$out/log.txt"
+
+log peers
+PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/peers.py "$out/peers.json" >"$out/peers.txt" 2>&1
+cat "$out/peers.txt" | tee -a "$out/log.txt"
+
+log "ncu: decode kernels"
+for t in 131072 32768; do
+  timeout 100 ncu --clock-control none --cache-control none \
+    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv" --launch-count 200 \
+    --metrics gpu__time_duration.sum --csv \
+    $B report --preset paper --contexts $t --repeats 3 --backend cuda --out "$out/ncu$t" >"$out/ncu-$t.csv" 2>"$out/ncu-$t.err"
+  wc -l "$out/ncu-$t.csv" | tee -a "$out/log.txt"
+done
