@@ -2,12 +2,13 @@
 # Decode-side changes validated and timed in one call on the GPU machine:
 #   here:   bash benches/device-prepare.sh
 #   there:  source .devbin/on-device.sh; bash benches/device-decode.sh [VARIANT ...]
-# 1. golden cases (cuda), the CUDA equivalence suite, hostile inputs;
+# 1. golden cases (cuda), the CUDA equivalence suite (and 300 top-k cases a setting), the cache
+#    and decoder tests where carried, hostile inputs;
 # 2. report --preset paper at 32K and 128K (decode rows, top-k, scan) once per variant given as
 #    an argument (a space-separated list of VAR=value settings, "" for the defaults), the list
 #    twice in turn so that drift shows, then the graph timer once with the defaults;
 # 3. the peers (SDPA decode and prefill, torch.topk, fla) in the same call;
-# 4. ncu durations of the decode-side kernels over one 128K and one 32K report.
+# 4. ncu durations of the decode-side and top-k kernels over one 128K and one 32K report.
 # Results in device-out/, packed into $OUT/decode.tar.gz.
 set -uo pipefail
 out=device-out
@@ -24,6 +25,14 @@ tail -n 1 "$out/verify.txt" | tee -a "$out/log.txt"
 grep -vE " pass$" "$out/verify.txt" | tail -n 5 | tee -a "$out/log.txt"
 timeout 200 .devbin/test-equivalence cuda:: >"$out/eq.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq.txt" | tail -n 8 | tee -a "$out/log.txt"
+# Top-k: many more random rows (ties, -inf, long rows), also with every shape on the multi-CTA path.
+KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >"$out/eq-topk.txt" 2>&1
+KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
+grep -hE "test result|panicked|FAILED" "$out/eq-topk.txt" | tee -a "$out/log.txt"
+for t in cache_ops decoder; do
+  [ -x .devbin/test-$t ] && timeout 100 .devbin/test-$t >"$out/$t.txt" 2>&1
+  grep -hE "test result|panicked|FAILED" "$out/$t.txt" | tail -n 3 | sed "s/^/$t: /" | tee -a "$out/log.txt"
+done
 timeout 100 .devbin/test-hostile --nocapture >"$out/hostile.txt" 2>&1
 grep -E "tried|test result" "$out/hostile.txt" | tee -a "$out/log.txt"
 
@@ -51,7 +60,7 @@ cat "$out/peers.txt" | tee -a "$out/log.txt"
 log "ncu: decode kernels"
 for t in 131072 32768; do
   timeout 100 ncu --clock-control none --cache-control none \
-    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv" --launch-count 200 \
+    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|topk_sel" --launch-count 200 \
     --metrics gpu__time_duration.sum --csv \
     $B report --preset paper --contexts $t --repeats 3 --backend cuda --out "$out/ncu$t" >"$out/ncu-$t.csv" 2>"$out/ncu-$t.err"
   wc -l "$out/ncu-$t.csv" | tee -a "$out/log.txt"

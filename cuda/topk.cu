@@ -377,9 +377,12 @@ extern "C" __global__ void topk_merge_runs(const TopkParams p, const u64* __rest
 //       its candidates to cand[r], as (key << 32 | index), at their rank in index order: the
 //       earlier CTAs' counts from their records plus a block scan. Candidates from
 //       TOPK_CAND_CAP on are not stored (the finish then reads the row instead).
-//   topk_sel_finish  (p, scores, ws, indices, ctas)       grid (1, R), TOPK_FINISH_THREADS,
+//   topk_sel_finish  (p, scores, ws, indices, ctas)       grid (C, R), TOPK_FINISH_THREADS,
 //       dynamic shared memory 8 * (out_k <= TOPK_TILE ? out_k : 0) + 4 * TOPK_AUX bytes.
-//       Keeps need of the c candidates, ties to the lower index (block_radix_threshold and
+//       out_k <= TOPK_TILE and the candidates stored: the C CTAs of the row rank its sure items
+//       and candidates together (topk_rank_finish) and write the indices at their ranks. Else
+//       (and where the keys crowd into a few buckets) CTA 0 of the row keeps need of the c
+//       candidates, ties to the lower index (block_radix_threshold and
 //       block_compact_kept_to over the candidates staged in shared memory, or when c exceeds
 //       TOPK_CAND_CAP (heavy ties) over the row's items with key >> 16 == t16, index order both
 //       ways). The out_k pairs are the sure items then the kept candidates: every sure key is
@@ -407,6 +410,7 @@ static_assert(TOPK_SEL_GH == 2 * TOPK_SEL_BINS && TOPK_REC == TOPK_SEL_BINS + 1 
               "topk select: the host's workspace and shared-memory layout");
 static_assert(TOPK_SEL_THREADS == TOPK_SEL_BINS, "topk_sel_hist: one bin per thread");
 static_assert(2 * TOPK_CAND_CAP <= TOPK_AUX && TOPK_SEL_GH <= TOPK_AUX, "finish scratch holds the staged candidates");
+static_assert(TOPK_FINISH_THREADS % 32 == 0 && TOPK_FINISH_THREADS / 32 <= 32, "topk finish: whole warps, one lane each");
 
 __device__ __forceinline__ u32 topk_cand_cap(u32 n) { return min(n, (u32)TOPK_CAND_CAP); }
 
@@ -717,6 +721,168 @@ __device__ void topk_tile_sort(u64* tile, u32 len, u32* cnt) {
     }
 }
 
+// The finish by ranks, spread over the gridDim.x CTAs of a row (the single-CTA sort below took
+// 21 us for out_k 2048 and 42 us for 8 rows of 8192 on the H200, ncu, run 46: one CTA's chain
+// of barriers). The row's U = n_sure + n_cand pairs (sure items, then every stored candidate)
+// are ranked by (key descending, index ascending), a total order in which the sure items come
+// first and the candidates follow by key, ties to the lower index: the pairs ranked below out_k
+// are exactly the sure items and the kept candidates, in topk's order, so no keep step is needed.
+// Every CTA of the row stages all U pairs in buckets by the top 8 bits of key - (least key)
+// (histogram, suffix scan, scatter): each bucket holds the same pairs at the same places in
+// every CTA, in an order inside it that differs, so each bucket is ranked whole by one CTA: work
+// is cut in units of 32 pairs of one bucket, the CTAs take the buckets that start in their
+// share of the units and deal those units to their warps. A pair's rank is the pairs of the
+// buckets above its own plus those of its bucket that come before it.
+// When that costs more than TOPK_RANK_WORK compares a thread (keys in a narrow band, heavy
+// ties: the sum of the buckets' squared sizes), it returns false in every CTA of the row (the
+// histogram is the same) and CTA 0 sorts instead.
+// bsm: U pairs of shared memory (topk_run_pair form: one u64 compare orders them).
+#define TOPK_RANK_ITEMS ((TOPK_TILE + TOPK_CAND_CAP + TOPK_FINISH_THREADS - 1) / TOPK_FINISH_THREADS)
+#define TOPK_RANK_WORK 512
+// Not inlined: inlined into the finish (64 registers at 1024 threads) it spilled 48 bytes.
+__device__ __noinline__ bool topk_rank_finish(const u64* __restrict__ sure, u32 n_sure, const u64* __restrict__ cand,
+                                 u32 n_cand, u32 m, int* __restrict__ out, u64* bsm) {
+    __shared__ u32 s_cnt[TOPK_SEL_BINS];
+    __shared__ u32 s_start[TOPK_SEL_BINS];  // pairs in the buckets above
+    __shared__ u32 s_unit[TOPK_SEL_BINS];   // units in the buckets above
+    __shared__ u32 s_lo[TOPK_SORT_WARPS];
+    __shared__ u32 s_hi[TOPK_SORT_WARPS];
+    __shared__ u32 s_units;
+    __shared__ u32 s_cost;
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 warps = blockDim.x / 32u;
+    const u32 total = n_sure + n_cand;  // <= TOPK_TILE + TOPK_CAND_CAP
+    // The thread's pairs, all loads in flight at once.
+    u64 it[TOPK_RANK_ITEMS];
+#pragma unroll
+    for (u32 j = 0; j < TOPK_RANK_ITEMS; ++j) {
+        const u32 q = threadIdx.x + j * blockDim.x;
+        it[j] = q < n_sure ? sure[q] : (q < total ? cand[q - n_sure] : 0ull);
+    }
+    for (u32 b = threadIdx.x; b < TOPK_SEL_BINS; b += blockDim.x) s_cnt[b] = 0u;
+    u32 lo = 0xffffffffu;
+    u32 hi = 0u;
+#pragma unroll
+    for (u32 j = 0; j < TOPK_RANK_ITEMS; ++j) {
+        if (threadIdx.x + j * blockDim.x < total) {
+            const u32 key = (u32)(it[j] >> 32);
+            lo = min(lo, key);
+            hi = max(hi, key);
+        }
+    }
+#pragma unroll
+    for (u32 o = 16; o > 0u; o >>= 1) {
+        lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
+        hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
+    }
+    if (lane == 0u) {
+        s_lo[warp] = lo;
+        s_hi[warp] = hi;
+    }
+    __syncthreads();
+    for (u32 w2 = 0; w2 < warps; ++w2) {
+        lo = min(lo, s_lo[w2]);
+        hi = max(hi, s_hi[w2]);
+    }
+    // Bucket = the top 8 of the bits in which the keys differ from the least: larger keys get
+    // larger buckets, and every bucket is a range of keys.
+    const u32 bits = 32u - (u32)__clz(hi - lo);
+    const u32 shift = bits > 8u ? bits - 8u : 0u;
+    auto bucket = [&](u64 x) { return ((u32)(x >> 32) - lo) >> shift; };
+    // Plain shared atomics: a warp's pairs mostly fall into distinct buckets, where the
+    // aggregation by __match_any_sync (hist_add_warp) costs more than it saves.
+#pragma unroll
+    for (u32 j = 0; j < TOPK_RANK_ITEMS; ++j) {
+        if (threadIdx.x + j * blockDim.x < total) atomicAdd(&s_cnt[bucket(it[j])], 1u);
+    }
+    __syncthreads();
+    // Warp 0, 8 bins a lane from the top: the pairs and units of the buckets above each, and
+    // the cost of the ranks (sum of squared bucket sizes).
+    if (warp == 0u) {
+        const u32 top = TOPK_SEL_BINS - 1u - 8u * lane;
+        u32 run = 0u, units = 0u, cost = 0u;
+#pragma unroll
+        for (u32 i = 0; i < 8u; ++i) {
+            const u32 c = s_cnt[top - i];
+            run += c;
+            units += (c + 31u) / 32u;
+            cost += c * c;
+        }
+        u32 incl = run, uincl = units;
+#pragma unroll
+        for (u32 o = 1; o < 32u; o <<= 1) {
+            const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
+            const u32 uy = __shfl_up_sync(KVS_FULL_MASK, uincl, o);
+            if (lane >= o) {
+                incl += y;
+                uincl += uy;
+            }
+        }
+        u32 at = incl - run, uat = uincl - units;
+#pragma unroll
+        for (u32 i = 0; i < 8u; ++i) {
+            const u32 c = s_cnt[top - i];
+            s_start[top - i] = at;
+            s_unit[top - i] = uat;
+            at += c;
+            uat += (c + 31u) / 32u;
+        }
+#pragma unroll
+        for (u32 o = 16; o > 0u; o >>= 1) cost += __shfl_xor_sync(KVS_FULL_MASK, cost, o);
+        if (lane == 31u) s_units = uincl;
+        if (lane == 0u) s_cost = cost;
+    }
+    __syncthreads();
+    // cost / 32 compares a lane over C * blockDim lanes (the sum stays below 2^32: U <= 12288).
+    if (s_cost / 32u > (u32)TOPK_RANK_WORK * gridDim.x * warps) return false;  // uniform (every CTA of the row)
+    // Scatter into the buckets; s_cnt counts down the places left in each.
+#pragma unroll
+    for (u32 j = 0; j < TOPK_RANK_ITEMS; ++j) {
+        if (threadIdx.x + j * blockDim.x < total) {
+            const u32 d = bucket(it[j]);
+            bsm[s_start[d] + atomicSub(&s_cnt[d], 1u) - 1u] = topk_run_pair(it[j]);
+        }
+    }
+    __syncthreads();
+    const u32 n_units = s_units;
+    // The bucket of unit u: the least d whose units above are <= u (s_unit falls with d).
+    auto unit_bucket = [&](u32 u) {
+        u32 d = 0u;
+#pragma unroll
+        for (u32 step = TOPK_SEL_BINS / 2u; step > 0u; step >>= 1) {
+            if (s_unit[d + step] > u) d += step;
+        }
+        return s_unit[d] > u ? d + 1u : d;
+    };
+    // The first unit at or past u that starts a bucket (n_units past the last).
+    auto bucket_start_from = [&](u32 u) {
+        if (u >= n_units) return n_units;
+        const u32 d = unit_bucket(u);
+        if (s_unit[d] == u) return u;
+        return d == 0u ? n_units : s_unit[d] + (s_start[d - 1u] - s_start[d] + 31u) / 32u;  // bucket d's end
+    };
+    // This CTA's buckets: those that start in its share of the units. A bucket's places hold
+    // the same pairs in every CTA, but not in the same order, so each bucket is ranked whole by
+    // one CTA.
+    const u32 u0 = bucket_start_from((u32)(((u64)n_units * blockIdx.x) / gridDim.x));
+    const u32 u1 = bucket_start_from((u32)(((u64)n_units * (blockIdx.x + 1u)) / gridDim.x));
+    for (u32 u = u0 + warp; u < u1; u += warps) {  // warp-uniform
+        const u32 d = unit_bucket(u);
+        const u32 b0 = s_start[d];
+        const u32 b1 = d == 0u ? total : s_start[d - 1u];
+        const u32 q = b0 + (u - s_unit[d]) * 32u + lane;
+        if (q < b1) {
+            const u64 x = bsm[q];
+            u32 rank = b0;
+#pragma unroll 4
+            for (u32 e = b0; e < b1; ++e) rank += bsm[e] < x ? 1u : 0u;
+            if (rank < m) out[rank] = (int)(u32)x;
+        }
+    }
+    return true;
+}
+
 extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
     topk_sel_finish(const TopkParams p, const float* __restrict__ scores, u32* __restrict__ ws,
                     int* __restrict__ indices, const u32 ctas) {
@@ -735,6 +901,14 @@ extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
     const u32 n_sure = m - need;
     const u32 cap = topk_cand_cap(p.n);
     __syncthreads();  // every thread has n_cand before aux is reused
+    // The pairs' buckets alias the tile and aux: U <= out_k + TOPK_CAND_CAP pairs fit in
+    // 8 out_k + 4 TOPK_AUX bytes, and the single-CTA path below only runs when they were not
+    // written.
+    if (in_tile && n_cand <= cap &&
+        topk_rank_finish(w.sure + r * m, n_sure, w.cand + r * cap, n_cand, m, indices + r * m, topk_dyn)) {
+        return;  // uniform per row
+    }
+    if (blockIdx.x != 0u) return;  // uniform: the sort takes one CTA of the row
     u64* out = in_tile ? tile : w.pairs + r * m;
     const u64* sure = w.sure + r * m;
 #pragma unroll 4

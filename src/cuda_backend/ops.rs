@@ -83,6 +83,8 @@ const TOPK_CAND_CAP: usize = 4096;
 const TOPK_TILE: usize = 8192;
 const TOPK_FINISH_THREADS: u32 = 1024;
 const TOPK_AUX: usize = 32 * 257;
+/// Most CTAs a row of `topk_sel_finish` (its ranks spread over them).
+const TOPK_FINISH_MAX_CTAS: usize = 32;
 /// The constants the kernels share with this launch code (block sizes, items per thread,
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
@@ -919,12 +921,18 @@ impl Cuda {
         let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_sel_finish", smem)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&mut indices.slice).arg(&ctas32);
+        // Rows whose pairs are ranked in shared memory spread over CTAs that fill the device once
+        // (one CTA an SM: 1024 threads of 64 registers); the pairs sorted by topk_sort_runs take
+        // one CTA a row.
+        let finish_ctas =
+            if m <= TOPK_TILE { (self.sm_count as usize / rows).clamp(1, TOPK_FINISH_MAX_CTAS) } else { 1 };
         let cfg = LaunchConfig {
-            grid_dim: (1, rows_y, 1),
+            grid_dim: (finish_ctas as u32, rows_y, 1),
             block_dim: (TOPK_FINISH_THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // SAFETY: matches `topk_sel_finish(p, scores, ws, indices, ctas)`; ws as above, its sure
+        // SAFETY: matches `topk_sel_finish(p, scores, ws, indices, ctas)`, grid (C, R) with C >= 1
+        // CTAs a row sharing its ranks (C = 1 when out_k > TOPK_TILE); ws as above, its sure
         // items and candidates written by topk_sel_compact; the dynamic shared memory is the
         // kernel's tile (out_k pairs when out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as
         // it lays them out; TOPK_FINISH_THREADS threads (its launch bounds); indices [R*out_k]
