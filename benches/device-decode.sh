@@ -29,6 +29,13 @@ grep -hE "test result|panicked|FAILED" "$out/eq.txt" | tail -n 8 | tee -a "$out/
 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >"$out/eq-topk.txt" 2>&1
 KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq-topk.txt" | tee -a "$out/log.txt"
+# The ops whose selections go through block_select_row: 100 cases each.
+for op in quest_decode snapkv_compress random_select moba_prefill; do
+  KVSPARSE_CASES=100 timeout 120 .devbin/test-equivalence cuda::$op >"$out/eq-$op.txt" 2>&1
+  grep -hE "test result|panicked|FAILED" "$out/eq-$op.txt" | sed "s/^/$op: /" | tee -a "$out/log.txt"
+done
+KVSPARSE_CUDA_MOBA_ROUTE=0 KVSPARSE_CASES=100 timeout 120 .devbin/test-equivalence cuda::moba_prefill >"$out/eq-moba-route0.txt" 2>&1
+grep -hE "test result|panicked|FAILED" "$out/eq-moba-route0.txt" | sed "s/^/moba_prefill, route off: /" | tee -a "$out/log.txt"
 for t in cache_ops decoder; do
   [ -x .devbin/test-$t ] && timeout 100 .devbin/test-$t >"$out/$t.txt" 2>&1
   grep -hE "test result|panicked|FAILED" "$out/$t.txt" | tail -n 3 | sed "s/^/$t: /" | tee -a "$out/log.txt"
@@ -60,7 +67,7 @@ cat "$out/peers.txt" | tee -a "$out/log.txt"
 log "ncu: decode kernels"
 for t in 131072 32768; do
   timeout 100 ncu --clock-control none --cache-control none \
-    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|topk_sel" --launch-count 200 \
+    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|topk_|select_blocks|snapkv" --launch-count 200 \
     --metrics gpu__time_duration.sum --csv \
     $B report --preset paper --contexts $t --repeats 3 --backend cuda --out "$out/ncu$t" >"$out/ncu-$t.csv" 2>"$out/ncu-$t.err"
   wc -l "$out/ncu-$t.csv" | tee -a "$out/log.txt"

@@ -199,8 +199,10 @@ __device__ __forceinline__ void hist_add_warp(u32* hist, u32 bin) {
 // agrees with `prefix` on `mask`; every thread of the block calls count.
 // `want` must satisfy 1 <= want <= #eligible. On return (every thread): `*thr` = the want-th
 // largest eligible key, `*take_eq` = how many eligible items with key == thr are kept (>= 1).
+// Every eligible key is below 2^top_bits (32: any key): the passes above it, where every digit
+// is 0, are skipped.
 template <class Count>
-__device__ void block_radix_threshold_by(u32 want, u32* thr, u32* take_eq, const Count& count) {
+__device__ void block_radix_threshold_by(u32 want, u32* thr, u32* take_eq, const Count& count, u32 top_bits = 32u) {
     __shared__ u32 hist[256];
     __shared__ u32 s_prefix;
     __shared__ u32 s_rem;
@@ -210,6 +212,10 @@ __device__ void block_radix_threshold_by(u32 want, u32* thr, u32* take_eq, const
     }
     u32 mask = 0u;  // digits fixed so far (identical in every thread)
     for (int shift = 24; shift >= 0; shift -= 8) {
+        if ((u32)shift >= top_bits) {  // uniform: every key's digit here is 0, as the prefix's
+            mask |= 255u << shift;
+            continue;
+        }
         __syncthreads();  // the previous pass's digit search is done; s_prefix is visible
         for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = 0u;
         __syncthreads();
@@ -377,13 +383,47 @@ __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* ou
     u32 thr = 0u;
     u32 take_eq = 0u;
     if (want > 0u) {  // uniform branch
-        block_radix_threshold_by(want, &thr, &take_eq, [&](u32* hist, u32 mask, u32 prefix, int shift) {
+        // The radix runs on key - (least eligible key), over the bits in which the keys differ:
+        // similar scores share their top bits, so 1-2 of the 4 passes drop out, and the digits
+        // left spread the items over the bins, where plain shared atomics beat the aggregation
+        // of hist_add_warp.
+        __shared__ u32 s_lo[32];
+        __shared__ u32 s_hi[32];
+        u32 lo = 0xffffffffu;
+        u32 hi = 0u;
 #pragma unroll
-            for (u32 u = 0; u < R; ++u) {
-                const bool c = ((elig >> u) & 1u) != 0u && (key[u] & mask) == prefix;
-                hist_add_warp(hist, c ? (key[u] >> shift) & 255u : 256u);
+        for (u32 u = 0; u < R; ++u) {
+            if ((elig >> u) & 1u) {
+                lo = min(lo, key[u]);
+                hi = max(hi, key[u]);
             }
-        });
+        }
+#pragma unroll
+        for (u32 o = 16; o > 0u; o >>= 1) {
+            lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
+            hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
+        }
+        if ((threadIdx.x & 31u) == 0u) {
+            s_lo[threadIdx.x >> 5] = lo;
+            s_hi[threadIdx.x >> 5] = hi;
+        }
+        __syncthreads();
+        for (u32 w = 0; w < (blockDim.x + 31u) / 32u; ++w) {
+            lo = min(lo, s_lo[w]);
+            hi = max(hi, s_hi[w]);
+        }
+        const u32 top_bits = 32u - (u32)__clz(hi - lo);
+        block_radix_threshold_by(
+            want, &thr, &take_eq,
+            [&](u32* hist, u32 mask, u32 prefix, int shift) {
+#pragma unroll
+                for (u32 u = 0; u < R; ++u) {
+                    const u32 rel = key[u] - lo;
+                    if (((elig >> u) & 1u) != 0u && (rel & mask) == prefix) atomicAdd(&hist[(rel >> shift) & 255u], 1u);
+                }
+            },
+            top_bits);
+        thr += lo;
     }
     u32 above = forced;  // kept regardless of ties
     u32 equal = 0u;      // compete with key == thr
