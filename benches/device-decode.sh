@@ -9,14 +9,10 @@
 #    twice in turn so that drift shows, then the graph timer once with the defaults;
 # 3. the peers (SDPA decode and prefill, torch.topk, fla) in the same call;
 # 4. ncu durations of the decode-side and top-k kernels over one 128K and one 32K report.
+# DEVICE_FINAL=1 adds compute-sanitizer (memcheck and racecheck over the top-k cases, racecheck
+# over Quest's), the long MoBA cases and `report --preset long` before the peers.
 # Results in device-out/, packed into $OUT/decode.tar.gz.
-set -uo pipefail
-out=device-out
-rm -rf "$out" && mkdir -p "$out"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/decode.tar.gz" "$out"; }
-trap pack EXIT
-log() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" | tee -a "$out/log.txt"; }
-export KVSPARSE_REQUIRE=cuda
+source "$(dirname "$0")/device-lib.sh" decode.tar.gz
 B=.devbin/kvsparse
 
 log "golden, equivalence, hostile"
@@ -59,6 +55,24 @@ log "report paper 32K,128K, graph timer"
 timeout 120 $B report --preset paper --contexts 32768,131072 --repeats 30 --backend cuda --timer graph \
   --out "$out/graph" >"$out/report-graph.txt" 2>/dev/null
 grep -E "$rows" "$out/report-graph.txt" | tee -a "$out/log.txt"
+
+[ "${DEVICE_FINAL:-0}" = 1 ] && {
+log "sanitizers over the top-k and Quest cases, the long MoBA cases"
+KVSPARSE_CASES=40 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/test-equivalence cuda::topk \
+  >"$out/memcheck-topk.txt" 2>&1
+echo "memcheck topk -> rc $?" | tee -a "$out/log.txt"
+KVSPARSE_CASES=12 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::topk \
+  >"$out/racecheck-topk.txt" 2>&1
+echo "racecheck topk -> rc $?" | tee -a "$out/log.txt"
+KVSPARSE_CASES=12 timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode \
+  >"$out/racecheck-quest.txt" 2>&1
+echo "racecheck quest_decode -> rc $?" | tee -a "$out/log.txt"
+timeout 120 .devbin/test-cuda_large >"$out/large.txt" 2>&1
+grep -hE "test result|panicked" "$out/large.txt" | tee -a "$out/log.txt"
+log "report --preset long"
+timeout 200 $B report --preset long --repeats 10 --backend cuda --out "$out/long" >"$out/report-long.txt" 2>/dev/null
+grep -E "^(copy|kernel|decode   dense|decode   quest|decode   snapkv|prefill|compress)" "$out/report-long.txt" | grep -v ratplus | tee -a "$out/log.txt"
+}
 
 log peers
 PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/peers.py "$out/peers.json" >"$out/peers.txt" 2>&1

@@ -15,12 +15,7 @@
 #    with an 8 GiB bucket workspace (fewer, larger passes);
 # 4. ncu durations of MoBA's kernels at every budget of one 32K report.
 # Results land in device-out/ and, packed, in $OUT/moba.tar.gz.
-set -uo pipefail
-out=device-out
-rm -rf "$out" && mkdir -p "$out"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/moba.tar.gz" "$out"; }
-trap pack EXIT
-log() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" | tee -a "$out/log.txt"; }
+source "$(dirname "$0")/device-lib.sh" moba.tar.gz
 timed() {
   local t0 rc
   t0=$(date +%s%N)
@@ -28,7 +23,6 @@ timed() {
   rc=$?
   echo "$* -> rc $rc, $((($(date +%s%N) - t0) / 1000000)) ms" | tee -a "$out/log.txt"
 }
-export KVSPARSE_REQUIRE=cuda
 mode=${1:-full}
 quick=$([ "$mode" = quick ] && echo 1 || echo 0)
 store=$(mktemp -d)

@@ -4,12 +4,7 @@
 #   here:   bash benches/device-prepare.sh
 #   there:  source .devbin/on-device.sh; bash benches/device-profile.sh
 # Results in device-out/, packed into $OUT/profile.tar.gz.
-set -uo pipefail
-out=device-out
-rm -rf "$out" && mkdir -p "$out"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/profile.tar.gz" "$out"; }
-trap pack EXIT
-export KVSPARSE_REQUIRE=cuda
+source "$(dirname "$0")/device-lib.sh" profile.tar.gz
 B=.devbin/kvsparse
 # Fill the module store first so that ncu's run does not compile.
 timeout 100 $B report --preset paper --contexts 131072 --repeats 1 --backend cuda --out "$out/warm" >/dev/null 2>&1

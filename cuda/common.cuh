@@ -169,6 +169,31 @@ __device__ __forceinline__ u32 block_sum_u32(u32 v) {
     return total;
 }
 
+// The least and largest of the block's values (every thread passes its own *lo, *hi, the
+// neutral 0xffffffff / 0 when it has none) to every thread. Every thread of the block must call
+// it; it holds a barrier.
+__device__ __forceinline__ void block_min_max_u32(u32* lo, u32* hi) {
+    __shared__ u32 s_lo[32];
+    __shared__ u32 s_hi[32];
+    u32 l = *lo, h = *hi;
+#pragma unroll
+    for (u32 o = 16; o > 0u; o >>= 1) {
+        l = min(l, __shfl_xor_sync(KVS_FULL_MASK, l, o));
+        h = max(h, __shfl_xor_sync(KVS_FULL_MASK, h, o));
+    }
+    if ((threadIdx.x & 31u) == 0u) {
+        s_lo[threadIdx.x >> 5] = l;
+        s_hi[threadIdx.x >> 5] = h;
+    }
+    __syncthreads();
+    for (u32 w = 0; w < (blockDim.x + 31u) / 32u; ++w) {
+        l = min(l, s_lo[w]);
+        h = max(h, s_hi[w]);
+    }
+    *lo = l;
+    *hi = h;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forced top-k selection of one row by one thread block (SPEC §5.2, §8.2).
 //
@@ -387,8 +412,6 @@ __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* ou
         // similar scores share their top bits, so 1-2 of the 4 passes drop out, and the digits
         // left spread the items over the bins, where plain shared atomics beat the aggregation
         // of hist_add_warp.
-        __shared__ u32 s_lo[32];
-        __shared__ u32 s_hi[32];
         u32 lo = 0xffffffffu;
         u32 hi = 0u;
 #pragma unroll
@@ -398,20 +421,7 @@ __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* ou
                 hi = max(hi, key[u]);
             }
         }
-#pragma unroll
-        for (u32 o = 16; o > 0u; o >>= 1) {
-            lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
-            hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
-        }
-        if ((threadIdx.x & 31u) == 0u) {
-            s_lo[threadIdx.x >> 5] = lo;
-            s_hi[threadIdx.x >> 5] = hi;
-        }
-        __syncthreads();
-        for (u32 w = 0; w < (blockDim.x + 31u) / 32u; ++w) {
-            lo = min(lo, s_lo[w]);
-            hi = max(hi, s_hi[w]);
-        }
+        block_min_max_u32(&lo, &hi);
         const u32 top_bits = 32u - (u32)__clz(hi - lo);
         block_radix_threshold_by(
             want, &thr, &take_eq,

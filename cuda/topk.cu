@@ -634,8 +634,6 @@ __device__ void topk_keep(const Src& src, u32 n, u32 n_elig, u32 want, u64* out,
 // block scan over the counters in (digit, warp) order gives each (digit, warp) its first slot;
 // the items are stored from registers back into the tile.
 __device__ void topk_tile_sort(u64* tile, u32 len, u32* cnt) {
-    __shared__ u32 s_lo[TOPK_SORT_WARPS];
-    __shared__ u32 s_hi[TOPK_SORT_WARPS];
     const u32 lane = threadIdx.x & 31u;
     const u32 warp = threadIdx.x >> 5;
     u32 lo = 0xffffffffu;
@@ -645,20 +643,7 @@ __device__ void topk_tile_sort(u64* tile, u32 len, u32* cnt) {
         lo = min(lo, key);
         hi = max(hi, key);
     }
-#pragma unroll
-    for (u32 o = 16; o > 0u; o >>= 1) {
-        lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
-        hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
-    }
-    if (lane == 0u) {
-        s_lo[warp] = lo;
-        s_hi[warp] = hi;
-    }
-    __syncthreads();
-    for (u32 w2 = 0; w2 < TOPK_SORT_WARPS; ++w2) {
-        lo = min(lo, s_lo[w2]);
-        hi = max(hi, s_hi[w2]);
-    }
+    block_min_max_u32(&lo, &hi);
     const u32 span = hi - lo;
     const u32 passes = (32u - (u32)__clz(span) + 7u) / 8u;  // 0 when every key is equal
     const u32 per = (len + blockDim.x - 1u) / blockDim.x;   // items per lane, <= TOPK_SORT_ITEMS
@@ -745,8 +730,6 @@ __device__ __noinline__ bool topk_rank_finish(const u64* __restrict__ sure, u32 
     __shared__ u32 s_cnt[TOPK_SEL_BINS];
     __shared__ u32 s_start[TOPK_SEL_BINS];  // pairs in the buckets above
     __shared__ u32 s_unit[TOPK_SEL_BINS];   // units in the buckets above
-    __shared__ u32 s_lo[TOPK_SORT_WARPS];
-    __shared__ u32 s_hi[TOPK_SORT_WARPS];
     __shared__ u32 s_units;
     __shared__ u32 s_cost;
     const u32 lane = threadIdx.x & 31u;
@@ -771,20 +754,7 @@ __device__ __noinline__ bool topk_rank_finish(const u64* __restrict__ sure, u32 
             hi = max(hi, key);
         }
     }
-#pragma unroll
-    for (u32 o = 16; o > 0u; o >>= 1) {
-        lo = min(lo, __shfl_xor_sync(KVS_FULL_MASK, lo, o));
-        hi = max(hi, __shfl_xor_sync(KVS_FULL_MASK, hi, o));
-    }
-    if (lane == 0u) {
-        s_lo[warp] = lo;
-        s_hi[warp] = hi;
-    }
-    __syncthreads();
-    for (u32 w2 = 0; w2 < warps; ++w2) {
-        lo = min(lo, s_lo[w2]);
-        hi = max(hi, s_hi[w2]);
-    }
+    block_min_max_u32(&lo, &hi);  // its barrier also orders s_cnt's zeroing before the counts
     // Bucket = the top 8 of the bits in which the keys differ from the least: larger keys get
     // larger buckets, and every bucket is a range of keys.
     const u32 bits = 32u - (u32)__clz(hi - lo);
