@@ -804,7 +804,7 @@ __device__ __noinline__ bool topk_rank_finish(const u64* __restrict__ sure, u32 
         if (lane == 0u) s_cost = cost;
     }
     __syncthreads();
-    // cost / 32 compares a lane over C * blockDim lanes (the sum stays below 2^32: U <= 12288).
+    // The ranks cost s_cost compares over the row's C * blockDim threads (s_cost <= U^2 < 2^32).
     if (s_cost / 32u > (u32)TOPK_RANK_WORK * gridDim.x * warps) return false;  // uniform (every CTA of the row)
     // Scatter into the buckets; s_cnt counts down the places left in each.
 #pragma unroll
