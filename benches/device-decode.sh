@@ -30,6 +30,13 @@ for op in quest_decode snapkv_compress random_select moba_prefill; do
   KVSPARSE_CASES=100 timeout 120 .devbin/test-equivalence cuda::$op >"$out/eq-$op.txt" 2>&1
   grep -hE "test result|panicked|FAILED" "$out/eq-$op.txt" | sed "s/^/$op: /" | tee -a "$out/log.txt"
 done
+# Quest with one selection per kv head: the one-launch cluster kernel at each size, and the
+# three launches it replaces.
+for c in auto 16 8 0; do
+  env $([ $c = auto ] || echo KVSPARSE_CUDA_QUEST_CLUSTER=$c) KVSPARSE_CASES=150 timeout 150 \
+    .devbin/test-equivalence cuda::quest_decode_grouped >"$out/eq-quest-grouped-$c.txt" 2>&1
+  grep -hE "test result|panicked|FAILED|case [0-9]+" "$out/eq-quest-grouped-$c.txt" | head -n 6 | sed "s/^/quest_decode_grouped, cluster $c: /" | tee -a "$out/log.txt"
+done
 KVSPARSE_CUDA_MOBA_ROUTE=0 KVSPARSE_CASES=100 timeout 120 .devbin/test-equivalence cuda::moba_prefill >"$out/eq-moba-route0.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq-moba-route0.txt" | sed "s/^/moba_prefill, route off: /" | tee -a "$out/log.txt"
 for t in cache_ops decoder; do
@@ -67,6 +74,12 @@ echo "racecheck topk -> rc $?" | tee -a "$out/log.txt"
 KVSPARSE_CASES=12 timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode \
   >"$out/racecheck-quest.txt" 2>&1
 echo "racecheck quest_decode -> rc $?" | tee -a "$out/log.txt"
+KVSPARSE_CASES=12 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode_grouped \
+  >"$out/memcheck-quest-grouped.txt" 2>&1
+echo "memcheck quest_decode_grouped -> rc $?" | tee -a "$out/log.txt"
+KVSPARSE_CASES=12 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode_grouped \
+  >"$out/racecheck-quest-grouped.txt" 2>&1
+echo "racecheck quest_decode_grouped -> rc $?" | tee -a "$out/log.txt"
 timeout 120 .devbin/test-cuda_large >"$out/large.txt" 2>&1
 grep -hE "test result|panicked" "$out/large.txt" | tee -a "$out/log.txt"
 log "report --preset long"
@@ -81,7 +94,7 @@ cat "$out/peers.txt" | tee -a "$out/log.txt"
 log "ncu: decode kernels"
 for t in 131072 32768; do
   timeout 100 ncu --clock-control none --cache-control none \
-    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|topk_|select_blocks|snapkv" --launch-count 200 \
+    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|quest_decode_cluster|topk_|select_blocks|snapkv" --launch-count 200 \
     --metrics gpu__time_duration.sum --csv \
     $B report --preset paper --contexts $t --repeats 3 --backend cuda --out "$out/ncu$t" >"$out/ncu-$t.csv" 2>"$out/ncu-$t.err"
   wc -l "$out/ncu-$t.csv" | tee -a "$out/log.txt"

@@ -476,37 +476,15 @@ __device__ __forceinline__ int decode_token(u32 mode, u32 n, u32 n1, const int* 
     return j;
 }
 
-// The end of a grouped decode CTA: merges the DEC_WARPS warps' states of the hpc heads h0 ..
-// (max s_m in base e, sum s_l, unnormalised rows s_acc; s_m = -inf for a warp that saw no key)
-// by log-sum-exp, one thread per (head, column), and writes out / lse (splits == 1) or the
-// split's partial (normalised output + lse; out = 0, lse = -inf when no warp saw a key).
-// Pointers already offset to the CTA's sequence. Follows a __syncthreads().
-template <int GM>
-__device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const float (*s_l)[GM],
-                                                  const float (*s_acc)[GM][DEC_D], u32 split, u32 splits, u32 h0,
-                                                  u32 hpc, store_t* __restrict__ out, float* __restrict__ lse,
-                                                  float* __restrict__ part_out, float* __restrict__ part_lse) {
-    // Merge the warps: one thread per (head, column).
-    for (u32 t = threadIdx.x; t < hpc * DEC_D; t += blockDim.x) {
-        const u32 g = t / DEC_D;
-        const u32 d = t - g * DEC_D;
-        float mm = KVS_NEG_INF;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; ++w) mm = (s_m[w][g] > mm || s_m[w][g] != s_m[w][g]) ? s_m[w][g] : mm;
-        float tot = 0.0f;
-        float a = 0.0f;
-        if (mm != KVS_NEG_INF) {
-#pragma unroll
-            for (int w = 0; w < DEC_WARPS; ++w) {
-                if (s_m[w][g] == KVS_NEG_INF) continue;  // empty warp
-                const float wt = expf(s_m[w][g] - mm);
-                tot += s_l[w][g] * wt;
-                a += s_acc[w][g][d] * wt;
-            }
-        }
-        const bool any = tot != 0.0f;  // NaN propagates
-        const float o = any ? a / tot : 0.0f;
-        const float row_lse = any ? mm + logf(tot) : KVS_NEG_INF;
+// Where a grouped decode CTA's merged rows go: out / lse (splits == 1) or the split's partial
+// (normalised output + lse). Pointers already offset to the CTA's sequence.
+struct DecodeRowSink {
+    u32 split, splits, h0;
+    store_t* out;
+    float* lse;
+    float* part_out;
+    float* part_lse;
+    __device__ void put(u32 g, u32 d, float o, float row_lse) const {
         const u32 h = h0 + g;
         if (splits <= 1u) {
             store_f(out, h * DEC_D + d, o);
@@ -516,6 +494,37 @@ __device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const 
             part_out[ps * DEC_D + d] = o;
             if (d == 0u) part_lse[ps] = row_lse;
         }
+    }
+};
+
+// The end of a grouped decode CTA: merges the WARPS warps' states of its hpc heads (max s_m in
+// base e, sum s_l, unnormalised rows s_acc; s_m = -inf for a warp that saw no key) by
+// log-sum-exp, one thread per (head, column), and hands sink.put(g, d, o, lse) the normalised
+// output and lse of head g (out = 0, lse = -inf when no warp saw a key). Follows a
+// __syncthreads().
+template <int GM, int WARPS, class Sink>
+__device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const float (*s_l)[GM],
+                                                  const float (*s_acc)[GM][DEC_D], u32 hpc, const Sink& sink) {
+    // Merge the warps: one thread per (head, column).
+    for (u32 t = threadIdx.x; t < hpc * DEC_D; t += blockDim.x) {
+        const u32 g = t / DEC_D;
+        const u32 d = t - g * DEC_D;
+        float mm = KVS_NEG_INF;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) mm = (s_m[w][g] > mm || s_m[w][g] != s_m[w][g]) ? s_m[w][g] : mm;
+        float tot = 0.0f;
+        float a = 0.0f;
+        if (mm != KVS_NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) {
+                if (s_m[w][g] == KVS_NEG_INF) continue;  // empty warp
+                const float wt = expf(s_m[w][g] - mm);
+                tot += s_l[w][g] * wt;
+                a += s_acc[w][g][d] * wt;
+            }
+        }
+        const bool any = tot != 0.0f;  // NaN propagates
+        sink.put(g, d, any ? a / tot : 0.0f, any ? mm + logf(tot) : KVS_NEG_INF);
     }
 }
 
@@ -725,7 +734,8 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
         }
     }
     __syncthreads();
-    decode_write_rows<GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse);
+    decode_write_rows<GM, DEC_WARPS>(s_m, s_l, s_acc, hpc,
+                                     DecodeRowSink{split, splits, h0, out, lse, part_out, part_lse});
 }
 
 #define KVS_DECODE_ENTRY(GM)                                                                                  \
@@ -1630,35 +1640,23 @@ extern "C" __global__ void __launch_bounds__(256)
 #define MD_KT 32
 #define MD_CH (PF_D / 8)  // 16-byte chunks per row
 
-extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
-    attention_decode_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
-                         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,
-                         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,
-                         float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,
-                         const int* __restrict__ lens) {
-    // The warps' V tiles; after the key loop, the warps' output rows for decode_write_rows.
-    __shared__ __attribute__((aligned(16))) store_t vs[DEC_WARPS][MD_KT][PF_LD];
-    __shared__ float s_m[DEC_WARPS][MD_GM];
-    __shared__ float s_l[DEC_WARPS][MD_GM];
-    static_assert(sizeof(vs) >= sizeof(float) * DEC_WARPS * MD_GM * PF_D, "s_acc aliases vs");
+// The key loop of the tensor-core decode (attention_decode_mma, quest_decode_cluster_g*): query
+// heads h0 .. h0+hpc-1 (rows of q) over keys [n0, n1) of the CTA's range (tokens of kh / vh, the
+// kv head's [T, D] rows, as decode_token maps them), warp w taking the tiles n0 + w * MD_KT,
+// + WARPS * MD_KT, ...; vs holds the WARPS warps' V tiles. Leaves each warp's state in s_m (base
+// e), s_l and the unnormalised rows s_acc (aliasing vs) for decode_write_rows, behind a
+// __syncthreads().
+template <int WARPS>
+__device__ __forceinline__ void decode_mma_keys(const store_t* __restrict__ q, u32 h0, u32 hpc,
+                                                const store_t* __restrict__ kh, const store_t* __restrict__ vh,
+                                                u32 mode, const int* irow, const u32* __restrict__ mrow, u32 hbit,
+                                                u32 bs, u32 n_key_blocks, u32 live, u32 n0, u32 n1, float scale,
+                                                store_t (*vs)[MD_KT][PF_LD], float (*s_m)[MD_GM],
+                                                float (*s_l)[MD_GM]) {
     const u32 lane = threadIdx.x & 31u;
     const u32 warp = threadIdx.x >> 5;
     const u32 gq = lane >> 2;  // fragment row (query head h0 + gq) and key column group
     const u32 tg = lane & 3u;  // thread in the group
-    const u32 splits = max(p.splits, 1u);
-    const u32 split = blockIdx.x;
-    const u32 h0 = blockIdx.y * hpc;
-    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
-    const u32 bs = max(p.block_size, 1u);
-    const DecodeSeq sq = decode_seq(p, splits, lens);
-    q += sq.q * PF_D, out += sq.q * PF_D, lse += sq.q, part_out += sq.part * PF_D, part_lse += sq.part;
-    k += sq.kv * PF_D, v += sq.kv * PF_D, idx += sq.idx, hmask += sq.mask, counts += sq.heads;
-    const u32 live = sq.live;
-    const u32 n_key_blocks = (live + bs - 1u) / bs;
-    const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
-    const u32* mrow = hmask + kvh * p.n_idx;                // read in mode 2 only
-    const u32 hbit = (h0 - kvh * (p.q_heads / p.kv_heads) + gq) & 31u;  // hmask bit of this row's head
-
     // Q's A fragments (rows 8..15 are zero: a[1] = a[3] = 0): words 2kk, 2kk+1 of row gq's chunks.
     u32 qw[KVS_DPL * 4];
 #pragma unroll
@@ -1669,23 +1667,18 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
         qw[4 * i + 2] = x.z;
         qw[4 * i + 3] = x.w;
     }
-    const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
+    const float sl2 = scale * 1.4426950408889634f;  // logits in base 2
     float o[PF_D / 8][4];
 #pragma unroll
     for (int n = 0; n < PF_D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m = KVS_NEG_INF, l = 0.0f;  // row gq, base 2; l over this thread's columns
 
-    u32 n0, n1;
-    const u32 live_entries = mode == 2u ? min(counts[kvh], p.n_idx) : p.n_idx;
-    split_range(mode == 0u ? live : live_entries * bs, splits, split, &n0, &n1);
-    const store_t* kh = k + kvh * p.kv_len * PF_D;
-    const store_t* vh = v + kvh * p.kv_len * PF_D;
     store_t(*vw)[PF_LD] = vs[warp];
     // The tile's token and head mask, read one tile ahead: in modes 1 and 2 the index row is a
     // load that the tile's K/V loads depend on, so it is issued with the previous tile's.
     u32 hm_next;
     int jl_next = decode_token(mode, n0 + warp * MD_KT + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm_next);
-    for (u32 base = n0 + warp * MD_KT; base < n1; base += DEC_WARPS * MD_KT) {  // warp-uniform
+    for (u32 base = n0 + warp * MD_KT; base < n1; base += WARPS * MD_KT) {  // warp-uniform
         const u32 hm = hm_next;
         const int jl = jl_next;
         // Bit c: key base + c is attended by this row's head.
@@ -1725,7 +1718,7 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
                 kw[t][4 * i + 3] = x.w;
             }
         }
-        jl_next = decode_token(mode, base + DEC_WARPS * MD_KT + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm_next);
+        jl_next = decode_token(mode, base + WARPS * MD_KT + lane, n1, irow, mrow, bs, n_key_blocks, live, &hm_next);
         float s[MD_KT / 8][4];
 #pragma unroll
         for (int t = 0; t < MD_KT / 8; ++t) {
@@ -1799,7 +1792,362 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
         }
     }
     __syncthreads();
-    decode_write_rows<MD_GM>(s_m, s_l, s_acc, split, splits, h0, hpc, out, lse, part_out, part_lse);
 }
+
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
+    attention_decode_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                         const store_t* __restrict__ v, const int* __restrict__ idx, const u32* __restrict__ hmask,
+                         const u32* __restrict__ counts, store_t* __restrict__ out, float* __restrict__ lse,
+                         float* __restrict__ part_out, float* __restrict__ part_lse, const u32 mode, const u32 hpc,
+                         const int* __restrict__ lens) {
+    // The warps' V tiles; after the key loop, the warps' output rows for decode_write_rows.
+    __shared__ __attribute__((aligned(16))) store_t vs[DEC_WARPS][MD_KT][PF_LD];
+    __shared__ float s_m[DEC_WARPS][MD_GM];
+    __shared__ float s_l[DEC_WARPS][MD_GM];
+    static_assert(sizeof(vs) >= sizeof(float) * DEC_WARPS * MD_GM * PF_D, "s_acc aliases vs");
+    const u32 splits = max(p.splits, 1u);
+    const u32 split = blockIdx.x;
+    const u32 h0 = blockIdx.y * hpc;
+    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
+    const u32 bs = max(p.block_size, 1u);
+    const DecodeSeq sq = decode_seq(p, splits, lens);
+    q += sq.q * PF_D, out += sq.q * PF_D, lse += sq.q, part_out += sq.part * PF_D, part_lse += sq.part;
+    k += sq.kv * PF_D, v += sq.kv * PF_D, idx += sq.idx, hmask += sq.mask, counts += sq.heads;
+    const u32 live = sq.live;
+    const u32 n_key_blocks = (live + bs - 1u) / bs;
+    const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
+    const u32* mrow = hmask + kvh * p.n_idx;  // read in mode 2 only
+    const u32 hbit = (h0 - kvh * (p.q_heads / p.kv_heads) + ((threadIdx.x & 31u) >> 2)) & 31u;  // this row's hmask bit
+    u32 n0, n1;
+    const u32 live_entries = mode == 2u ? min(counts[kvh], p.n_idx) : p.n_idx;
+    split_range(mode == 0u ? live : live_entries * bs, splits, split, &n0, &n1);
+    decode_mma_keys<DEC_WARPS>(q, h0, hpc, k + kvh * p.kv_len * PF_D, v + kvh * p.kv_len * PF_D, mode, irow, mrow,
+                               hbit, bs, n_key_blocks, live, n0, n1, p.scale, vs, s_m, s_l);
+    float(*s_acc)[MD_GM][PF_D] = reinterpret_cast<float(*)[MD_GM][PF_D]>(&vs[0][0][0]);
+    decode_write_rows<MD_GM, DEC_WARPS>(s_m, s_l, s_acc, hpc,
+                                        DecodeRowSink{split, splits, h0, out, lse, part_out, part_lse});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quest decode in one launch (sm_90+: thread block clusters and distributed shared memory).
+// quest_decode_cluster_g{2,4,8} (p, q[Hq,D], k, v [Hkv,T,D], kmin, kmax [Hkv,NB,D],
+//                                  mean[Hkv,NB] f32, selected[Hkv,width] i32, out[Hq,D], lse[Hq],
+//                                  nb, lanes, n_blocks, n_local, force_first)
+//   What quest_select_kv_g* followed by the grouped sparse decode and attention_merge_rows compute
+//   (GqaMode::Mean: one block set per kv head, G = Hq / Hkv = the entry's GM query heads), with
+//   the three launches and their single-CTA tails replaced by one cluster of C CTAs (the cluster
+//   size, 8 or 16; grid (C, Hkv)) per kv head:
+//   1. CTA r scores blocks [r * ceil(NB / C), ...) for the group and writes their group means
+//      (quest_score_run + GroupMeanSink, so the means are quest_select_kv's to the bit);
+//   2. the forced top-k of the row of means is found by the cluster: each CTA keeps its share of
+//      the keys in registers (QC_ITEMS per thread) and the radix passes of
+//      block_radix_threshold_by add up the CTAs' 256-bin histograms through distributed shared
+//      memory, so every CTA walks the same totals to the same threshold; the kept blocks go to
+//      `selected` ascending (ties lowest index first, as block_select_row), then -1 padding;
+//   3. CTA r attends to chunk r of the selected tokens (decode_mma_keys over its entries of the
+//      cluster's list, gathered from the CTAs that kept them), so the budget is spread evenly
+//      whatever blocks were chosen;
+//   4. the C partials are merged by log-sum-exp (attention_merge_rows' rules) from distributed
+//      shared memory, each CTA writing a slice of the (head, column) outputs.
+//   p: q_heads, kv_heads, kv_len = T, dim, scale, block_size, n_idx = width. Every CTA takes part
+//   in every cluster barrier (all branches before them are uniform over the cluster).
+// ---------------------------------------------------------------------------------------------
+#define QC_THREADS (32 * QUEST_CLUSTER_WARPS)
+#define QC_ITEMS QUEST_CLUSTER_ITEMS  // selection items per thread: blocks per CTA <= QC_THREADS * QC_ITEMS
+#define QC_MAX_CLUSTER 16
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 qc_cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ u32 qc_cluster_size() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+
+// Every thread of the cluster arrives and waits; shared (and global) writes before it are
+// visible to every CTA of the cluster after it.
+__device__ __forceinline__ void qc_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The word at `local` (a shared-memory address of this CTA) in CTA `rank` of the cluster.
+__device__ __forceinline__ u32 qc_cluster_ld(const void* local, u32 rank) {
+    u32 remote, v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(kvs_smem_addr(local)), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+// The sum over the cluster's CTAs of the word at `local`: the loads are issued before the adds.
+__device__ __forceinline__ u32 qc_cluster_sum(const u32* local, u32 n_ctas) {
+    u32 v[QC_MAX_CLUSTER];
+#pragma unroll
+    for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) v[r] = r < n_ctas ? qc_cluster_ld(local, r) : 0u;
+    u32 s = 0u;
+#pragma unroll
+    for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) s += v[r];
+    return s;
+}
+#endif
+
+// decode_write_rows' sink for a CTA's partial in its own shared memory (read by the cluster).
+struct SmemRowSink {
+    float (*po)[PF_D];
+    float* plse;
+    __device__ void put(u32 g, u32 d, float o, float row_lse) const {
+        po[g][d] = o;
+        if (d == 0u) plse[g] = row_lse;
+    }
+};
+
+template <int GM>
+__device__ __forceinline__ void quest_decode_cluster_body(
+    const AttentionParams& p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+    const store_t* __restrict__ v, const store_t* __restrict__ kmin, const store_t* __restrict__ kmax,
+    float* __restrict__ mean, int* __restrict__ selected, store_t* __restrict__ out, float* __restrict__ lse, u32 nb,
+    u32 lanes, u32 n_blocks, u32 n_local, u32 force_first) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __attribute__((aligned(16))) unsigned char qc_smem[];  // the warps' V tiles
+    store_t(*vs)[MD_KT][PF_LD] = reinterpret_cast<store_t(*)[MD_KT][PF_LD]>(qc_smem);
+    constexpr u32 R = QC_ITEMS;
+    constexpr u32 SHARE = QC_THREADS * QC_ITEMS;
+    // Read by the other CTAs of the cluster (each written once per launch, so no reuse hazard).
+    __shared__ u32 s_hist[4][256];            // this CTA's histogram of each radix pass
+    __shared__ u32 s_stat[4];                 // forced count, eligible count, least / largest key
+    __shared__ u32 s_cnt;                     // (equal count << 16) | above count
+    __shared__ int s_kept[SHARE];             // this CTA's kept blocks, ascending
+    __shared__ float s_po[MD_GM][PF_D];       // this CTA's normalised partial per head
+    __shared__ float s_plse[MD_GM];
+    // Local.
+    __shared__ float s_mean[SHARE];           // the group means of this CTA's blocks
+    __shared__ int s_sel[SHARE + 1];          // the cluster's entries this CTA attends to
+    __shared__ u32 s_tot[4];
+    __shared__ u32 s_pre[QC_MAX_CLUSTER + 1];  // kept entries before CTA r (s_pre[C]: all)
+    __shared__ float s_m[QUEST_CLUSTER_WARPS][MD_GM];
+    __shared__ float s_l[QUEST_CLUSTER_WARPS][MD_GM];
+    static_assert(sizeof(float) * MD_GM * PF_D <= sizeof(store_t) * MD_KT * PF_LD, "s_acc aliases vs");
+
+    const u32 rank = qc_cluster_rank();
+    const u32 n_ctas = qc_cluster_size();
+    const u32 lane = threadIdx.x & 31u;
+    const u32 kvh = blockIdx.y;
+    const u32 group = p.q_heads / p.kv_heads;
+    const u32 h0 = kvh * group;
+    const u32 per = (nb + n_ctas - 1u) / n_ctas;
+    const u32 b0 = min(rank * per, nb);
+    const u32 b1 = min(b0 + per, nb);
+    const u32 width = p.n_idx;
+    for (u32 i = threadIdx.x; i < 4u * 256u; i += blockDim.x) (&s_hist[0][0])[i] = 0u;
+
+    // 1. Group means of this CTA's blocks, to `mean` and to s_mean.
+    quest_score_run<GM>(nb, p.dim, q, kmin, kmax, h0, group, kvh, lanes, b0, b1,
+                        GroupMeanSink<GM>{mean + kvh * nb, group, s_mean, b0});
+    __syncthreads();
+
+    // 2. The selection: thread t holds blocks b0 + t * R + u.
+    BlockSelectSrc src;
+    src.ranking = nullptr;  // keys come from s_mean
+    src.current = nb - 1u;
+    src.n_local = n_local;
+    src.force_first = force_first;
+    src.past_only = 0u;
+    src.by_key = 0u;
+    const u32 i0 = threadIdx.x * R;
+    u32 key[R];
+    u32 forced = 0u, elig = 0u;
+    u32 lo = 0xffffffffu, hi = 0u;
+#pragma unroll
+    for (u32 u = 0; u < R; ++u) {
+        const u32 b = b0 + i0 + u;
+        const bool valid = b < b1;
+        const bool f = valid && src.forced(b);
+        const bool e = valid && !f && src.eligible(b);
+        key[u] = e ? f32_order_key(s_mean[i0 + u]) : 0u;
+        forced |= (f ? 1u : 0u) << u;
+        elig |= (e ? 1u : 0u) << u;
+        if (e) {
+            lo = min(lo, key[u]);
+            hi = max(hi, key[u]);
+        }
+    }
+    u32 local_counts;
+    block_exclusive_scan(((u32)__popc(forced) << 16) | (u32)__popc(elig), &local_counts);
+    block_min_max_u32(&lo, &hi);
+    if (threadIdx.x == 0) {
+        s_stat[0] = local_counts >> 16;
+        s_stat[1] = local_counts & 0xffffu;
+        s_stat[2] = lo;
+        s_stat[3] = hi;
+    }
+    qc_cluster_sync();  // every CTA's counts and key range are in
+    if (threadIdx.x < 32u) {
+        u32 f = 0u, e = 0u, l = 0xffffffffu, h = 0u;
+        if (lane < n_ctas) {
+            f = qc_cluster_ld(&s_stat[0], lane);
+            e = qc_cluster_ld(&s_stat[1], lane);
+            l = qc_cluster_ld(&s_stat[2], lane);
+            h = qc_cluster_ld(&s_stat[3], lane);
+        }
+#pragma unroll
+        for (u32 o = 16; o > 0u; o >>= 1) {
+            f += __shfl_xor_sync(KVS_FULL_MASK, f, o);
+            e += __shfl_xor_sync(KVS_FULL_MASK, e, o);
+            l = min(l, __shfl_xor_sync(KVS_FULL_MASK, l, o));
+            h = max(h, __shfl_xor_sync(KVS_FULL_MASK, h, o));
+        }
+        if (lane == 0u) {
+            s_tot[0] = f;
+            s_tot[1] = e;
+            s_tot[2] = l;
+            s_tot[3] = h;
+        }
+    }
+    __syncthreads();
+    const u32 n_forced = s_tot[0];
+    const u32 n_elig = s_tot[1];
+    lo = s_tot[2];
+    hi = s_tot[3];
+    const u32 budget = n_blocks > n_forced ? n_blocks - n_forced : 0u;
+    const u32 want = min(budget, n_elig);
+    u32 thr = 0u, take_eq = 0u;
+    if (want > 0u) {  // uniform over the cluster
+        // As block_select_row_regs: the radix on key - (least eligible key of the row).
+        const u32 top_bits = 32u - (u32)__clz(hi - lo);
+        block_radix_threshold_by(
+            want, &thr, &take_eq,
+            [&](u32* hist, u32 mask, u32 prefix, int shift) {
+                u32* mine = s_hist[(24 - shift) / 8];
+#pragma unroll
+                for (u32 u = 0; u < R; ++u) {
+                    const u32 rel = key[u] - lo;
+                    if (((elig >> u) & 1u) != 0u && (rel & mask) == prefix) atomicAdd(&mine[(rel >> shift) & 255u], 1u);
+                }
+                qc_cluster_sync();  // every CTA's histogram of this pass is in
+                for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = qc_cluster_sum(&mine[b], n_ctas);
+            },
+            top_bits);
+        thr += lo;
+    }
+    u32 above = forced, equal = 0u;
+    if (want > 0u) {
+#pragma unroll
+        for (u32 u = 0; u < R; ++u) {
+            if ((elig >> u) & 1u) {
+                above |= (key[u] > thr ? 1u : 0u) << u;
+                equal |= (key[u] == thr ? 1u : 0u) << u;
+            }
+        }
+    }
+    u32 local_kept;
+    const u32 before = block_exclusive_scan(((u32)__popc(equal) << 16) | (u32)__popc(above), &local_kept);
+    if (threadIdx.x == 0) s_cnt = local_kept;
+    qc_cluster_sync();  // every CTA's above / equal counts are in
+    if (threadIdx.x < 32u) {
+        // Lane r: the above / equal items of the CTAs before r (CTA order is block order).
+        const u32 c = lane < n_ctas ? qc_cluster_ld(&s_cnt, lane) : 0u;
+        u32 ab = c & 0xffffu, eq = c >> 16;
+#pragma unroll
+        for (u32 o = 1; o < 32u; o <<= 1) {
+            const u32 ya = __shfl_up_sync(KVS_FULL_MASK, ab, o);
+            const u32 ye = __shfl_up_sync(KVS_FULL_MASK, eq, o);
+            if (lane >= o) ab += ya, eq += ye;
+        }
+        const u32 ab_before = ab - (c & 0xffffu), eq_before = eq - (c >> 16);
+        if (lane <= n_ctas) s_pre[lane] = ab_before + min(eq_before, take_eq);
+        if (lane == rank) {
+            s_tot[0] = ab_before;
+            s_tot[1] = eq_before;
+        }
+    }
+    __syncthreads();
+    // This thread's kept items: above ones before it plus min(equal ones before it, take_eq).
+    u32 eq_rank = s_tot[1] + (before >> 16);
+    u32 pos = s_tot[0] + (before & 0xffffu) + min(eq_rank, take_eq);
+    const u32 first = s_pre[rank];
+#pragma unroll
+    for (u32 u = 0; u < R; ++u) {
+        bool take = ((above >> u) & 1u) != 0u;
+        if ((equal >> u) & 1u) {
+            take = eq_rank < take_eq;
+            ++eq_rank;
+        }
+        if (take) {
+            const int b = (int)(b0 + i0 + u);
+            if (pos < width) selected[kvh * width + pos] = b;
+            s_kept[pos - first] = b;
+            ++pos;
+        }
+    }
+    const u32 kept = s_pre[n_ctas];
+    for (u32 j = kept + rank * blockDim.x + threadIdx.x; j < width; j += n_ctas * blockDim.x) selected[kvh * width + j] = -1;
+    qc_cluster_sync();  // every CTA's kept blocks are in
+
+    // 3. Chunk `rank` of the selected tokens, its entries gathered from the CTAs that kept them.
+    const u32 bs = max(p.block_size, 1u);
+    const u32 n_entries = min(kept, width);
+    u32 n0, n1;
+    split_range(n_entries * bs, n_ctas, rank, &n0, &n1);
+    const u32 e0 = n0 / bs;
+    const u32 e1 = (n1 + bs - 1u) / bs;
+    for (u32 j = e0 + threadIdx.x; j < e1; j += blockDim.x) {
+        u32 owner = 0u;
+        for (u32 r = 1; r < n_ctas; ++r) owner = s_pre[r] <= j ? r : owner;
+        s_sel[j - e0] = (int)qc_cluster_ld(&s_kept[j - s_pre[owner]], owner);
+    }
+    __syncthreads();
+    const u32 live = p.kv_len;
+    decode_mma_keys<QUEST_CLUSTER_WARPS>(q, h0, group, k + kvh * p.kv_len * PF_D, v + kvh * p.kv_len * PF_D, 1u, s_sel,
+                              nullptr, 0u, bs, (live + bs - 1u) / bs, live, n0 - e0 * bs, n1 - e0 * bs, p.scale, vs,
+                              s_m, s_l);
+    float(*s_acc)[MD_GM][PF_D] = reinterpret_cast<float(*)[MD_GM][PF_D]>(&vs[0][0][0]);
+    decode_write_rows<MD_GM, QUEST_CLUSTER_WARPS>(s_m, s_l, s_acc, group, SmemRowSink{s_po, s_plse});
+    qc_cluster_sync();  // every CTA's partial is in
+
+    // 4. Merge by log-sum-exp, as attention_merge_rows: NaN-propagating max, empty partials
+    // (lse = -inf) weigh 0.
+    for (u32 t = rank * blockDim.x + threadIdx.x; t < group * PF_D; t += n_ctas * blockDim.x) {
+        const u32 g = t / PF_D;
+        const u32 d = t - g * PF_D;
+        float ls[QC_MAX_CLUSTER], xs[QC_MAX_CLUSTER];
+#pragma unroll
+        for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) {
+            ls[r] = r < n_ctas ? __uint_as_float(qc_cluster_ld(&s_plse[g], r)) : KVS_NEG_INF;
+            xs[r] = r < n_ctas ? __uint_as_float(qc_cluster_ld(&s_po[g][d], r)) : 0.0f;
+        }
+        float m = KVS_NEG_INF;
+#pragma unroll
+        for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) m = (ls[r] > m || ls[r] != ls[r]) ? ls[r] : m;
+        float total = 0.0f, acc = 0.0f;
+#pragma unroll
+        for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) {
+            const float w = (m == KVS_NEG_INF || ls[r] == KVS_NEG_INF) ? 0.0f : expf(ls[r] - m);
+            total += w;
+            acc += w != 0.0f ? w * xs[r] : 0.0f;
+        }
+        const bool any = total != 0.0f;  // NaN propagates
+        store_f(out, (h0 + g) * PF_D + d, acc * (any ? 1.0f / total : 0.0f));
+        if (d == 0u) lse[h0 + g] = any ? m + logf(total) : KVS_NEG_INF;
+    }
+    qc_cluster_sync();  // no CTA leaves while its partial may still be read
+#endif
+}
+
+#define KVS_QUEST_DECODE_CLUSTER(GM)                                                                               \
+    extern "C" __global__ void __launch_bounds__(QC_THREADS, 1) quest_decode_cluster_g##GM(                       \
+        const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,                    \
+        const store_t* __restrict__ v, const store_t* __restrict__ kmin, const store_t* __restrict__ kmax,        \
+        float* __restrict__ mean, int* __restrict__ selected, store_t* __restrict__ out, float* __restrict__ lse, \
+        const u32 nb, const u32 lanes, const u32 n_blocks, const u32 n_local, const u32 force_first) {            \
+        quest_decode_cluster_body<GM>(p, q, k, v, kmin, kmax, mean, selected, out, lse, nb, lanes, n_blocks,     \
+                                      n_local, force_first);                                                      \
+    }
+KVS_QUEST_DECODE_CLUSTER(2)
+KVS_QUEST_DECODE_CLUSTER(4)
+KVS_QUEST_DECODE_CLUSTER(8)
 
 #endif  // tensor-core prefill

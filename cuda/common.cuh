@@ -548,6 +548,168 @@ __device__ bool block_sort_desc_stable(u32* ka, u32* va, u32* kb, u32* vb, u32 m
 }
 
 // ---------------------------------------------------------------------------------------------
+// Quest block scores (blocks.cu's quest_scores_grouped_g* and quest_select_kv_g*, attention.cu's
+// quest_decode_cluster_g*): sum_d max(q_d * kmax_d, q_d * kmin_d) of one kv head's blocks for a
+// chunk of its query heads, from [Hkv, nb, dim] statistics rows read with 16-byte loads.
+// ---------------------------------------------------------------------------------------------
+#if defined(KVS_STORE_F32) || defined(KVS_STORE_F16) || defined(KVS_STORE_BF16)
+#if defined(KVS_STORE_F32)
+#define QS_VE 4
+#else
+#define QS_VE 8
+#endif
+#define QS_U 4
+
+struct __attribute__((aligned(16))) qs_u4 {
+    u32 x, y, z, w;
+};
+
+__device__ __forceinline__ qs_u4 qs_ldg16(const void* ptr) {
+    qs_u4 r;
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
+    return r;
+}
+
+__device__ __forceinline__ void qs_widen(const qs_u4& w, float* f) {
+#if defined(KVS_STORE_F32)
+    f[0] = __uint_as_float(w.x);
+    f[1] = __uint_as_float(w.y);
+    f[2] = __uint_as_float(w.z);
+    f[3] = __uint_as_float(w.w);
+#elif defined(KVS_STORE_BF16)
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(ws[i] << 16);
+        f[2 * i + 1] = __uint_as_float(ws[i] & 0xffff0000u);
+    }
+#else
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = kvs_h2f((unsigned short)(ws[i] & 0xffffu));
+        f[2 * i + 1] = kvs_h2f((unsigned short)(ws[i] >> 16));
+    }
+#endif
+}
+
+// The scores of the heads h0 .. h0+hpc-1 (one kv head `kvh`, hpc <= GM) for the blocks
+// [b0, b1), handed per block to sink.put(b, s) by one lane (s[g] = the score of head h0 + g).
+template <int GM, class Sink>
+__device__ __forceinline__ void quest_score_run(u32 nb, u32 dim, const store_t* __restrict__ q,
+                                                const store_t* __restrict__ kmin, const store_t* __restrict__ kmax,
+                                                u32 h0, u32 hpc, u32 kvh, u32 lanes, u32 b0, u32 b1,
+                                                const Sink& sink) {
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 n_warps = blockDim.x >> 5;
+    const u32 rg = lane / lanes;
+    const u32 lr = lane - rg * lanes;
+    const u32 rpw = 32u / lanes;
+    const u32 col = lr * QS_VE;
+    const store_t* lo = kmin + kvh * nb * dim;
+    const store_t* hi = kmax + kvh * nb * dim;
+    const u32 tile = rpw * QS_U;
+    const u32 stride = n_warps * tile;
+    // The statistics of the warp's first tile are requested before q, and each next tile's
+    // before the current one's shuffles: a warp has one or two tiles, so what bounds it is how
+    // many round trips to memory it waits for in turn.
+    qs_u4 wl[QS_U], wh[QS_U];
+    auto load_tile = [&](u32 base) {
+#pragma unroll
+        for (int u = 0; u < QS_U; ++u) {
+            const u32 b = base + (u32)u * rpw + rg;
+            if (b < b1) {
+                wl[u] = qs_ldg16(lo + b * dim + col);
+                wh[u] = qs_ldg16(hi + b * dim + col);
+            } else {
+                wl[u] = qs_u4{0u, 0u, 0u, 0u};
+                wh[u] = qs_u4{0u, 0u, 0u, 0u};
+            }
+        }
+    };
+    u32 base = b0 + warp * tile;
+    load_tile(base);
+    float qf[GM][QS_VE];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        // Heads past hpc load head h0 + hpc - 1 (in bounds) and are zeroed: no branch in front
+        // of the loads.
+        qs_widen(qs_ldg16(q + (h0 + min((u32)g, hpc - 1u)) * dim + col), qf[g]);
+        if ((u32)g >= hpc) {
+#pragma unroll
+            for (int e = 0; e < QS_VE; ++e) qf[g][e] = 0.0f;
+        }
+    }
+    for (; base < b1; base += stride) {  // warp-uniform
+        float s[QS_U][GM];
+#pragma unroll
+        for (int u = 0; u < QS_U; ++u) {
+            float fl[QS_VE], fh[QS_VE];
+            qs_widen(wl[u], fl);
+            qs_widen(wh[u], fh);
+#pragma unroll
+            for (int g = 0; g < GM; ++g) {
+                float a = 0.0f;
+#pragma unroll
+                for (int e = 0; e < QS_VE; ++e) a += fmaxf(qf[g][e] * fh[e], qf[g][e] * fl[e]);
+                s[u][g] = a;
+            }
+        }
+        load_tile(base + stride);
+        for (u32 o = lanes >> 1; o > 0u; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < QS_U; ++u) {
+#pragma unroll
+                for (int g = 0; g < GM; ++g) s[u][g] += __shfl_xor_sync(KVS_FULL_MASK, s[u][g], o);
+            }
+        }
+        if (lr == 0u) {
+#pragma unroll
+            for (int u = 0; u < QS_U; ++u) {
+                const u32 b = base + (u32)u * rpw + rg;
+                if (b < b1) sink.put(b, s[u]);
+            }
+        }
+    }
+}
+
+// quest_score_run's sink for per-head scores: scores[h0 + g, b].
+template <int GM>
+struct HeadScoreSink {
+    float* scores;
+    u32 h0, hpc, nb;
+    __device__ void put(u32 b, const float (&s)[GM]) const {
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if ((u32)g < hpc) scores[(h0 + (u32)g) * nb + b] = s[g];
+        }
+    }
+};
+
+// quest_score_run's sink for the group mean of a whole group (hpc = G heads): the heads' scores
+// summed in head order, then / G, as quest_group_mean computes it from per-head scores.
+// With `copy`, the mean of block b also goes to copy[b - copy_base] (quest_decode_cluster_g*'s
+// share of the row in shared memory).
+template <int GM>
+struct GroupMeanSink {
+    float* mean;  // this kv head's row
+    u32 group;
+    float* copy;
+    u32 copy_base;
+    __device__ void put(u32 b, const float (&s)[GM]) const {
+        float t = 0.0f;
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if ((u32)g < group) t += s[g];
+        }
+        mean[b] = t / (float)group;
+        if (copy != nullptr) copy[b - copy_base] = t / (float)group;
+    }
+};
+#endif  // Quest block scores
+
+// ---------------------------------------------------------------------------------------------
 // Tensor-core helpers for 16-bit storage (mma.sync m16n8k16, f32 accumulators; sm_80+), shared
 // by the prefill attention and the SnapKV scoring kernels.
 // ---------------------------------------------------------------------------------------------

@@ -165,6 +165,9 @@ impl Family {
                 "attention_bucket_runs_mma",
                 "moba_merge_pairs",
                 "moba_route_mma",
+                "quest_decode_cluster_g2",
+                "quest_decode_cluster_g4",
+                "quest_decode_cluster_g8",
             ],
             Family::SnapKv => &[
                 "snapkv_lse",
@@ -193,7 +196,7 @@ impl Family {
         if self != Family::Attention {
             return true;
         }
-        if entry == "attention_decode_mma" {
+        if entry == "attention_decode_mma" || entry.starts_with("quest_decode_cluster_") {
             return prefill_mma_fits(spec);
         }
         if entry == "moba_route_mma" {

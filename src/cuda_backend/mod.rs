@@ -55,6 +55,9 @@ pub struct Cuda {
     /// The dynamic shared memory each entry point has been allowed so far (above 48 KiB it
     /// must be raised by `cuFuncSetAttribute`, a driver call worth not repeating per launch).
     dynamic_smem: RwLock<HashMap<EntryKey, usize>>,
+    /// Clusters of an entry point resident at once, by cluster size (at its block size and
+    /// shared memory; 0 = the size is not granted).
+    cluster_occupancy: RwLock<HashMap<(EntryKey, u32), u32>>,
     /// [`Backend::time_op`](crate::Backend::time_op) records the timed work as a CUDA graph and
     /// times one replay of it (see [`Cuda::with_graph_timing`]).
     graph_timing: bool,
@@ -71,6 +74,18 @@ pub struct Cuda {
     clock_khz: u32,
     /// L2 size in bytes.
     l2_bytes: usize,
+}
+
+/// The launch attribute for clusters of `cluster` CTAs along x.
+fn cluster_attribute(cluster: u32) -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: the attribute is plain data; every field the driver reads for this id is set.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cluster;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    attr
 }
 
 /// Rows the arrival counters cover (a grid dimension's limit).
@@ -190,6 +205,7 @@ impl Cuda {
             functions: RwLock::new(HashMap::new()),
             occupancy: RwLock::new(HashMap::new()),
             dynamic_smem: RwLock::new(HashMap::new()),
+            cluster_occupancy: RwLock::new(HashMap::new()),
             graph_timing: false,
             moba_workspace: default_moba_workspace(),
             l2_flush: Mutex::new(None),
@@ -351,6 +367,92 @@ impl Cuda {
             }
         }
         Ok(f)
+    }
+
+    /// How many clusters of `cluster` CTAs (along x) of `entry` the device holds at once, at
+    /// `threads` threads and `smem` bytes of dynamic shared memory per CTA (`f` is its function,
+    /// already allowed that memory); 0 when the driver grants no such cluster (before sm_90, or a
+    /// non-portable size above 8 the device does not take). Asked of the driver once per size.
+    pub(crate) fn resident_clusters(
+        &self,
+        key: (Family, Spec, &'static str),
+        f: &CudaFunction,
+        cluster: u32,
+        threads: u32,
+        smem: u32,
+    ) -> u32 {
+        use cudarc::driver::sys;
+        if let Some(n) = self.cluster_occupancy.read().ok().and_then(|m| m.get(&(key, cluster)).copied()) {
+            return n;
+        }
+        let n = if self.cc.0 < 9 {
+            0
+        } else {
+            // Sizes above 8 need the function's opt-in; a refusal leaves the query at 0.
+            let opt_in = cluster <= 8
+                || f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
+                    .is_ok();
+            let mut attr = cluster_attribute(cluster);
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: cluster,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: threads,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                // No stream: the query enqueues nothing (and may come during a graph capture).
+                hStream: std::ptr::null_mut(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            let mut clusters: std::ffi::c_int = 0;
+            // SAFETY: cfg and its one attribute live across the call; f is a loaded function.
+            let ok = opt_in
+                && unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, f.cu_function(), &cfg) }
+                    == sys::CUresult::CUDA_SUCCESS;
+            if ok {
+                clusters.max(0) as u32
+            } else {
+                0
+            }
+        };
+        if let Ok(mut m) = self.cluster_occupancy.write() {
+            m.insert((key, cluster), n);
+        }
+        n
+    }
+
+    /// Launches `f` on the stream with its CTAs in clusters of `cluster` along x (grid x a
+    /// multiple of it).
+    ///
+    /// # Safety
+    /// `args` points at the kernel's parameters in order, each alive until the call returns,
+    /// and the launch touches only memory the kernel's contract allows (as `LaunchArgs::launch`).
+    pub(crate) unsafe fn launch_cluster(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        cluster: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> std::result::Result<(), DriverError> {
+        use cudarc::driver::sys;
+        let mut attr = cluster_attribute(cluster);
+        let launch = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        self.ctx.bind_to_thread()?;
+        // SAFETY: launch and its attribute live across the call; the caller vouches for args.
+        unsafe { sys::cuLaunchKernelEx(&launch, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }.result()
     }
 
     /// Uninitialised device scratch of `bytes` bytes (at least 4).

@@ -11,7 +11,7 @@ use super::{device_err, Cuda, CudaBuffer, Family, Spec};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams, SelectParams};
 use crate::{Backend, DType, Error, HostData, Result};
-use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 /// Threads per block of one-thread-per-element kernels.
 const ELEMENTWISE: u32 = 256;
@@ -39,6 +39,24 @@ const QUEST_SELECT_KV_THREADS: u32 = 256;
 
 /// Most blocks per row `quest_select_kv_g*` stages in shared memory (32 KiB of means).
 const QUEST_SELECT_KV_MAX_NB: usize = 8 * 1024;
+
+/// Warps of `quest_decode_cluster_g*` (`QUEST_CLUSTER_WARPS`): one CTA an SM at its 255
+/// registers a thread, so that the decode keeps as many bytes in flight per SM as the grouped
+/// decode's two CTAs of 4 warps.
+const QUEST_CLUSTER_WARPS: u32 = 8;
+/// Selection items per thread of `quest_decode_cluster_g*` (`QUEST_CLUSTER_ITEMS`): a CTA scores
+/// and ranks at most `32 * QUEST_CLUSTER_WARPS * QUEST_CLUSTER_ITEMS` blocks.
+const QUEST_CLUSTER_ITEMS: usize = 4;
+/// Cluster sizes `quest_decode_cluster_g*` may take, preferred first (16 is non-portable).
+const QUEST_CLUSTER_SIZES: [u32; 2] = [16, 8];
+
+/// `KVSPARSE_CUDA_QUEST_CLUSTER`: `0` keeps Quest's per-kv-head decode on the three launches
+/// (`quest_select_kv_g*`, the grouped decode, the merge) on every device, `8` or `16` asks for
+/// that cluster size only; unset, the one-launch kernel runs where the device grants a size.
+fn quest_cluster_switch() -> Option<u32> {
+    static V: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("KVSPARSE_CUDA_QUEST_CLUSTER").ok().and_then(|v| v.trim().parse().ok()))
+}
 
 /// Whether `quest_select_kv_g*` takes Quest's per-kv-head selection: a group of at most 8 query
 /// heads, rows of a power-of-two number (<= 32) of 16-byte vectors, 1..=QUEST_SELECT_KV_MAX_NB
@@ -89,7 +107,7 @@ const TOPK_FINISH_MAX_CTAS: usize = 32;
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
 /// `static_assert` what they derive from them).
-pub(super) fn kernel_defines() -> [(&'static str, usize); 22] {
+pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
     [
         ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
         ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
@@ -107,6 +125,8 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 22] {
         ("KVS_MERGE_MAX_SPLITS", DECODE_MAX_SPLITS),
         ("KVS_SELECT_REG_ITEMS", SELECT_REG_ITEMS),
         ("QUEST_SELECT_KV_THREADS", QUEST_SELECT_KV_THREADS as usize),
+        ("QUEST_CLUSTER_WARPS", QUEST_CLUSTER_WARPS as usize),
+        ("QUEST_CLUSTER_ITEMS", QUEST_CLUSTER_ITEMS),
         ("PF_BM", PREFILL_ROWS as usize),
         ("PF_THREADS", PREFILL_THREADS as usize),
         ("PF_MAX_NB", PREFILL_MAX_NB),
@@ -966,6 +986,47 @@ impl Cuda {
             .map_err(|e| device_err("select_blocks", e))?;
         Ok(())
     }
+
+    /// `quest_decode_cluster_g*` for `op` (on the `quest_select_kv_g*` path), its name, the
+    /// cluster size to launch it with and its dynamic shared memory, or `None` to keep the three
+    /// launches: before sm_90, outside the tensor-core decode (f16/bf16, D 64 or 128, groups of 2,
+    /// 4 or 8), under `KVSPARSE_CUDA_QUEST_CLUSTER=0`, or where no size the device grants covers
+    /// the row (a CTA ranks at most 32 * QUEST_CLUSTER_WARPS * QUEST_CLUSTER_ITEMS blocks). Of
+    /// the sizes granted, the one with the fewest waves of clusters over the kv heads, then the
+    /// larger (less work a CTA).
+    fn quest_cluster(&self, op: &QuestDecode, head: Spec) -> Result<Option<(CudaFunction, &'static str, u32, u32)>> {
+        let group = op.q_heads / op.kv_heads;
+        let switch = quest_cluster_switch();
+        if switch == Some(0) || self.cc.0 < 9 || !decode_mma_fits(head, op.dim, group) {
+            return Ok(None);
+        }
+        let entry = match group {
+            2 => "quest_decode_cluster_g2",
+            4 => "quest_decode_cluster_g4",
+            _ => "quest_decode_cluster_g8",
+        };
+        let threads = QUEST_CLUSTER_WARPS * 32;
+        let smem = threads as usize * (op.dim + 8) * op.dtype.size();
+        let f = self.function_with_smem(Family::Attention, head, entry, smem)?;
+        let per_cta = threads as usize * QUEST_CLUSTER_ITEMS;
+        let mut best: Option<(u32, usize)> = None; // (size, waves)
+        for size in QUEST_CLUSTER_SIZES {
+            if switch.is_some_and(|s| s != size) || op.nb() > size as usize * per_cta {
+                continue;
+            }
+            let resident = self.resident_clusters((Family::Attention, head, entry), &f, size, threads, smem as u32);
+            if resident == 0 {
+                continue;
+            }
+            let waves = op.kv_heads.div_ceil(resident as usize);
+            // Work a CTA is ~1/size, so one wave of 8-CTA clusters costs about two of 16.
+            let cost = |(s, w): (u32, usize)| w * 16 / s as usize;
+            if best.is_none_or(|b| cost((size, waves)) < cost(b)) {
+                best = Some((size, waves));
+            }
+        }
+        Ok(best.map(|(size, _)| (f, entry, size, smem as u32)))
+    }
 }
 
 impl Backend for Cuda {
@@ -1380,9 +1441,65 @@ impl Backend for Cuda {
             // kmin/kmax: checked when cached, written above otherwise; ranking = scores [Hq, NB]
             // per head, or [Hkv, NB] group means of per-head scores in scratch.
             if fused {
+                let sp = op.select_params();
+                if let Some((f, entry, cluster, smem)) = self.quest_cluster(op, head)? {
+                    // Scores, group means, selection, decode and merge in one launch
+                    // (quest_decode_cluster_g*); ranking = the means [Hkv, NB] (checked).
+                    let mut p = AttentionSparse {
+                        q_heads: op.q_heads,
+                        kv_heads: op.kv_heads,
+                        seq: op.seq,
+                        dim: op.dim,
+                        idx_heads: op.kv_heads,
+                        n_idx: sp.width as usize,
+                        scale: op.scale,
+                        dtype: op.dtype,
+                    }
+                    .params();
+                    p.block_size = bs as u32;
+                    let lanes = (op.dim / (16 / op.dtype.size())) as u32;
+                    let nb32 = nb as u32;
+                    let ptr = |s: &CudaSlice<u8>| s.device_ptr(&self.stream).0;
+                    let (pq, pk, pv, plo, phi) = (ptr(&q.slice), ptr(&k.slice), ptr(&v.slice), ptr(kmin), ptr(kmax));
+                    let (pmean, psel, pout, plse) =
+                        (ptr(&ranking.slice), ptr(&selected.slice), ptr(&out.slice), ptr(&lse.slice));
+                    let arg = |x: &u64| x as *const u64 as *mut std::ffi::c_void;
+                    let val = |x: &u32| x as *const u32 as *mut std::ffi::c_void;
+                    let mut args = [
+                        &p as *const AttentionParams as *mut std::ffi::c_void,
+                        arg(&pq),
+                        arg(&pk),
+                        arg(&pv),
+                        arg(&plo),
+                        arg(&phi),
+                        arg(&pmean),
+                        arg(&psel),
+                        arg(&pout),
+                        arg(&plse),
+                        val(&nb32),
+                        val(&lanes),
+                        val(&sp.n_blocks),
+                        val(&sp.n_local),
+                        val(&sp.force_first),
+                    ];
+                    let cfg = LaunchConfig {
+                        grid_dim: (cluster, op.kv_heads as u32, 1),
+                        block_dim: (QUEST_CLUSTER_WARPS * 32, 1, 1),
+                        shared_mem_bytes: smem,
+                    };
+                    // SAFETY: args are `quest_decode_cluster_g*(p, q, k, v, kmin, kmax, mean,
+                    // selected, out, lse, nb, lanes, n_blocks, n_local, force_first)` in order, each
+                    // alive across the call; q [Hq, D], k/v [Hkv, T, D], out [Hq, D], lse [Hq],
+                    // ranking = mean [Hkv, NB] f32 and selected [Hkv, width] i32 (checked), kmin /
+                    // kmax [Hkv, NB, D] in the module's dtype (checked or written above); the
+                    // group (2, 4 or 8) is the entry's GM, D = lanes * 16 bytes = 32 * dpl, NB <=
+                    // cluster * the CTA's QUEST_CLUSTER_ITEMS items a thread (quest_cluster), and
+                    // the dynamic shared memory (the warps' V tiles) was allowed for the function.
+                    unsafe { self.launch_cluster(&f, cfg, cluster, &mut args) }.map_err(|e| device_err(entry, e))?;
+                    return Ok(());
+                }
                 // Scores, group means and the selection in one launch (quest_select_kv_g*);
                 // ranking = the means [Hkv, NB] (checked).
-                let sp = op.select_params();
                 let entry = match (op.q_heads / op.kv_heads).next_power_of_two() {
                     1 => "quest_select_kv_g1",
                     2 => "quest_select_kv_g2",

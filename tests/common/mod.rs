@@ -247,6 +247,37 @@ pub fn generate(name: &str, dtype: DType, r: &mut Rng) -> Case {
                 inputs: vec![f(r.grid(hq * d)), f(r.grid(hkv * nb * d)), f(r.grid(hkv * nb * d))],
             }
         }
+        "quest_decode_grouped" => {
+            // Quest with one selection per kv head from scores: the shapes of the GPU's one-launch
+            // kernels (groups of 2, 4, 8; D 64, 128), rows from one block to thousands, so that a
+            // kv head's blocks spread over a cluster's CTAs unevenly, with and without cached
+            // statistics; grid-valued q and k give exact ties between blocks of different CTAs.
+            let kv = r.range(1, 3);
+            let hq = kv * r.pick(&[2, 4, 8, 8, 1]);
+            let d = if r.bool(0.85) { r.pick(&[64, 128]) } else { r.head_dim() };
+            let bs = r.pick(&[8, 16, 64]);
+            let t = if r.bool(0.15) { r.range(20_000, 40_000) } else { r.size(&[1, bs, bs + 1], 1, 4000) };
+            let nb = t.div_ceil(bs);
+            let select = SelectConfig {
+                block_size: bs,
+                n_blocks: if r.bool(0.2) { r.range(1, nb + 2) } else { nb.div_ceil(r.pick(&[4, 8, 16])) },
+                force_first: r.bool(0.5),
+                n_local: r.range(0, 2),
+                selector: Selector::Score,
+            };
+            let kvn = kv * t * d;
+            let mut inputs = vec![f(r.grid(hq * d)), f(r.grid(kvn)), f(r.normal(kvn, 1.0))];
+            let op = QuestDecode::new(hq, kv, t, d, select, default_scale(d), dtype).unwrap().with_group_selection();
+            let op = if r.bool(0.5) {
+                let k = inputs[1].to_f32().unwrap();
+                let (lo, hi) = kvsparse_reference::block_minmax(&k, kv, d, bs);
+                inputs.extend([f(lo), f(hi)]);
+                op.with_cached_stats()
+            } else {
+                op
+            };
+            Case { op: AnyOp::QuestDecode(op), inputs }
+        }
         "quest_decode" | "moba_prefill" => {
             let quest = name == "quest_decode";
             // Some Quest cases are long (up to 1024 blocks) with groups of 8: the GPU kernels
@@ -391,6 +422,7 @@ pub const OPS: &[&str] = &[
     "block_mean",
     "quest_scores",
     "quest_decode",
+    "quest_decode_grouped",
     "moba_prefill",
     "snapkv_compress",
     "attention_dense",
