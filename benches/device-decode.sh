@@ -21,9 +21,11 @@ tail -n 1 "$out/verify.txt" | tee -a "$out/log.txt"
 grep -vE " pass$" "$out/verify.txt" | tail -n 5 | tee -a "$out/log.txt"
 timeout 200 .devbin/test-equivalence cuda:: >"$out/eq.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq.txt" | tail -n 8 | tee -a "$out/log.txt"
-# Top-k: many more random rows (ties, -inf, long rows), also with every shape on the multi-CTA path.
+# Top-k: many more random rows (ties, -inf, long rows), also with every shape on the multi-CTA
+# path (the cluster kernel where it applies, then the select design).
 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >"$out/eq-topk.txt" 2>&1
 KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
+KVSPARSE_CUDA_TOPK=select KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq-topk.txt" | tee -a "$out/log.txt"
 # The ops whose selections go through block_select_row: 100 cases each.
 for op in quest_decode snapkv_compress random_select moba_prefill; do
@@ -32,8 +34,8 @@ for op in quest_decode snapkv_compress random_select moba_prefill; do
 done
 # Quest with one selection per kv head: the one-launch cluster kernel at each size, and the
 # three launches it replaces.
-for c in auto 16 8 0; do
-  env $([ $c = auto ] || echo KVSPARSE_CUDA_QUEST_CLUSTER=$c) KVSPARSE_CASES=150 timeout 150 \
+for c in 1 16 8 0; do
+  env KVSPARSE_CUDA_QUEST_CLUSTER=$c KVSPARSE_CASES=150 timeout 150 \
     .devbin/test-equivalence cuda::quest_decode_grouped >"$out/eq-quest-grouped-$c.txt" 2>&1
   grep -hE "test result|panicked|FAILED|case [0-9]+" "$out/eq-quest-grouped-$c.txt" | head -n 6 | sed "s/^/quest_decode_grouped, cluster $c: /" | tee -a "$out/log.txt"
 done
@@ -94,7 +96,7 @@ cat "$out/peers.txt" | tee -a "$out/log.txt"
 log "ncu: decode kernels"
 for t in 131072 32768; do
   timeout 100 ncu --clock-control none --cache-control none \
-    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|quest_decode_cluster|topk_|select_blocks|snapkv" --launch-count 200 \
+    --kernel-name regex:"attention_decode|attention_merge|quest_select_kv|quest_decode_cluster|topk|select_blocks|snapkv" --launch-count 200 \
     --metrics gpu__time_duration.sum --csv \
     $B report --preset paper --contexts $t --repeats 3 --backend cuda --out "$out/ncu$t" >"$out/ncu-$t.csv" 2>"$out/ncu-$t.err"
   wc -l "$out/ncu-$t.csv" | tee -a "$out/log.txt"

@@ -1854,46 +1854,7 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
 // ---------------------------------------------------------------------------------------------
 #define QC_THREADS (32 * QUEST_CLUSTER_WARPS)
 #define QC_ITEMS QUEST_CLUSTER_ITEMS  // selection items per thread: blocks per CTA <= QC_THREADS * QC_ITEMS
-#define QC_MAX_CLUSTER 16
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ u32 qc_cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-__device__ __forceinline__ u32 qc_cluster_size() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
-    return r;
-}
-
-// Every thread of the cluster arrives and waits; shared (and global) writes before it are
-// visible to every CTA of the cluster after it.
-__device__ __forceinline__ void qc_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// The word at `local` (a shared-memory address of this CTA) in CTA `rank` of the cluster.
-__device__ __forceinline__ u32 qc_cluster_ld(const void* local, u32 rank) {
-    u32 remote, v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(kvs_smem_addr(local)), "r"(rank));
-    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
-    return v;
-}
-
-// The sum over the cluster's CTAs of the word at `local`: the loads are issued before the adds.
-__device__ __forceinline__ u32 qc_cluster_sum(const u32* local, u32 n_ctas) {
-    u32 v[QC_MAX_CLUSTER];
-#pragma unroll
-    for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) v[r] = r < n_ctas ? qc_cluster_ld(local, r) : 0u;
-    u32 s = 0u;
-#pragma unroll
-    for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) s += v[r];
-    return s;
-}
-#endif
 
 // decode_write_rows' sink for a CTA's partial in its own shared memory (read by the cluster).
 struct SmemRowSink {
@@ -1927,13 +1888,13 @@ __device__ __forceinline__ void quest_decode_cluster_body(
     __shared__ float s_mean[SHARE];           // the group means of this CTA's blocks
     __shared__ int s_sel[SHARE + 1];          // the cluster's entries this CTA attends to
     __shared__ u32 s_tot[4];
-    __shared__ u32 s_pre[QC_MAX_CLUSTER + 1];  // kept entries before CTA r (s_pre[C]: all)
+    __shared__ u32 s_pre[KVS_MAX_CLUSTER + 1];  // kept entries before CTA r (s_pre[C]: all)
     __shared__ float s_m[QUEST_CLUSTER_WARPS][MD_GM];
     __shared__ float s_l[QUEST_CLUSTER_WARPS][MD_GM];
     static_assert(sizeof(float) * MD_GM * PF_D <= sizeof(store_t) * MD_KT * PF_LD, "s_acc aliases vs");
 
-    const u32 rank = qc_cluster_rank();
-    const u32 n_ctas = qc_cluster_size();
+    const u32 rank = kvs_cluster_rank();
+    const u32 n_ctas = kvs_cluster_size();
     const u32 lane = threadIdx.x & 31u;
     const u32 kvh = blockIdx.y;
     const u32 group = p.q_heads / p.kv_heads;
@@ -1984,14 +1945,14 @@ __device__ __forceinline__ void quest_decode_cluster_body(
         s_stat[2] = lo;
         s_stat[3] = hi;
     }
-    qc_cluster_sync();  // every CTA's counts and key range are in
+    kvs_cluster_sync();  // every CTA's counts and key range are in
     if (threadIdx.x < 32u) {
         u32 f = 0u, e = 0u, l = 0xffffffffu, h = 0u;
         if (lane < n_ctas) {
-            f = qc_cluster_ld(&s_stat[0], lane);
-            e = qc_cluster_ld(&s_stat[1], lane);
-            l = qc_cluster_ld(&s_stat[2], lane);
-            h = qc_cluster_ld(&s_stat[3], lane);
+            f = kvs_cluster_ld(&s_stat[0], lane);
+            e = kvs_cluster_ld(&s_stat[1], lane);
+            l = kvs_cluster_ld(&s_stat[2], lane);
+            h = kvs_cluster_ld(&s_stat[3], lane);
         }
 #pragma unroll
         for (u32 o = 16; o > 0u; o >>= 1) {
@@ -2027,8 +1988,8 @@ __device__ __forceinline__ void quest_decode_cluster_body(
                     const u32 rel = key[u] - lo;
                     if (((elig >> u) & 1u) != 0u && (rel & mask) == prefix) atomicAdd(&mine[(rel >> shift) & 255u], 1u);
                 }
-                qc_cluster_sync();  // every CTA's histogram of this pass is in
-                for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = qc_cluster_sum(&mine[b], n_ctas);
+                kvs_cluster_sync();  // every CTA's histogram of this pass is in
+                for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = kvs_cluster_sum(&mine[b], n_ctas);
             },
             top_bits);
         thr += lo;
@@ -2046,10 +2007,10 @@ __device__ __forceinline__ void quest_decode_cluster_body(
     u32 local_kept;
     const u32 before = block_exclusive_scan(((u32)__popc(equal) << 16) | (u32)__popc(above), &local_kept);
     if (threadIdx.x == 0) s_cnt = local_kept;
-    qc_cluster_sync();  // every CTA's above / equal counts are in
+    kvs_cluster_sync();  // every CTA's above / equal counts are in
     if (threadIdx.x < 32u) {
         // Lane r: the above / equal items of the CTAs before r (CTA order is block order).
-        const u32 c = lane < n_ctas ? qc_cluster_ld(&s_cnt, lane) : 0u;
+        const u32 c = lane < n_ctas ? kvs_cluster_ld(&s_cnt, lane) : 0u;
         u32 ab = c & 0xffffu, eq = c >> 16;
 #pragma unroll
         for (u32 o = 1; o < 32u; o <<= 1) {
@@ -2085,7 +2046,7 @@ __device__ __forceinline__ void quest_decode_cluster_body(
     }
     const u32 kept = s_pre[n_ctas];
     for (u32 j = kept + rank * blockDim.x + threadIdx.x; j < width; j += n_ctas * blockDim.x) selected[kvh * width + j] = -1;
-    qc_cluster_sync();  // every CTA's kept blocks are in
+    kvs_cluster_sync();  // every CTA's kept blocks are in
 
     // 3. Chunk `rank` of the selected tokens, its entries gathered from the CTAs that kept them.
     const u32 bs = max(p.block_size, 1u);
@@ -2097,7 +2058,7 @@ __device__ __forceinline__ void quest_decode_cluster_body(
     for (u32 j = e0 + threadIdx.x; j < e1; j += blockDim.x) {
         u32 owner = 0u;
         for (u32 r = 1; r < n_ctas; ++r) owner = s_pre[r] <= j ? r : owner;
-        s_sel[j - e0] = (int)qc_cluster_ld(&s_kept[j - s_pre[owner]], owner);
+        s_sel[j - e0] = (int)kvs_cluster_ld(&s_kept[j - s_pre[owner]], owner);
     }
     __syncthreads();
     const u32 live = p.kv_len;
@@ -2106,25 +2067,25 @@ __device__ __forceinline__ void quest_decode_cluster_body(
                               s_m, s_l);
     float(*s_acc)[MD_GM][PF_D] = reinterpret_cast<float(*)[MD_GM][PF_D]>(&vs[0][0][0]);
     decode_write_rows<MD_GM, QUEST_CLUSTER_WARPS>(s_m, s_l, s_acc, group, SmemRowSink{s_po, s_plse});
-    qc_cluster_sync();  // every CTA's partial is in
+    kvs_cluster_sync();  // every CTA's partial is in
 
     // 4. Merge by log-sum-exp, as attention_merge_rows: NaN-propagating max, empty partials
     // (lse = -inf) weigh 0.
     for (u32 t = rank * blockDim.x + threadIdx.x; t < group * PF_D; t += n_ctas * blockDim.x) {
         const u32 g = t / PF_D;
         const u32 d = t - g * PF_D;
-        float ls[QC_MAX_CLUSTER], xs[QC_MAX_CLUSTER];
+        float ls[KVS_MAX_CLUSTER], xs[KVS_MAX_CLUSTER];
 #pragma unroll
-        for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) {
-            ls[r] = r < n_ctas ? __uint_as_float(qc_cluster_ld(&s_plse[g], r)) : KVS_NEG_INF;
-            xs[r] = r < n_ctas ? __uint_as_float(qc_cluster_ld(&s_po[g][d], r)) : 0.0f;
+        for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) {
+            ls[r] = r < n_ctas ? __uint_as_float(kvs_cluster_ld(&s_plse[g], r)) : KVS_NEG_INF;
+            xs[r] = r < n_ctas ? __uint_as_float(kvs_cluster_ld(&s_po[g][d], r)) : 0.0f;
         }
         float m = KVS_NEG_INF;
 #pragma unroll
-        for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) m = (ls[r] > m || ls[r] != ls[r]) ? ls[r] : m;
+        for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) m = (ls[r] > m || ls[r] != ls[r]) ? ls[r] : m;
         float total = 0.0f, acc = 0.0f;
 #pragma unroll
-        for (u32 r = 0; r < QC_MAX_CLUSTER; ++r) {
+        for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) {
             const float w = (m == KVS_NEG_INF || ls[r] == KVS_NEG_INF) ? 0.0f : expf(ls[r] - m);
             total += w;
             acc += w != 0.0f ? w * xs[r] : 0.0f;
@@ -2133,7 +2094,7 @@ __device__ __forceinline__ void quest_decode_cluster_body(
         store_f(out, (h0 + g) * PF_D + d, acc * (any ? 1.0f / total : 0.0f));
         if (d == 0u) lse[h0 + g] = any ? m + logf(total) : KVS_NEG_INF;
     }
-    qc_cluster_sync();  // no CTA leaves while its partial may still be read
+    kvs_cluster_sync();  // no CTA leaves while its partial may still be read
 #endif
 }
 

@@ -548,6 +548,59 @@ __device__ bool block_sort_desc_stable(u32* ka, u32* va, u32* kb, u32* vb, u32 m
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shared-memory addresses and thread block clusters (sm_90+: quest_decode_cluster_g*,
+// topk_cluster). A cluster's CTAs read each other's shared memory (distributed shared memory)
+// between cluster barriers.
+// ---------------------------------------------------------------------------------------------
+// The 32-bit shared-window address of a generic pointer into shared memory (what ldmatrix,
+// cp.async and mapa take).
+__device__ __forceinline__ u32 kvs_smem_addr(const void* p) {
+    u32 addr;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(p));
+    return addr;
+}
+
+#define KVS_MAX_CLUSTER 16  // the largest cluster the kernels are launched with (non-portable)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 kvs_cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ u32 kvs_cluster_size() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+
+// Every thread of the cluster arrives and waits; shared (and global) writes before it are
+// visible to every CTA of the cluster after it.
+__device__ __forceinline__ void kvs_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The word at `local` (a shared-memory address of this CTA) in CTA `rank` of the cluster.
+__device__ __forceinline__ u32 kvs_cluster_ld(const void* local, u32 rank) {
+    u32 remote, v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(kvs_smem_addr(local)), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+// The sum over the cluster's CTAs of the word at `local`: the loads are issued before the adds.
+__device__ __forceinline__ u32 kvs_cluster_sum(const u32* local, u32 n_ctas) {
+    u32 v[KVS_MAX_CLUSTER];
+#pragma unroll
+    for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) v[r] = r < n_ctas ? kvs_cluster_ld(local, r) : 0u;
+    u32 s = 0u;
+#pragma unroll
+    for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) s += v[r];
+    return s;
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
 // Quest block scores (blocks.cu's quest_scores_grouped_g* and quest_select_kv_g*, attention.cu's
 // quest_decode_cluster_g*): sum_d max(q_d * kmax_d, q_d * kmin_d) of one kv head's blocks for a
 // chunk of its query heads, from [Hkv, nb, dim] statistics rows read with 16-byte loads.
@@ -750,13 +803,6 @@ __device__ __forceinline__ u32 kvs_pack2(float lo, float hi) {
     return r;
 }
 
-// The 32-bit shared-window address of a generic pointer into shared memory (what ldmatrix and
-// cp.async take).
-__device__ __forceinline__ u32 kvs_smem_addr(const void* p) {
-    u32 addr;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(addr) : "l"(p));
-    return addr;
-}
 
 // Two 8x8 16-bit matrices from shared memory, transposed (B fragments of P V from row-major V):
 // lanes 0-7 address the rows of the first matrix, lanes 8-15 those of the second.

@@ -901,3 +901,232 @@ extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
     topk_tile_sort(tile, m, aux);
     for (u32 q = threadIdx.x; q < m; q += blockDim.x) indices[r * m + q] = (int)(u32)tile[q];
 }
+
+// ---------------------------------------------------------------------------------------------
+// Top-k of a long row in one launch (sm_90+: a thread block cluster per row).
+// topk_cluster (p, scores[R*n] f32, indices[R*out_k] i32)
+//   grid (C, R), clusters of C CTAs along x (8 or 16), TOPK_CLUSTER_THREADS = 256 threads, n <=
+//   C * 256 * TOPK_CLUSTER_ITEMS, out_k <= TOPK_CLUSTER_MAX_K; dynamic shared memory 4 * out_k
+//   words. The result is topk's (descending score, ties to the lower index) without the three
+//   dependent launches and the global workspace of the select design:
+//   1. CTA r holds items r * ceil(n / C) + u * 256 + t of the row in registers (order keys);
+//   2. the cluster finds the threshold as quest_decode_cluster_g* does: radix passes on key -
+//      (the row's least key) whose 256-bin histograms are added up through distributed shared
+//      memory, so every CTA walks the same totals. Where more items equal the threshold than
+//      are kept, a second radix over those items' (n - 1 - index) keeps the lowest indices;
+//   3. each CTA lists its kept items and a histogram of their buckets, (key - threshold) >> sh
+//      with 256 buckets over the kept keys' range; every CTA gathers the whole cluster's kept
+//      items bucket by bucket (descending), and an item's place in the output is the items of
+//      the buckets above its own plus those of its bucket that rank before it (a count over the
+//      bucket). Crowded buckets (heavy ties) cost a longer count, not a different result.
+// Every CTA takes part in every cluster barrier (the branches before them are uniform).
+// ---------------------------------------------------------------------------------------------
+#define TC_THREADS TOPK_CLUSTER_THREADS
+#define TC_ITEMS TOPK_CLUSTER_ITEMS
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS) topk_cluster(const TopkParams p, const float* __restrict__ scores,
+                                                                     int* __restrict__ indices) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    static_assert(TC_THREADS == 256, "one bucket per thread in the bucket scan");
+    static_assert(TC_ITEMS <= 32, "kept items are a 32-bit mask per thread");
+    extern __shared__ u32 tc_smem[];
+    const u32 m = p.out_k;  // 1 <= m <= n
+    u32* own_key = tc_smem;       // this CTA's kept items (read by the cluster)
+    u32* own_idx = own_key + m;
+    u32* all_key = own_idx + m;   // the cluster's kept items, bucket by bucket (local)
+    u32* all_idx = all_key + m;
+    // Read by the other CTAs (each written once per launch).
+    __shared__ u32 s_hist[8][256];  // radix passes over keys (0-3) and over tied indices (4-7)
+    __shared__ u32 s_bucket[256];   // this CTA's kept items per bucket
+    __shared__ u32 s_stat[2];       // least / largest key
+    __shared__ u32 s_cnt[2];        // above-threshold items, items equal to it
+    __shared__ u32 s_kept;          // kept items
+    // Local.
+    __shared__ u32 s_tot[4];
+    __shared__ u32 s_start[256];    // first output place of each bucket
+    __shared__ u32 s_cur[256];      // next free place of each bucket in all_*
+    __shared__ u32 s_size[256];     // kept items of each bucket in the cluster
+    __shared__ u32 s_pre[KVS_MAX_CLUSTER + 1];  // kept items of the CTAs before r
+
+    const u32 rank = kvs_cluster_rank();
+    const u32 n_ctas = kvs_cluster_size();
+    const u32 lane = threadIdx.x & 31u;
+    const u32 row = blockIdx.y;
+    const u32 n = p.n;
+    const float* src = scores + (unsigned long long)row * n;
+    const u32 per = (n + n_ctas - 1u) / n_ctas;
+    const u32 c0 = min(rank * per, n);
+    const u32 c1 = min(c0 + per, n);
+    for (u32 i = threadIdx.x; i < 8u * 256u; i += blockDim.x) (&s_hist[0][0])[i] = 0u;
+    s_bucket[threadIdx.x] = 0u;
+
+    // 1. The CTA's items, coalesced: item u of thread t is c0 + u * 256 + t.
+    u32 key[TC_ITEMS];
+    u32 valid = 0u;
+    u32 lo = 0xffffffffu, hi = 0u;
+#pragma unroll
+    for (u32 u = 0; u < TC_ITEMS; ++u) {
+        const u32 i = c0 + u * TC_THREADS + threadIdx.x;
+        const bool ok = i < c1;
+        key[u] = ok ? f32_order_key(__ldg(src + i)) : 0u;
+        valid |= (ok ? 1u : 0u) << u;
+        if (ok) {
+            lo = min(lo, key[u]);
+            hi = max(hi, key[u]);
+        }
+    }
+    block_min_max_u32(&lo, &hi);
+    if (threadIdx.x == 0) {
+        s_stat[0] = lo;
+        s_stat[1] = hi;
+    }
+    kvs_cluster_sync();  // every CTA's key range is in
+    if (threadIdx.x < 32u) {
+        u32 l = lane < n_ctas ? kvs_cluster_ld(&s_stat[0], lane) : 0xffffffffu;
+        u32 h = lane < n_ctas ? kvs_cluster_ld(&s_stat[1], lane) : 0u;
+#pragma unroll
+        for (u32 o = 16; o > 0u; o >>= 1) {
+            l = min(l, __shfl_xor_sync(KVS_FULL_MASK, l, o));
+            h = max(h, __shfl_xor_sync(KVS_FULL_MASK, h, o));
+        }
+        if (lane == 0u) {
+            s_tot[0] = l;
+            s_tot[1] = h;
+        }
+    }
+    __syncthreads();
+    lo = s_tot[0];
+    hi = s_tot[1];
+
+    // 2. The threshold: the m-th largest key, and how many of the items equal to it are kept.
+    u32 thr = 0u, take_eq = 0u;
+    block_radix_threshold_by(
+        m, &thr, &take_eq,
+        [&](u32* hist, u32 mask, u32 prefix, int shift) {
+            u32* mine = s_hist[(24 - shift) / 8];
+#pragma unroll
+            for (u32 u = 0; u < TC_ITEMS; ++u) {
+                const u32 rel = key[u] - lo;
+                if (((valid >> u) & 1u) != 0u && (rel & mask) == prefix) atomicAdd(&mine[(rel >> shift) & 255u], 1u);
+            }
+            kvs_cluster_sync();  // every CTA's histogram of this pass is in
+            for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = kvs_cluster_sum(&mine[b], n_ctas);
+        },
+        32u - (u32)__clz(hi - lo));
+    thr += lo;
+    u32 above = 0u, equal = 0u;
+#pragma unroll
+    for (u32 u = 0; u < TC_ITEMS; ++u) {
+        if ((valid >> u) & 1u) {
+            above |= (key[u] > thr ? 1u : 0u) << u;
+            equal |= (key[u] == thr ? 1u : 0u) << u;
+        }
+    }
+    u32 counts;
+    block_exclusive_scan(((u32)__popc(equal) << 16) | (u32)__popc(above), &counts);
+    if (threadIdx.x == 0) {
+        s_cnt[0] = counts & 0xffffu;
+        s_cnt[1] = counts >> 16;
+    }
+    kvs_cluster_sync();  // every CTA's counts are in
+    if (threadIdx.x < 32u) {
+        u32 e = lane < n_ctas ? kvs_cluster_ld(&s_cnt[1], lane) : 0u;
+#pragma unroll
+        for (u32 o = 16; o > 0u; o >>= 1) e += __shfl_xor_sync(KVS_FULL_MASK, e, o);
+        if (lane == 0u) s_tot[2] = e;
+    }
+    __syncthreads();
+    if (s_tot[2] > take_eq) {  // uniform: ties at the threshold keep the lowest indices
+        u32 thr2 = 0u, take2 = 0u;
+        block_radix_threshold_by(
+            take_eq, &thr2, &take2,
+            [&](u32* hist, u32 mask, u32 prefix, int shift) {
+                u32* mine = s_hist[4 + (24 - shift) / 8];
+#pragma unroll
+                for (u32 u = 0; u < TC_ITEMS; ++u) {
+                    const u32 k2 = n - 1u - (c0 + u * TC_THREADS + threadIdx.x);
+                    if (((equal >> u) & 1u) != 0u && (k2 & mask) == prefix) atomicAdd(&mine[(k2 >> shift) & 255u], 1u);
+                }
+                kvs_cluster_sync();  // every CTA's histogram of this pass is in
+                for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = kvs_cluster_sum(&mine[b], n_ctas);
+            },
+            32u - (u32)__clz(n - 1u));
+        u32 keep_eq = 0u;
+#pragma unroll
+        for (u32 u = 0; u < TC_ITEMS; ++u) {
+            const u32 k2 = n - 1u - (c0 + u * TC_THREADS + threadIdx.x);
+            keep_eq |= ((((equal >> u) & 1u) != 0u && k2 >= thr2) ? 1u : 0u) << u;
+        }
+        equal = keep_eq;
+    }
+    const u32 kept = above | equal;
+
+    // 3. This CTA's kept items and their buckets.
+    const u32 span = hi - thr;  // kept keys lie in [thr, hi]
+    const u32 tb = 32u - (u32)__clz(span);
+    const u32 sh = tb > 8u ? tb - 8u : 0u;
+    u32 total;
+    u32 at = block_exclusive_scan((u32)__popc(kept), &total);
+#pragma unroll
+    for (u32 u = 0; u < TC_ITEMS; ++u) {
+        if ((kept >> u) & 1u) {
+            own_key[at] = key[u];
+            own_idx[at] = c0 + u * TC_THREADS + threadIdx.x;
+            atomicAdd(&s_bucket[(key[u] - thr) >> sh], 1u);
+            ++at;
+        }
+    }
+    if (threadIdx.x == 0) s_kept = total;
+    kvs_cluster_sync();  // every CTA's kept items and bucket counts are in
+    // Bucket sizes over the cluster, and each bucket's first output place (largest bucket first).
+    const u32 bkt = 255u - threadIdx.x;
+    const u32 size = kvs_cluster_sum(&s_bucket[bkt], n_ctas);
+    u32 cluster_kept;
+    const u32 start = block_exclusive_scan(size, &cluster_kept);
+    s_start[bkt] = start;
+    s_cur[bkt] = start;
+    s_size[bkt] = size;
+    if (threadIdx.x < 32u) {
+        const u32 c = lane < n_ctas ? kvs_cluster_ld(&s_kept, lane) : 0u;
+        u32 incl = c;
+#pragma unroll
+        for (u32 o = 1; o < 32u; o <<= 1) {
+            const u32 y = __shfl_up_sync(KVS_FULL_MASK, incl, o);
+            if (lane >= o) incl += y;
+        }
+        if (lane <= n_ctas) s_pre[lane] = incl - c;
+    }
+    __syncthreads();
+    // Gather the cluster's kept items (cluster_kept == m) into their buckets.
+    for (u32 q = threadIdx.x; q < cluster_kept; q += blockDim.x) {
+        u32 owner = 0u;
+        for (u32 r = 1; r < n_ctas; ++r) owner = s_pre[r] <= q ? r : owner;
+        const u32 j = q - s_pre[owner];
+        const u32 k = kvs_cluster_ld(&own_key[j], owner);
+        const u32 ix = kvs_cluster_ld(&own_idx[j], owner);
+        const u32 pos = atomicAdd(&s_cur[(k - thr) >> sh], 1u);
+        if (pos < m) {  // always (cluster_kept == m); a guard for the shared arrays
+            all_key[pos] = k;
+            all_idx[pos] = ix;
+        }
+    }
+    __syncthreads();
+    // Each of this CTA's kept items: its place = its bucket's start + the bucket's items ranking
+    // before it (larger key, or the same key and a lower index).
+    int* out = indices + (unsigned long long)row * m;
+    for (u32 j = threadIdx.x; j < total; j += blockDim.x) {
+        const u32 k = own_key[j];
+        const u32 ix = own_idx[j];
+        const u32 b = (k - thr) >> sh;
+        const u32 s0 = s_start[b];
+        const u32 s1 = s0 + s_size[b];
+        u32 before = 0u;
+        for (u32 q = s0; q < s1; ++q) {
+            const u32 k2 = all_key[q];
+            before += (k2 > k || (k2 == k && all_idx[q] < ix)) ? 1u : 0u;
+        }
+        if (s0 + before < m) out[s0 + before] = (int)ix;
+    }
+    kvs_cluster_sync();  // no CTA leaves while its kept items may still be read
+#endif
+}

@@ -50,9 +50,10 @@ const QUEST_CLUSTER_ITEMS: usize = 4;
 /// Cluster sizes `quest_decode_cluster_g*` may take, preferred first (16 is non-portable).
 const QUEST_CLUSTER_SIZES: [u32; 2] = [16, 8];
 
-/// `KVSPARSE_CUDA_QUEST_CLUSTER`: `0` keeps Quest's per-kv-head decode on the three launches
-/// (`quest_select_kv_g*`, the grouped decode, the merge) on every device, `8` or `16` asks for
-/// that cluster size only; unset, the one-launch kernel runs where the device grants a size.
+/// `KVSPARSE_CUDA_QUEST_CLUSTER`: `1` runs Quest's per-kv-head decode as the one-launch
+/// `quest_decode_cluster_g*` where the device grants a cluster size, `8` or `16` with that size
+/// only; unset or `0`, it stays on the three launches (`quest_select_kv_g*`, the grouped decode,
+/// the merge), which measured as fast on the H200 (BENCHMARKS.md runs 53-55).
 fn quest_cluster_switch() -> Option<u32> {
     static V: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     *V.get_or_init(|| std::env::var("KVSPARSE_CUDA_QUEST_CLUSTER").ok().and_then(|v| v.trim().parse().ok()))
@@ -107,7 +108,7 @@ const TOPK_FINISH_MAX_CTAS: usize = 32;
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
 /// `static_assert` what they derive from them).
-pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
+pub(super) fn kernel_defines() -> [(&'static str, usize); 26] {
     [
         ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
         ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
@@ -127,6 +128,8 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
         ("QUEST_SELECT_KV_THREADS", QUEST_SELECT_KV_THREADS as usize),
         ("QUEST_CLUSTER_WARPS", QUEST_CLUSTER_WARPS as usize),
         ("QUEST_CLUSTER_ITEMS", QUEST_CLUSTER_ITEMS),
+        ("TOPK_CLUSTER_THREADS", TOPK_CLUSTER_THREADS as usize),
+        ("TOPK_CLUSTER_ITEMS", TOPK_CLUSTER_ITEMS),
         ("PF_BM", PREFILL_ROWS as usize),
         ("PF_THREADS", PREFILL_THREADS as usize),
         ("PF_MAX_NB", PREFILL_MAX_NB),
@@ -135,6 +138,12 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
         ("ROUTE_MAX_NB", ROUTE_MAX_NB),
     ]
 }
+
+/// `topk_cluster`: threads of a CTA (one bucket each in its final scan), items a thread holds in
+/// registers, and the most outputs a row (its kept items are listed twice in shared memory).
+const TOPK_CLUSTER_THREADS: u32 = 256;
+const TOPK_CLUSTER_ITEMS: usize = 32;
+const TOPK_CLUSTER_MAX_K: usize = 4096;
 
 /// Row length from which top-k uses several CTAs per row by default.
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
@@ -218,6 +227,10 @@ enum TopkPath {
     /// the sure items and the few candidates, one CTA per row selects among the candidates and
     /// radix-sorts the out_k pairs in shared memory (`topk_sel_*`).
     Select,
+    /// `cluster`: the default where it applies (sm_90+, out_k <= TOPK_CLUSTER_MAX_K, rows a
+    /// cluster of 8 or 16 CTAs holds): `topk_cluster`, one launch; elsewhere the select design.
+    /// `KVSPARSE_CUDA_TOPK=select` keeps the select design everywhere.
+    Cluster,
     /// `runs`: 4 radix passes of 8-bit digits over the row, `topk_gather`, and the sort as its
     /// own `topk_sort_runs` launch (the default until the select design; H200: 63.1 µs at
     /// 1 x 131072, k 2048, and 99.6 µs at 8 x 131072, k 8192, BENCHMARKS.md run 13).
@@ -233,7 +246,8 @@ fn topk_path() -> TopkPath {
     *PATH.get_or_init(|| match std::env::var("KVSPARSE_CUDA_TOPK").as_deref().map(str::trim) {
         Ok("runs") => TopkPath::Runs,
         Ok("fused") => TopkPath::Fused,
-        _ => TopkPath::Select,
+        Ok("select") => TopkPath::Select,
+        _ => TopkPath::Cluster,
     })
 }
 
@@ -987,17 +1001,54 @@ impl Cuda {
         Ok(())
     }
 
+    /// Top-k in one launch (`topk_cluster`, a cluster of 8 or 16 CTAs per row) where it applies:
+    /// sm_90+, the default path (`KVSPARSE_CUDA_TOPK` unset or `cluster`), out_k <=
+    /// TOPK_CLUSTER_MAX_K, and a row within the registers of a cluster size the device grants
+    /// (the smallest that holds it; 16 CTAs take 131072 scores). Returns whether it ran.
+    fn topk_cluster(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<bool> {
+        let m = op.out_k();
+        if topk_path() != TopkPath::Cluster || self.cc.0 < 9 || m > TOPK_CLUSTER_MAX_K || op.rows > 65_535 {
+            return Ok(false);
+        }
+        let per_cta = TOPK_CLUSTER_THREADS as usize * TOPK_CLUSTER_ITEMS;
+        let smem = 16 * m;
+        let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_cluster", smem)?;
+        let key = (Family::Topk, Spec::NONE, "topk_cluster");
+        let size = [8u32, 16].into_iter().find(|&s| {
+            op.n <= s as usize * per_cta && self.resident_clusters(key, &f, s, TOPK_CLUSTER_THREADS, smem as u32) > 0
+        });
+        let Some(size) = size else { return Ok(false) };
+        let p = op.params();
+        let (ps, pi) = (scores.slice.device_ptr(&self.stream).0, indices.slice.device_ptr(&self.stream).0);
+        let mut args = [
+            &p as *const crate::params::TopkParams as *mut std::ffi::c_void,
+            &ps as *const u64 as *mut std::ffi::c_void,
+            &pi as *const u64 as *mut std::ffi::c_void,
+        ];
+        let cfg = LaunchConfig {
+            grid_dim: (size, op.rows as u32, 1),
+            block_dim: (TOPK_CLUSTER_THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: args are `topk_cluster(p, scores, indices)` in order, alive across the call;
+        // scores [R*n] f32 and indices [R*out_k] i32 (checked by the caller); n <= size * the
+        // CTA's TOPK_CLUSTER_THREADS * TOPK_CLUSTER_ITEMS registers, out_k <= TOPK_CLUSTER_MAX_K,
+        // 16 * out_k bytes of dynamic shared memory allowed for the function above.
+        unsafe { self.launch_cluster(&f, cfg, size, &mut args) }.map_err(|e| device_err("topk_cluster", e))?;
+        Ok(true)
+    }
+
     /// `quest_decode_cluster_g*` for `op` (on the `quest_select_kv_g*` path), its name, the
     /// cluster size to launch it with and its dynamic shared memory, or `None` to keep the three
-    /// launches: before sm_90, outside the tensor-core decode (f16/bf16, D 64 or 128, groups of 2,
-    /// 4 or 8), under `KVSPARSE_CUDA_QUEST_CLUSTER=0`, or where no size the device grants covers
+    /// launches: unless `KVSPARSE_CUDA_QUEST_CLUSTER` asks for it, before sm_90, outside the
+    /// tensor-core decode (f16/bf16, D 64 or 128, groups of 2, 4 or 8), or where no size the device grants covers
     /// the row (a CTA ranks at most 32 * QUEST_CLUSTER_WARPS * QUEST_CLUSTER_ITEMS blocks). Of
     /// the sizes granted, the one with the fewest waves of clusters over the kv heads, then the
     /// larger (less work a CTA).
     fn quest_cluster(&self, op: &QuestDecode, head: Spec) -> Result<Option<(CudaFunction, &'static str, u32, u32)>> {
         let group = op.q_heads / op.kv_heads;
-        let switch = quest_cluster_switch();
-        if switch == Some(0) || self.cc.0 < 9 || !decode_mma_fits(head, op.dim, group) {
+        let switch = quest_cluster_switch().filter(|&s| s != 0);
+        if switch.is_none() || self.cc.0 < 9 || !decode_mma_fits(head, op.dim, group) {
             return Ok(None);
         }
         let entry = match group {
@@ -1011,17 +1062,18 @@ impl Cuda {
         let per_cta = threads as usize * QUEST_CLUSTER_ITEMS;
         let mut best: Option<(u32, usize)> = None; // (size, waves)
         for size in QUEST_CLUSTER_SIZES {
-            if switch.is_some_and(|s| s != size) || op.nb() > size as usize * per_cta {
+            if switch.is_some_and(|s| s != 1 && s != size) || op.nb() > size as usize * per_cta {
                 continue;
             }
             let resident = self.resident_clusters((Family::Attention, head, entry), &f, size, threads, smem as u32);
             if resident == 0 {
                 continue;
             }
+            // Each wave pays the kernel's fixed latency (scores, cluster barriers, the first
+            // K/V round trips: most of a step at 1/16), so fewer waves win over smaller CTAs'
+            // work; sizes are tried largest first.
             let waves = op.kv_heads.div_ceil(resident as usize);
-            // Work a CTA is ~1/size, so one wave of 8-CTA clusters costs about two of 16.
-            let cost = |(s, w): (u32, usize)| w * 16 / s as usize;
-            if best.is_none_or(|b| cost((size, waves)) < cost(b)) {
+            if best.is_none_or(|(_, w)| waves < w) {
                 best = Some((size, waves));
             }
         }
@@ -1142,7 +1194,8 @@ impl Backend for Cuda {
         let long_row = op.n >= TOPK_MULTI_CTA_MIN_N && !legacy();
         if (topk_tune() || long_row) && op.rows <= TOPK_TUNE_MAX_ROWS {
             return match topk_path() {
-                TopkPath::Select => self.topk_select(op, scores, indices),
+                TopkPath::Select | TopkPath::Cluster if self.topk_cluster(op, scores, indices)? => Ok(()),
+                TopkPath::Select | TopkPath::Cluster => self.topk_select(op, scores, indices),
                 TopkPath::Runs => self.topk_passes(op, scores, indices, false),
                 TopkPath::Fused => self.topk_passes(op, scores, indices, true),
             };
