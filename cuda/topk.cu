@@ -1003,11 +1003,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) topk_cluster(const Topk
     block_radix_threshold_by(
         m, &thr, &take_eq,
         [&](u32* hist, u32 mask, u32 prefix, int shift) {
+            // A row's leading digits crowd into a few bins: adds aggregated per warp
+            // (hist_add_warp), and skipped by warps with no matching item (the later passes).
             u32* mine = s_hist[(24 - shift) / 8];
 #pragma unroll
             for (u32 u = 0; u < TC_ITEMS; ++u) {
                 const u32 rel = key[u] - lo;
-                if (((valid >> u) & 1u) != 0u && (rel & mask) == prefix) atomicAdd(&mine[(rel >> shift) & 255u], 1u);
+                const u32 bin = (((valid >> u) & 1u) != 0u && (rel & mask) == prefix) ? (rel >> shift) & 255u : 256u;
+                if (__any_sync(KVS_FULL_MASK, bin < 256u)) hist_add_warp(mine, bin);
             }
             kvs_cluster_sync();  // every CTA's histogram of this pass is in
             for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = kvs_cluster_sum(&mine[b], n_ctas);
@@ -1045,7 +1048,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) topk_cluster(const Topk
 #pragma unroll
                 for (u32 u = 0; u < TC_ITEMS; ++u) {
                     const u32 k2 = n - 1u - (c0 + u * TC_THREADS + threadIdx.x);
-                    if (((equal >> u) & 1u) != 0u && (k2 & mask) == prefix) atomicAdd(&mine[(k2 >> shift) & 255u], 1u);
+                    const u32 bin = (((equal >> u) & 1u) != 0u && (k2 & mask) == prefix) ? (k2 >> shift) & 255u : 256u;
+                    if (__any_sync(KVS_FULL_MASK, bin < 256u)) hist_add_warp(mine, bin);
                 }
                 kvs_cluster_sync();  // every CTA's histogram of this pass is in
                 for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) hist[b] = kvs_cluster_sum(&mine[b], n_ctas);
