@@ -21,11 +21,9 @@ tail -n 1 "$out/verify.txt" | tee -a "$out/log.txt"
 grep -vE " pass$" "$out/verify.txt" | tail -n 5 | tee -a "$out/log.txt"
 timeout 200 .devbin/test-equivalence cuda:: >"$out/eq.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq.txt" | tail -n 8 | tee -a "$out/log.txt"
-# Top-k: many more random rows (ties, -inf, long rows), also with every shape on the multi-CTA
-# path (the cluster kernel where it applies, then the select design).
+# Top-k: many more random rows (ties, -inf, long rows), also with every shape on the multi-CTA path.
 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >"$out/eq-topk.txt" 2>&1
 KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
-KVSPARSE_CUDA_TOPK=select KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq-topk.txt" | tee -a "$out/log.txt"
 # The ops whose selections go through block_select_row: 100 cases each.
 for op in quest_decode snapkv_compress random_select moba_prefill; do

@@ -548,9 +548,9 @@ __device__ bool block_sort_desc_stable(u32* ka, u32* va, u32* kb, u32* vb, u32 m
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared-memory addresses and thread block clusters (sm_90+: quest_decode_cluster_g*,
-// topk_cluster). A cluster's CTAs read each other's shared memory (distributed shared memory)
-// between cluster barriers.
+// Shared-memory addresses and thread block clusters (sm_90+: quest_decode_cluster_g*). A
+// cluster's CTAs read each other's shared memory (distributed shared memory) between cluster
+// barriers.
 // ---------------------------------------------------------------------------------------------
 // The 32-bit shared-window address of a generic pointer into shared memory (what ldmatrix,
 // cp.async and mapa take).

@@ -103,7 +103,6 @@ impl Family {
                 "topk_sel_hist",
                 "topk_sel_compact",
                 "topk_sel_finish",
-                "topk_cluster",
             ],
             Family::Decay => &[
                 "decay_scan",

@@ -108,7 +108,7 @@ const TOPK_FINISH_MAX_CTAS: usize = 32;
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
 /// `static_assert` what they derive from them).
-pub(super) fn kernel_defines() -> [(&'static str, usize); 26] {
+pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
     [
         ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
         ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
@@ -128,8 +128,6 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 26] {
         ("QUEST_SELECT_KV_THREADS", QUEST_SELECT_KV_THREADS as usize),
         ("QUEST_CLUSTER_WARPS", QUEST_CLUSTER_WARPS as usize),
         ("QUEST_CLUSTER_ITEMS", QUEST_CLUSTER_ITEMS),
-        ("TOPK_CLUSTER_THREADS", TOPK_CLUSTER_THREADS as usize),
-        ("TOPK_CLUSTER_ITEMS", TOPK_CLUSTER_ITEMS),
         ("PF_BM", PREFILL_ROWS as usize),
         ("PF_THREADS", PREFILL_THREADS as usize),
         ("PF_MAX_NB", PREFILL_MAX_NB),
@@ -138,12 +136,6 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 26] {
         ("ROUTE_MAX_NB", ROUTE_MAX_NB),
     ]
 }
-
-/// `topk_cluster`: threads of a CTA (one bucket each in its final scan), items a thread holds in
-/// registers, and the most outputs a row (its kept items are listed twice in shared memory).
-const TOPK_CLUSTER_THREADS: u32 = 256;
-const TOPK_CLUSTER_ITEMS: usize = 32;
-const TOPK_CLUSTER_MAX_K: usize = 4096;
 
 /// Row length from which top-k uses several CTAs per row by default.
 const TOPK_MULTI_CTA_MIN_N: usize = 16384;
@@ -227,10 +219,6 @@ enum TopkPath {
     /// the sure items and the few candidates, one CTA per row selects among the candidates and
     /// radix-sorts the out_k pairs in shared memory (`topk_sel_*`).
     Select,
-    /// `cluster`: the default where it applies (sm_90+, out_k <= TOPK_CLUSTER_MAX_K, rows a
-    /// cluster of 8 or 16 CTAs holds): `topk_cluster`, one launch; elsewhere the select design.
-    /// `KVSPARSE_CUDA_TOPK=select` keeps the select design everywhere.
-    Cluster,
     /// `runs`: 4 radix passes of 8-bit digits over the row, `topk_gather`, and the sort as its
     /// own `topk_sort_runs` launch (the default until the select design; H200: 63.1 µs at
     /// 1 x 131072, k 2048, and 99.6 µs at 8 x 131072, k 8192, BENCHMARKS.md run 13).
@@ -246,8 +234,7 @@ fn topk_path() -> TopkPath {
     *PATH.get_or_init(|| match std::env::var("KVSPARSE_CUDA_TOPK").as_deref().map(str::trim) {
         Ok("runs") => TopkPath::Runs,
         Ok("fused") => TopkPath::Fused,
-        Ok("select") => TopkPath::Select,
-        _ => TopkPath::Cluster,
+        _ => TopkPath::Select,
     })
 }
 
@@ -1001,43 +988,6 @@ impl Cuda {
         Ok(())
     }
 
-    /// Top-k in one launch (`topk_cluster`, a cluster of 8 or 16 CTAs per row) where it applies:
-    /// sm_90+, the default path (`KVSPARSE_CUDA_TOPK` unset or `cluster`), out_k <=
-    /// TOPK_CLUSTER_MAX_K, and a row within the registers of a cluster size the device grants
-    /// (the smallest that holds it; 16 CTAs take 131072 scores). Returns whether it ran.
-    fn topk_cluster(&self, op: &TopK, scores: &CudaBuffer, indices: &mut CudaBuffer) -> Result<bool> {
-        let m = op.out_k();
-        if topk_path() != TopkPath::Cluster || self.cc.0 < 9 || m > TOPK_CLUSTER_MAX_K || op.rows > 65_535 {
-            return Ok(false);
-        }
-        let per_cta = TOPK_CLUSTER_THREADS as usize * TOPK_CLUSTER_ITEMS;
-        let smem = 16 * m;
-        let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_cluster", smem)?;
-        let key = (Family::Topk, Spec::NONE, "topk_cluster");
-        let size = [8u32, 16].into_iter().find(|&s| {
-            op.n <= s as usize * per_cta && self.resident_clusters(key, &f, s, TOPK_CLUSTER_THREADS, smem as u32) > 0
-        });
-        let Some(size) = size else { return Ok(false) };
-        let p = op.params();
-        let (ps, pi) = (scores.slice.device_ptr(&self.stream).0, indices.slice.device_ptr(&self.stream).0);
-        let mut args = [
-            &p as *const crate::params::TopkParams as *mut std::ffi::c_void,
-            &ps as *const u64 as *mut std::ffi::c_void,
-            &pi as *const u64 as *mut std::ffi::c_void,
-        ];
-        let cfg = LaunchConfig {
-            grid_dim: (size, op.rows as u32, 1),
-            block_dim: (TOPK_CLUSTER_THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        // SAFETY: args are `topk_cluster(p, scores, indices)` in order, alive across the call;
-        // scores [R*n] f32 and indices [R*out_k] i32 (checked by the caller); n <= size * the
-        // CTA's TOPK_CLUSTER_THREADS * TOPK_CLUSTER_ITEMS registers, out_k <= TOPK_CLUSTER_MAX_K,
-        // 16 * out_k bytes of dynamic shared memory allowed for the function above.
-        unsafe { self.launch_cluster(&f, cfg, size, &mut args) }.map_err(|e| device_err("topk_cluster", e))?;
-        Ok(true)
-    }
-
     /// `quest_decode_cluster_g*` for `op` (on the `quest_select_kv_g*` path), its name, the
     /// cluster size to launch it with and its dynamic shared memory, or `None` to keep the three
     /// launches: unless `KVSPARSE_CUDA_QUEST_CLUSTER` asks for it, before sm_90, outside the
@@ -1194,8 +1144,7 @@ impl Backend for Cuda {
         let long_row = op.n >= TOPK_MULTI_CTA_MIN_N && !legacy();
         if (topk_tune() || long_row) && op.rows <= TOPK_TUNE_MAX_ROWS {
             return match topk_path() {
-                TopkPath::Select | TopkPath::Cluster if self.topk_cluster(op, scores, indices)? => Ok(()),
-                TopkPath::Select | TopkPath::Cluster => self.topk_select(op, scores, indices),
+                TopkPath::Select => self.topk_select(op, scores, indices),
                 TopkPath::Runs => self.topk_passes(op, scores, indices, false),
                 TopkPath::Fused => self.topk_passes(op, scores, indices, true),
             };
