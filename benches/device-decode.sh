@@ -65,21 +65,17 @@ grep -E "$rows" "$out/report-graph.txt" | tee -a "$out/log.txt"
 
 [ "${DEVICE_FINAL:-0}" = 1 ] && {
 log "sanitizers over the top-k and Quest cases, the long MoBA cases"
-KVSPARSE_CASES=40 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/test-equivalence cuda::topk \
-  >"$out/memcheck-topk.txt" 2>&1
-echo "memcheck topk -> rc $?" | tee -a "$out/log.txt"
-KVSPARSE_CASES=12 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::topk \
-  >"$out/racecheck-topk.txt" 2>&1
-echo "racecheck topk -> rc $?" | tee -a "$out/log.txt"
-KVSPARSE_CASES=12 timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode \
-  >"$out/racecheck-quest.txt" 2>&1
-echo "racecheck quest_decode -> rc $?" | tee -a "$out/log.txt"
-KVSPARSE_CASES=12 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode_grouped \
-  >"$out/memcheck-quest-grouped.txt" 2>&1
-echo "memcheck quest_decode_grouped -> rc $?" | tee -a "$out/log.txt"
-KVSPARSE_CASES=12 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/test-equivalence cuda::quest_decode_grouped \
-  >"$out/racecheck-quest-grouped.txt" 2>&1
-echo "racecheck quest_decode_grouped -> rc $?" | tee -a "$out/log.txt"
+# sanitize TOOL CASES OP [VAR=value]: compute-sanitizer over OP's equivalence cases.
+sanitize() {
+  env ${4:-} KVSPARSE_CASES=$2 timeout 150 compute-sanitizer --tool $1 --error-exitcode 9 .devbin/test-equivalence cuda::$3 \
+    >"$out/$1-$3${4:+-${4%%=*}}.txt" 2>&1
+  echo "$1 $3 ${4:-} -> rc $?" | tee -a "$out/log.txt"
+}
+sanitize memcheck 40 topk
+sanitize racecheck 12 topk
+sanitize racecheck 12 quest_decode
+sanitize memcheck 12 quest_decode_grouped KVSPARSE_CUDA_QUEST_CLUSTER=1
+sanitize racecheck 12 quest_decode_grouped KVSPARSE_CUDA_QUEST_CLUSTER=1
 timeout 120 .devbin/test-cuda_large >"$out/large.txt" 2>&1
 grep -hE "test result|panicked" "$out/large.txt" | tee -a "$out/log.txt"
 log "report --preset long"

@@ -381,42 +381,6 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
 #define DEC_U (DEC_VPL >= 2 ? 2 : 4)
 #define DEC_WARPS 4
 
-struct __attribute__((aligned(16))) kvs_u4 {
-    u32 x, y, z, w;
-};
-
-// 16-byte read-only load; the address must be 16-byte aligned (D * sizeof(store_t) is a multiple
-// of 16 on this path and cudarc allocations are 256-byte aligned).
-__device__ __forceinline__ kvs_u4 ldg16(const void* ptr) {
-    kvs_u4 r;
-    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
-    return r;
-}
-
-// The DEC_VE storage values of one 16-byte vector, widened to f32 (element 0 in the low bits).
-__device__ __forceinline__ void vec_widen(const kvs_u4& w, float* f) {
-#if defined(KVS_STORE_F32)
-    f[0] = __uint_as_float(w.x);
-    f[1] = __uint_as_float(w.y);
-    f[2] = __uint_as_float(w.z);
-    f[3] = __uint_as_float(w.w);
-#elif defined(KVS_STORE_BF16)
-    const u32 ws[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        f[2 * i] = __uint_as_float(ws[i] << 16);
-        f[2 * i + 1] = __uint_as_float(ws[i] & 0xffff0000u);
-    }
-#else
-    const u32 ws[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        f[2 * i] = kvs_h2f((unsigned short)(ws[i] & 0xffffu));
-        f[2 * i + 1] = kvs_h2f((unsigned short)(ws[i] >> 16));
-    }
-#endif
-}
-
 // K/V loads of the tuned decode entries (`attention_decode_t*`, KVSPARSE_CUDA_DECODE_TUNE=1):
 // streaming, since every K/V byte is read exactly once per decode call. L1 no_allocate keeps the
 // rows out of L1, and an L2 evict_first policy (createpolicy, sm_80+) keeps them from pushing
@@ -550,6 +514,26 @@ __device__ __forceinline__ DecodeSeq decode_seq(const AttentionParams& p, u32 sp
     return s;
 }
 
+// What a grouped decode CTA (decode_body, attention_decode_mma) derives from its grid position:
+// split blockIdx.x of `splits`, query heads h0 .. h0+hpc-1 (chunk blockIdx.y) of kv head kvh,
+// tokens per index entry, and its sequence's offsets and live keys (decode_seq).
+struct DecodeCta {
+    u32 splits, split, h0, kvh, bs, n_key_blocks;
+    DecodeSeq sq;
+};
+
+__device__ __forceinline__ DecodeCta decode_cta(const AttentionParams& p, u32 hpc, const int* lens) {
+    DecodeCta c;
+    c.splits = max(p.splits, 1u);
+    c.split = blockIdx.x;
+    c.h0 = blockIdx.y * hpc;
+    c.kvh = c.h0 / (p.q_heads / p.kv_heads);
+    c.bs = max(p.block_size, 1u);
+    c.sq = decode_seq(p, c.splits, lens);
+    c.n_key_blocks = (c.sq.live + c.bs - 1u) / c.bs;
+    return c;
+}
+
 template <int GM, bool STREAM>
 __device__ __forceinline__ void decode_body(const AttentionParams& p, const store_t* __restrict__ q,
                                             const store_t* __restrict__ k, const store_t* __restrict__ v,
@@ -565,17 +549,14 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
     const u32 warp = threadIdx.x >> 5;
     const u32 rg = lane / DEC_LR;  // row group within the warp
     const u32 lr = lane % DEC_LR;  // lane within the row
-    const u32 splits = max(p.splits, 1u);
-    const u32 split = blockIdx.x;
-    const u32 h0 = blockIdx.y * hpc;
-    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
-    const u32 bs = max(p.block_size, 1u);
     // Sequence blockIdx.z of a batched cache (see decode_seq).
-    const DecodeSeq sq = decode_seq(p, splits, lens);
+    const DecodeCta cta = decode_cta(p, hpc, lens);
+    const u32 splits = cta.splits, split = cta.split, h0 = cta.h0, kvh = cta.kvh, bs = cta.bs;
+    const DecodeSeq sq = cta.sq;
     q += sq.q * DEC_D, out += sq.q * DEC_D, lse += sq.q, part_out += sq.part * DEC_D, part_lse += sq.part;
     k += sq.kv * DEC_D, v += sq.kv * DEC_D, idx += sq.idx, hmask += sq.mask, counts += sq.heads;
     const u32 live = sq.live;
-    const u32 n_key_blocks = (live + bs - 1u) / bs;
+    const u32 n_key_blocks = cta.n_key_blocks;
     const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
     const u32* mrow = hmask + kvh * p.n_idx;  // read in mode 2 only
     const u32 gbit0 = h0 - kvh * (p.q_heads / p.kv_heads);  // hmask bit of head h0
@@ -1805,16 +1786,13 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
     __shared__ float s_m[DEC_WARPS][MD_GM];
     __shared__ float s_l[DEC_WARPS][MD_GM];
     static_assert(sizeof(vs) >= sizeof(float) * DEC_WARPS * MD_GM * PF_D, "s_acc aliases vs");
-    const u32 splits = max(p.splits, 1u);
-    const u32 split = blockIdx.x;
-    const u32 h0 = blockIdx.y * hpc;
-    const u32 kvh = h0 / (p.q_heads / p.kv_heads);
-    const u32 bs = max(p.block_size, 1u);
-    const DecodeSeq sq = decode_seq(p, splits, lens);
+    const DecodeCta cta = decode_cta(p, hpc, lens);
+    const u32 splits = cta.splits, split = cta.split, h0 = cta.h0, kvh = cta.kvh, bs = cta.bs;
+    const DecodeSeq sq = cta.sq;
     q += sq.q * PF_D, out += sq.q * PF_D, lse += sq.q, part_out += sq.part * PF_D, part_lse += sq.part;
     k += sq.kv * PF_D, v += sq.kv * PF_D, idx += sq.idx, hmask += sq.mask, counts += sq.heads;
     const u32 live = sq.live;
-    const u32 n_key_blocks = (live + bs - 1u) / bs;
+    const u32 n_key_blocks = cta.n_key_blocks;
     const int* irow = idx + (mode == 2u || p.idx_heads != p.q_heads ? kvh : h0) * p.n_idx;
     const u32* mrow = hmask + kvh * p.n_idx;  // read in mode 2 only
     const u32 hbit = (h0 - kvh * (p.q_heads / p.kv_heads) + ((threadIdx.x & 31u) >> 2)) & 31u;  // this row's hmask bit
@@ -1994,16 +1972,8 @@ __device__ __forceinline__ void quest_decode_cluster_body(
             top_bits);
         thr += lo;
     }
-    u32 above = forced, equal = 0u;
-    if (want > 0u) {
-#pragma unroll
-        for (u32 u = 0; u < R; ++u) {
-            if ((elig >> u) & 1u) {
-                above |= (key[u] > thr ? 1u : 0u) << u;
-                equal |= (key[u] == thr ? 1u : 0u) << u;
-            }
-        }
-    }
+    u32 above, equal;
+    select_regs_split<R>(key, forced, want > 0u ? elig : 0u, thr, &above, &equal);
     u32 local_kept;
     const u32 before = block_exclusive_scan(((u32)__popc(equal) << 16) | (u32)__popc(above), &local_kept);
     if (threadIdx.x == 0) s_cnt = local_kept;

@@ -170,7 +170,7 @@ extern "C" __global__ void __launch_bounds__(256)
 //   of two <= 32, checked by the host), so a warp covers 32 / lanes rows per load. hpc <= GM.
 //   Per lane the products are summed over its vector in channel order, then across lanes by an
 //   xor butterfly: the same terms as quest_scores, in another order (f32 rounding only).
-// QS_VE, qs_ldg16, quest_score_run and its sinks: common.cuh (the one-launch Quest decode in
+// QS_VE, ldg16, quest_score_run and its sinks: common.cuh (the one-launch Quest decode in
 // attention.cu scores with them too).
 
 // One entry per power of two GM >= hpc: the register tile (q and the scores of GM heads) and

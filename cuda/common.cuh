@@ -373,6 +373,23 @@ __device__ u32 block_compact_kept(const Src& src, u32 n, bool have_chosen, u32 t
     return block_compact_kept_to(src, n, have_chosen, thr, take_eq, KeptIndexSink{out, cap});
 }
 
+// A thread's R register items against the threshold key `thr`: *above = the forced items and the
+// competing ones (bits of `elig`) with key > thr, *equal = the competing ones with key == thr.
+template <u32 R>
+__device__ __forceinline__ void select_regs_split(const u32 (&key)[R], u32 forced, u32 elig, u32 thr, u32* above,
+                                                  u32* equal) {
+    u32 a = forced, e = 0u;
+#pragma unroll
+    for (u32 u = 0; u < R; ++u) {
+        if ((elig >> u) & 1u) {
+            a |= (key[u] > thr ? 1u : 0u) << u;
+            e |= (key[u] == thr ? 1u : 0u) << u;
+        }
+    }
+    *above = a;
+    *equal = e;
+}
+
 // block_select_row for rows of at most blockDim * KVS_SELECT_REG_ITEMS items: thread t holds
 // items t*R .. t*R+R-1 (their class and key read from src once, in registers), the radix passes
 // count from registers, and one block scan of packed 16-bit counts (n <= 65535) gives both the
@@ -435,17 +452,8 @@ __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* ou
             top_bits);
         thr += lo;
     }
-    u32 above = forced;  // kept regardless of ties
-    u32 equal = 0u;      // compete with key == thr
-    if (want > 0u) {
-#pragma unroll
-        for (u32 u = 0; u < R; ++u) {
-            if ((elig >> u) & 1u) {
-                above |= (key[u] > thr ? 1u : 0u) << u;
-                equal |= (key[u] == thr ? 1u : 0u) << u;
-            }
-        }
-    }
+    u32 above, equal;  // kept regardless of ties; compete with key == thr
+    select_regs_split<R>(key, forced, want > 0u ? elig : 0u, thr, &above, &equal);
     u32 kept_total;
     const u32 before = block_exclusive_scan(((u32)__popc(equal) << 16) | (u32)__popc(above), &kept_total);
     u32 eq_rank = before >> 16;
@@ -613,17 +621,21 @@ __device__ __forceinline__ u32 kvs_cluster_sum(const u32* local, u32 n_ctas) {
 #endif
 #define QS_U 4
 
-struct __attribute__((aligned(16))) qs_u4 {
+struct __attribute__((aligned(16))) kvs_u4 {
     u32 x, y, z, w;
 };
 
-__device__ __forceinline__ qs_u4 qs_ldg16(const void* ptr) {
-    qs_u4 r;
+// 16-byte read-only load; the address must be 16-byte aligned (rows of D * sizeof(store_t), a
+// multiple of 16 where these are used, and cudarc allocations are 256-byte aligned).
+__device__ __forceinline__ kvs_u4 ldg16(const void* ptr) {
+    kvs_u4 r;
     asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
     return r;
 }
 
-__device__ __forceinline__ void qs_widen(const qs_u4& w, float* f) {
+// The storage values of one 16-byte vector (4 f32 or 8 f16/bf16), widened to f32 (element 0 in
+// the low bits).
+__device__ __forceinline__ void vec_widen(const kvs_u4& w, float* f) {
 #if defined(KVS_STORE_F32)
     f[0] = __uint_as_float(w.x);
     f[1] = __uint_as_float(w.y);
@@ -667,17 +679,17 @@ __device__ __forceinline__ void quest_score_run(u32 nb, u32 dim, const store_t* 
     // The statistics of the warp's first tile are requested before q, and each next tile's
     // before the current one's shuffles: a warp has one or two tiles, so what bounds it is how
     // many round trips to memory it waits for in turn.
-    qs_u4 wl[QS_U], wh[QS_U];
+    kvs_u4 wl[QS_U], wh[QS_U];
     auto load_tile = [&](u32 base) {
 #pragma unroll
         for (int u = 0; u < QS_U; ++u) {
             const u32 b = base + (u32)u * rpw + rg;
             if (b < b1) {
-                wl[u] = qs_ldg16(lo + b * dim + col);
-                wh[u] = qs_ldg16(hi + b * dim + col);
+                wl[u] = ldg16(lo + b * dim + col);
+                wh[u] = ldg16(hi + b * dim + col);
             } else {
-                wl[u] = qs_u4{0u, 0u, 0u, 0u};
-                wh[u] = qs_u4{0u, 0u, 0u, 0u};
+                wl[u] = kvs_u4{0u, 0u, 0u, 0u};
+                wh[u] = kvs_u4{0u, 0u, 0u, 0u};
             }
         }
     };
@@ -688,7 +700,7 @@ __device__ __forceinline__ void quest_score_run(u32 nb, u32 dim, const store_t* 
     for (int g = 0; g < GM; ++g) {
         // Heads past hpc load head h0 + hpc - 1 (in bounds) and are zeroed: no branch in front
         // of the loads.
-        qs_widen(qs_ldg16(q + (h0 + min((u32)g, hpc - 1u)) * dim + col), qf[g]);
+        vec_widen(ldg16(q + (h0 + min((u32)g, hpc - 1u)) * dim + col), qf[g]);
         if ((u32)g >= hpc) {
 #pragma unroll
             for (int e = 0; e < QS_VE; ++e) qf[g][e] = 0.0f;
@@ -699,8 +711,8 @@ __device__ __forceinline__ void quest_score_run(u32 nb, u32 dim, const store_t* 
 #pragma unroll
         for (int u = 0; u < QS_U; ++u) {
             float fl[QS_VE], fh[QS_VE];
-            qs_widen(wl[u], fl);
-            qs_widen(wh[u], fh);
+            vec_widen(wl[u], fl);
+            vec_widen(wh[u], fh);
 #pragma unroll
             for (int g = 0; g < GM; ++g) {
                 float a = 0.0f;

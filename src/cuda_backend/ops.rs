@@ -59,6 +59,24 @@ fn quest_cluster_switch() -> Option<u32> {
     *V.get_or_init(|| std::env::var("KVSPARSE_CUDA_QUEST_CLUSTER").ok().and_then(|v| v.trim().parse().ok()))
 }
 
+/// The sparse attention of Quest with one block set per kv head: every query head of kv head h
+/// attends to the `n_sel` blocks of row h of `selected` (`block_size` tokens an entry).
+fn quest_kv_params(op: &QuestDecode) -> AttentionParams {
+    let mut p = AttentionSparse {
+        q_heads: op.q_heads,
+        kv_heads: op.kv_heads,
+        seq: op.seq,
+        dim: op.dim,
+        idx_heads: op.kv_heads,
+        n_idx: op.n_sel(),
+        scale: op.scale,
+        dtype: op.dtype,
+    }
+    .params();
+    p.block_size = op.select.block_size as u32;
+    p
+}
+
 /// Whether `quest_select_kv_g*` takes Quest's per-kv-head selection: a group of at most 8 query
 /// heads, rows of a power-of-two number (<= 32) of 16-byte vectors, 1..=QUEST_SELECT_KV_MAX_NB
 /// blocks, kv heads within the grid's y extent (65535, also within its ARRIVAL_SLOTS counters).
@@ -1447,18 +1465,7 @@ impl Backend for Cuda {
                 if let Some((f, entry, cluster, smem)) = self.quest_cluster(op, head)? {
                     // Scores, group means, selection, decode and merge in one launch
                     // (quest_decode_cluster_g*); ranking = the means [Hkv, NB] (checked).
-                    let mut p = AttentionSparse {
-                        q_heads: op.q_heads,
-                        kv_heads: op.kv_heads,
-                        seq: op.seq,
-                        dim: op.dim,
-                        idx_heads: op.kv_heads,
-                        n_idx: sp.width as usize,
-                        scale: op.scale,
-                        dtype: op.dtype,
-                    }
-                    .params();
-                    p.block_size = bs as u32;
+                    let p = quest_kv_params(op);
                     let lanes = (op.dim / (16 / op.dtype.size())) as u32;
                     let nb32 = nb as u32;
                     let ptr = |s: &CudaSlice<u8>| s.device_ptr(&self.stream).0;
@@ -1561,19 +1568,7 @@ impl Backend for Cuda {
         }
         if shared {
             // 4. one block set per kv head: the grouped decode reads each block once per group.
-            let mut p = AttentionSparse {
-                q_heads: op.q_heads,
-                kv_heads: op.kv_heads,
-                seq: op.seq,
-                dim: op.dim,
-                idx_heads: op.kv_heads,
-                n_idx: op.n_sel(),
-                scale: op.scale,
-                dtype: op.dtype,
-            }
-            .params();
-            p.block_size = bs as u32;
-            return self.sparse_attention(head, p, q, k, v, &selected.slice, out, lse);
+            return self.sparse_attention(head, quest_kv_params(op), q, k, v, &selected.slice, out, lse);
         }
         // 4. attention over every token of the selected blocks: with GQA, over the union of the
         // group's blocks, each block read once for the group (per-head masks keep each query
