@@ -1997,17 +1997,13 @@ __device__ __forceinline__ void quest_decode_cluster_body(
     }
     __syncthreads();
     // This thread's kept items: above ones before it plus min(equal ones before it, take_eq).
-    u32 eq_rank = s_tot[1] + (before >> 16);
+    const u32 eq_rank = s_tot[1] + (before >> 16);
     u32 pos = s_tot[0] + (before & 0xffffu) + min(eq_rank, take_eq);
     const u32 first = s_pre[rank];
+    const u32 take = select_regs_kept<R>(above, equal, eq_rank, take_eq);
 #pragma unroll
     for (u32 u = 0; u < R; ++u) {
-        bool take = ((above >> u) & 1u) != 0u;
-        if ((equal >> u) & 1u) {
-            take = eq_rank < take_eq;
-            ++eq_rank;
-        }
-        if (take) {
+        if ((take >> u) & 1u) {
             const int b = (int)(b0 + i0 + u);
             if (pos < width) selected[kvh * width + pos] = b;
             s_kept[pos - first] = b;

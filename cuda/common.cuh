@@ -390,6 +390,21 @@ __device__ __forceinline__ void select_regs_split(const u32 (&key)[R], u32 force
     *equal = e;
 }
 
+// The kept items of select_regs_split's split: the `above` ones, and the `equal` ones while fewer
+// than take_eq equal items come before them (eq_rank: the equal items before this thread's).
+template <u32 R>
+__device__ __forceinline__ u32 select_regs_kept(u32 above, u32 equal, u32 eq_rank, u32 take_eq) {
+    u32 take = above;
+#pragma unroll
+    for (u32 u = 0; u < R; ++u) {
+        if ((equal >> u) & 1u) {
+            if (eq_rank < take_eq) take |= 1u << u;
+            ++eq_rank;
+        }
+    }
+    return take;
+}
+
 // block_select_row for rows of at most blockDim * KVS_SELECT_REG_ITEMS items: thread t holds
 // items t*R .. t*R+R-1 (their class and key read from src once, in registers), the radix passes
 // count from registers, and one block scan of packed 16-bit counts (n <= 65535) gives both the
@@ -456,16 +471,12 @@ __device__ u32 block_select_row_regs(const Src& src, u32 n, u32 k_total, int* ou
     select_regs_split<R>(key, forced, want > 0u ? elig : 0u, thr, &above, &equal);
     u32 kept_total;
     const u32 before = block_exclusive_scan(((u32)__popc(equal) << 16) | (u32)__popc(above), &kept_total);
-    u32 eq_rank = before >> 16;
+    const u32 eq_rank = before >> 16;
     u32 pos = (before & 0xffffu) + min(eq_rank, take_eq);
+    const u32 take = select_regs_kept<R>(above, equal, eq_rank, take_eq);
 #pragma unroll
     for (u32 u = 0; u < R; ++u) {
-        bool take = ((above >> u) & 1u) != 0u;
-        if ((equal >> u) & 1u) {
-            take = eq_rank < take_eq;
-            ++eq_rank;
-        }
-        if (take) {
+        if ((take >> u) & 1u) {
             if (pos < width) out[pos] = (int)(i0 + u);
             ++pos;
         }
