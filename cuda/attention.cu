@@ -97,8 +97,8 @@ __device__ void attend_tokens(RowState& st, const float (&qv)[KVS_DPL], const st
 #pragma unroll
         for (int u = 0; u < KVS_KT; ++u) {
             s[u] = j[u] >= 0 ? s[u] * scale : KVS_NEG_INF;
-            // NaN-propagating max: a NaN logit must reach the output (fmaxf would drop it).
-            tile_max = (s[u] > tile_max || s[u] != s[u]) ? s[u] : tile_max;
+            // A NaN logit must reach the output (kvs_nan_max, not fmaxf).
+            tile_max = kvs_nan_max(tile_max, s[u]);
         }
         if (tile_max == KVS_NEG_INF) continue;  // no valid key in this tile (uniform)
         const float m_new = fmaxf(st.m, tile_max);
@@ -310,7 +310,7 @@ extern "C" __global__ void attention_merge(const AttentionParams p, const float*
     float m = KVS_NEG_INF;
     for (u32 s = 0; s < splits; ++s) {
         const float ls = part_lse[row * splits + s];
-        m = (ls > m || ls != ls) ? ls : m;  // NaN-propagating max
+        m = kvs_nan_max(m, ls);
     }
     float acc[KVS_DPL];
 #pragma unroll
@@ -475,7 +475,7 @@ __device__ __forceinline__ void decode_write_rows(const float (*s_m)[GM], const 
         const u32 d = t - g * DEC_D;
         float mm = KVS_NEG_INF;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) mm = (s_m[w][g] > mm || s_m[w][g] != s_m[w][g]) ? s_m[w][g] : mm;
+        for (int w = 0; w < WARPS; ++w) mm = kvs_nan_max(mm, s_m[w][g]);
         float tot = 0.0f;
         float a = 0.0f;
         if (mm != KVS_NEG_INF) {
@@ -648,8 +648,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
             for (int u = 0; u < DEC_U; ++u) {
                 const bool ok = j[u] >= 0 && (mode != 2u || ((hm[u] >> (gbit0 + (u32)g)) & 1u) != 0u);
                 s[u][g] = ok ? s[u][g] * p.scale : KVS_NEG_INF;
-                // NaN-propagating max, as attend_tokens.
-                tile_max = (s[u][g] > tile_max || s[u][g] != s[u][g]) ? s[u][g] : tile_max;
+                tile_max = kvs_nan_max(tile_max, s[u][g]);
             }
             // A tile with no live key for this head leaves its state untouched (as attend_tokens).
             live[g] = tile_max != KVS_NEG_INF;
@@ -800,14 +799,14 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
     // NaN-propagating max of the split lse.
     float m = KVS_NEG_INF;
 #pragma unroll
-    for (int i = 0; i < KVS_MERGE_MAX_SPLITS / 32; ++i) m = (lv[i] > m || lv[i] != lv[i]) ? lv[i] : m;
+    for (int i = 0; i < KVS_MERGE_MAX_SPLITS / 32; ++i) m = kvs_nan_max(m, lv[i]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float y = __shfl_xor_sync(KVS_FULL_MASK, m, o);
-        m = (y > m || y != y) ? y : m;
+        m = kvs_nan_max(m, y);
     }
     // Empty splits (lse = -inf) weigh 0 and are skipped below, as in attention_merge.
-    auto weight = [&](float l) { return (m == KVS_NEG_INF || l == KVS_NEG_INF) ? 0.0f : expf(l - m); };
+    auto weight = [&](float l) { return lse_weight(m, l); };
     float total = 0.0f;
 #pragma unroll
     for (int i = 0; i < KVS_MERGE_MAX_SPLITS / 32; ++i) total += weight(lv[i]);
@@ -1618,7 +1617,8 @@ extern "C" __global__ void __launch_bounds__(256)
 // state; the warps merge at the end by decode_write_rows, as in decode_body.
 // ---------------------------------------------------------------------------------------------
 #define MD_GM 8
-#define MD_KT 32
+// MD_KT, the keys a warp takes per tile: from the host (ops.rs DECODE_MMA_KEY_TILE, which sizes the
+// cluster decode's dynamic shared memory by it).
 #define MD_CH (PF_D / 8)  // 16-byte chunks per row
 
 // The key loop of the tensor-core decode (attention_decode_mma, quest_decode_cluster_g*): query
@@ -1832,7 +1832,6 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
 // ---------------------------------------------------------------------------------------------
 #define QC_THREADS (32 * QUEST_CLUSTER_WARPS)
 #define QC_ITEMS QUEST_CLUSTER_ITEMS  // selection items per thread: blocks per CTA <= QC_THREADS * QC_ITEMS
-
 
 // decode_write_rows' sink for a CTA's partial in its own shared memory (read by the cluster).
 struct SmemRowSink {
@@ -2048,11 +2047,11 @@ __device__ __forceinline__ void quest_decode_cluster_body(
         }
         float m = KVS_NEG_INF;
 #pragma unroll
-        for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) m = (ls[r] > m || ls[r] != ls[r]) ? ls[r] : m;
+        for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) m = kvs_nan_max(m, ls[r]);
         float total = 0.0f, acc = 0.0f;
 #pragma unroll
         for (u32 r = 0; r < KVS_MAX_CLUSTER; ++r) {
-            const float w = (m == KVS_NEG_INF || ls[r] == KVS_NEG_INF) ? 0.0f : expf(ls[r] - m);
+            const float w = lse_weight(m, ls[r]);
             total += w;
             acc += w != 0.0f ? w * xs[r] : 0.0f;
         }

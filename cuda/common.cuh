@@ -119,6 +119,16 @@ __device__ __forceinline__ u32 f32_order_key(float x) {
 // Warp and block collectives. Block helpers must be reached by every thread of the block
 // (blockDim.x a multiple of 32, at most 1024) and contain __syncthreads().
 // ---------------------------------------------------------------------------------------------
+// max(m, x) that lets a NaN through (fmaxf would drop it): a NaN logit or split lse must reach
+// the output.
+__device__ __forceinline__ float kvs_nan_max(float m, float x) { return (x > m || x != x) ? x : m; }
+
+// The weight exp(l - m) of a split (or warp) with lse l in a log-sum-exp merge of maximum m; an
+// empty one (l = -inf), or all of them when every one is empty (m = -inf), weighs 0.
+__device__ __forceinline__ float lse_weight(float m, float l) {
+    return (m == KVS_NEG_INF || l == KVS_NEG_INF) ? 0.0f : expf(l - m);
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     // xor butterfly: every lane ends with the same bits (each step adds the same pair).
 #pragma unroll
@@ -620,18 +630,9 @@ __device__ __forceinline__ u32 kvs_cluster_sum(const u32* local, u32 n_ctas) {
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// Quest block scores (blocks.cu's quest_scores_grouped_g* and quest_select_kv_g*, attention.cu's
-// quest_decode_cluster_g*): sum_d max(q_d * kmax_d, q_d * kmin_d) of one kv head's blocks for a
-// chunk of its query heads, from [Hkv, nb, dim] statistics rows read with 16-byte loads.
+// 16-byte vectors of the storage type (the grouped decodes, the Quest scores).
 // ---------------------------------------------------------------------------------------------
 #if defined(KVS_STORE_F32) || defined(KVS_STORE_F16) || defined(KVS_STORE_BF16)
-#if defined(KVS_STORE_F32)
-#define QS_VE 4
-#else
-#define QS_VE 8
-#endif
-#define QS_U 4
-
 struct __attribute__((aligned(16))) kvs_u4 {
     u32 x, y, z, w;
 };
@@ -669,6 +670,18 @@ __device__ __forceinline__ void vec_widen(const kvs_u4& w, float* f) {
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// Quest block scores (blocks.cu's quest_scores_grouped_g* and quest_select_kv_g*, attention.cu's
+// quest_decode_cluster_g*): sum_d max(q_d * kmax_d, q_d * kmin_d) of one kv head's blocks for a
+// chunk of its query heads, from [Hkv, nb, dim] statistics rows read with 16-byte loads.
+// ---------------------------------------------------------------------------------------------
+#if defined(KVS_STORE_F32)
+#define QS_VE 4
+#else
+#define QS_VE 8
+#endif
+#define QS_U 4
+
 // The scores of the heads h0 .. h0+hpc-1 (one kv head `kvh`, hpc <= GM) for the blocks
 // [b0, b1), handed per block to sink.put(b, s) by one lane (s[g] = the score of head h0 + g).
 template <int GM, class Sink>
@@ -688,8 +701,8 @@ __device__ __forceinline__ void quest_score_run(u32 nb, u32 dim, const store_t* 
     const u32 tile = rpw * QS_U;
     const u32 stride = n_warps * tile;
     // The statistics of the warp's first tile are requested before q, and each next tile's
-    // before the current one's shuffles: a warp has one or two tiles, so what bounds it is how
-    // many round trips to memory it waits for in turn.
+    // before the current one's shuffles: a warp has a few tiles (one or two in quest_select_kv,
+    // four in the cluster decode), so what bounds it is how many round trips it waits for in turn.
     kvs_u4 wl[QS_U], wh[QS_U];
     auto load_tile = [&](u32 base) {
 #pragma unroll
@@ -783,7 +796,7 @@ struct GroupMeanSink {
         if (copy != nullptr) copy[b - copy_base] = t / (float)group;
     }
 };
-#endif  // Quest block scores
+#endif  // storage vectors, Quest block scores
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core helpers for 16-bit storage (mma.sync m16n8k16, f32 accumulators; sm_80+), shared
@@ -825,7 +838,6 @@ __device__ __forceinline__ u32 kvs_pack2(float lo, float hi) {
 #endif
     return r;
 }
-
 
 // Two 8x8 16-bit matrices from shared memory, transposed (B fragments of P V from row-major V):
 // lanes 0-7 address the rows of the first matrix, lanes 8-15 those of the second.

@@ -88,6 +88,27 @@ fn cluster_attribute(cluster: u32) -> cudarc::driver::sys::CUlaunchAttribute {
     attr
 }
 
+/// The driver's launch configuration of `cfg` on `stream` with the one attribute `attr` (which
+/// must outlive its use).
+fn cluster_launch_config(
+    cfg: cudarc::driver::LaunchConfig,
+    stream: cudarc::driver::sys::CUstream,
+    attr: &mut cudarc::driver::sys::CUlaunchAttribute,
+) -> cudarc::driver::sys::CUlaunchConfig {
+    cudarc::driver::sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream,
+        attrs: attr,
+        numAttrs: 1,
+    }
+}
+
 /// Rows the arrival counters cover (a grid dimension's limit).
 pub(crate) const ARRIVAL_SLOTS: usize = 65536;
 
@@ -393,19 +414,13 @@ impl Cuda {
                 || f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
                     .is_ok();
             let mut attr = cluster_attribute(cluster);
-            let cfg = sys::CUlaunchConfig {
-                gridDimX: cluster,
-                gridDimY: 1,
-                gridDimZ: 1,
-                blockDimX: threads,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: smem,
-                // No stream: the query enqueues nothing (and may come during a graph capture).
-                hStream: std::ptr::null_mut(),
-                attrs: &mut attr,
-                numAttrs: 1,
+            let one = cudarc::driver::LaunchConfig {
+                grid_dim: (cluster, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: smem,
             };
+            // No stream: the query enqueues nothing (and may come during a graph capture).
+            let cfg = cluster_launch_config(one, std::ptr::null_mut(), &mut attr);
             let mut clusters: std::ffi::c_int = 0;
             // SAFETY: cfg and its one attribute live across the call; f is a loaded function.
             let ok = opt_in
@@ -438,18 +453,7 @@ impl Cuda {
     ) -> std::result::Result<(), DriverError> {
         use cudarc::driver::sys;
         let mut attr = cluster_attribute(cluster);
-        let launch = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+        let launch = cluster_launch_config(cfg, self.stream.cu_stream(), &mut attr);
         self.ctx.bind_to_thread()?;
         // SAFETY: launch and its attribute live across the call; the caller vouches for args.
         unsafe { sys::cuLaunchKernelEx(&launch, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }.result()

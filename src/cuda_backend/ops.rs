@@ -126,7 +126,7 @@ const TOPK_FINISH_MAX_CTAS: usize = 32;
 /// workspace and shared-memory layouts), as `(CUDA macro, value)`: `kernels::assemble` writes
 /// them as `#define`s ahead of every module, so the two sides are one definition (the kernels
 /// `static_assert` what they derive from them).
-pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
+pub(super) fn kernel_defines() -> [(&'static str, usize); 25] {
     [
         ("TOPK_SEL_THREADS", TOPK_THREADS as usize),
         ("KVS_COMPACT_ITEMS", TOPK_GATHER_ITEMS),
@@ -146,6 +146,7 @@ pub(super) fn kernel_defines() -> [(&'static str, usize); 24] {
         ("QUEST_SELECT_KV_THREADS", QUEST_SELECT_KV_THREADS as usize),
         ("QUEST_CLUSTER_WARPS", QUEST_CLUSTER_WARPS as usize),
         ("QUEST_CLUSTER_ITEMS", QUEST_CLUSTER_ITEMS),
+        ("MD_KT", DECODE_MMA_KEY_TILE),
         ("PF_BM", PREFILL_ROWS as usize),
         ("PF_THREADS", PREFILL_THREADS as usize),
         ("PF_MAX_NB", PREFILL_MAX_NB),
@@ -206,6 +207,11 @@ fn decode_mma() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| tensor_cores() && std::env::var("KVSPARSE_CUDA_DECODE_MMA").map_or(true, |v| v.trim() != "0"))
 }
+
+/// Keys a warp of the tensor-core decode takes per tile (`MD_KT`: `attention_decode_mma`,
+/// `quest_decode_cluster_g*`); each warp stages the tile's V rows (D + 8 elements each, the
+/// padding of `PF_LD`) in shared memory.
+const DECODE_MMA_KEY_TILE: usize = 32;
 
 /// Query heads per CTA of `attention_decode_mma` (`MD_GM` in `cuda/attention.cu`: the A rows
 /// it fills of the 16 of an m16n8k16 tile).
@@ -1025,7 +1031,8 @@ impl Cuda {
             _ => "quest_decode_cluster_g8",
         };
         let threads = QUEST_CLUSTER_WARPS * 32;
-        let smem = threads as usize * (op.dim + 8) * op.dtype.size();
+        // The warps' V tiles (decode_mma_keys's `vs`).
+        let smem = QUEST_CLUSTER_WARPS as usize * DECODE_MMA_KEY_TILE * (op.dim + 8) * op.dtype.size();
         let f = self.function_with_smem(Family::Attention, head, entry, smem)?;
         let per_cta = threads as usize * QUEST_CLUSTER_ITEMS;
         let mut best: Option<(u32, usize)> = None; // (size, waves)
