@@ -863,47 +863,87 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
 // ceil(kv_len / block_size) <= PF_MAX_NB): the CTA visits the union of its 64 rows' blocks, in
 // ascending order, and each row keeps only its own blocks (a 64-bit row set per block in shared
 // memory) on top of the causal limit, as attention_blocks does.
-// S (+)= Q K^T for one warp's 16 query rows (A fragments qa) against a 64-key tile in shared memory
+// A warp's query rows as A fragments: PfQueryRegs holds 16 rows' fragments in registers for the
+// whole key loop; PfQueryShared reads MT m-tiles of 16 rows from the CTA's query tile in shared
+// memory (ldmatrix.x4: lanes 0-15 address rows 0-15 at columns 0-7, lanes 16-31 the same rows at
+// columns 8-15, which is the A fragment's register order).
+struct PfQueryRegs {
+    const u32 (&a)[PF_D / 16][4];
+    __device__ __forceinline__ void frag(int, int kk, u32 (&r)[4]) const {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) r[c] = a[kk][c];
+    }
+};
+struct PfQueryShared {
+    const store_t (*qs)[PF_LD];
+    u32 row;  // the lane's row of the warp's first m-tile: its first row + (lane & 15)
+    u32 col;  // (lane >> 4) * 8
+    __device__ __forceinline__ void frag(int mt, int kk, u32 (&r)[4]) const {
+        kvs_ldsm_x4(r, &qs[row + (u32)mt * 16u][(u32)kk * 16u + col]);
+    }
+};
+
+// S (+)= Q K^T for a warp's MT m-tiles of 16 query rows against a 64-key tile in shared memory
 // (keys x D, row-major): ldmatrix.x4 gives matrices (n, low 8 columns), (n, high 8), (n+1, low),
-// (n+1, high).
-__device__ __forceinline__ void pf_scores_add(float (&s)[PF_BN / 8][4], const u32 (&qa)[PF_D / 16][4],
-                                              const store_t (*ks)[PF_LD], u32 lane) {
+// (n+1, high), and each B fragment serves every m-tile (MT = 2 halves the shared-memory reads
+// per mma).
+template <int MT, class QF>
+__device__ __forceinline__ void pf_scores_add(float (&s)[MT][PF_BN / 8][4], const QF& qf, const store_t (*ks)[PF_LD],
+                                              u32 lane) {
     const u32 mi = lane >> 3;
 #pragma unroll
     for (int kk = 0; kk < PF_D / 16; ++kk) {
+        u32 a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) qf.frag(mt, kk, a[mt]);
 #pragma unroll
         for (int n = 0; n < PF_BN / 8; n += 2) {
             u32 b[4];
             kvs_ldsm_x4(b, &ks[(u32)n * 8u + (mi >> 1) * 8u + (lane & 7u)][kk * 16 + (mi & 1u) * 8u]);
-            kvs_mma16816(s[n], qa[kk], b[0], b[1]);
-            kvs_mma16816(s[n + 1], qa[kk], b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                kvs_mma16816(s[mt][n], a[mt], b[0], b[1]);
+                kvs_mma16816(s[mt][n + 1], a[mt], b[2], b[3]);
+            }
         }
     }
 }
 
-__device__ __forceinline__ void pf_scores(float (&s)[PF_BN / 8][4], const u32 (&qa)[PF_D / 16][4],
-                                          const store_t (*ks)[PF_LD], u32 lane) {
+template <int MT, class QF>
+__device__ __forceinline__ void pf_scores(float (&s)[MT][PF_BN / 8][4], const QF& qf, const store_t (*ks)[PF_LD],
+                                          u32 lane) {
 #pragma unroll
-    for (int n = 0; n < PF_BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    pf_scores_add(s, qa, ks, lane);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int n = 0; n < PF_BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+    pf_scores_add(s, qf, ks, lane);
 }
 
 // O += P V for the same rows: P is the S accumulators (probabilities by now) rounded to the
 // storage type, whose key columns 16kk .. 16kk+15 are exactly P's A fragment; V's tile is in
 // shared memory, read by ldmatrix.x4.trans (lanes 16-31 address the rows of column block n + 1).
-__device__ __forceinline__ void pf_accumulate(float (&o)[PF_D / 8][4], const float (&s)[PF_BN / 8][4],
+template <int MT>
+__device__ __forceinline__ void pf_accumulate(float (&o)[MT][PF_D / 8][4], const float (&s)[MT][PF_BN / 8][4],
                                               const store_t (*vs)[PF_LD], u32 lane) {
 #pragma unroll
     for (int kk = 0; kk < PF_BN / 16; ++kk) {
-        const u32 pa[4] = {kvs_pack2(s[2 * kk][0], s[2 * kk][1]), kvs_pack2(s[2 * kk][2], s[2 * kk][3]),
-                           kvs_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                           kvs_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        u32 pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            pa[mt][0] = kvs_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            pa[mt][1] = kvs_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            pa[mt][2] = kvs_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            pa[mt][3] = kvs_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int n = 0; n < PF_D / 8; n += 2) {
             u32 b[4];
             kvs_ldsm_x4_trans(b, &vs[kk * 16 + (lane & 15u)][((u32)n + (lane >> 4)) * 8u]);
-            kvs_mma16816(o[n], pa, b[0], b[1]);
-            kvs_mma16816(o[n + 1], pa, b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                kvs_mma16816(o[mt][n], pa[mt], b[0], b[1]);
+                kvs_mma16816(o[mt][n + 1], pa[mt], b[2], b[3]);
+            }
         }
     }
 }
@@ -978,14 +1018,37 @@ struct BucketTiles {
     u32 h0;
     u32 n;
 };
-template <int MODE>
+// Shared memory of the dense prefill with MT = 2 (dynamic: past the 48 KiB of static memory):
+// the CTA's 128 query rows, then one K and one V tile, rows padded to PF_LD.
+#define PF_WIDE_SMEM_BYTES ((2 * PF_BM + 2 * PF_BN) * PF_LD * (int)sizeof(store_t))
+// MT: m-tiles of 16 query rows per warp (1, or 2 for the dense prefill: FlashAttention-2's 128 x
+// 64 tile, whose K / V fragments each serve two m-tiles and whose K / V tiles serve 128 rows, half
+// the shared-memory and L2 reads per FLOP; the query tile then lives in shared memory, as two
+// tiles of fragments in registers would not fit beside 2 x 16 rows of O and S).
+template <int MODE, int MT>
 __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const store_t* __restrict__ q,
                                                  const store_t* __restrict__ k, const store_t* __restrict__ v,
                                                  const int* __restrict__ sel, store_t* __restrict__ out,
                                                  float* __restrict__ lse, const BucketTiles& bt) {
+    static_assert(MT == 1 || (MT == 2 && MODE == PF_DENSE), "two m-tiles per warp: the dense prefill only");
     constexpr bool MOBA = MODE == PF_UNION;
-    __shared__ __attribute__((aligned(16))) store_t ks[PF_BN][PF_LD];
-    __shared__ __attribute__((aligned(16))) store_t vs[PF_BN][PF_LD];
+    constexpr int R = 2 * MT;             // rows per thread: m-tile i / 2, fragment half i % 2
+    constexpr u32 BM = (u32)PF_BM * MT;   // rows per CTA (PF_THREADS / 32 warps of 16 MT rows)
+    static_assert(PF_THREADS / 32 * 16 == PF_BM, "prefill: 16 rows per warp and m-tile");
+    store_t (*ks)[PF_LD];
+    store_t (*vs)[PF_LD];
+    store_t (*qs)[PF_LD] = nullptr;
+    if constexpr (MT == 1) {
+        __shared__ __attribute__((aligned(16))) store_t ks_tile[PF_BN][PF_LD];
+        __shared__ __attribute__((aligned(16))) store_t vs_tile[PF_BN][PF_LD];
+        ks = ks_tile;
+        vs = vs_tile;
+    } else {
+        extern __shared__ __attribute__((aligned(16))) unsigned char pf_wide_smem[];
+        qs = reinterpret_cast<store_t (*)[PF_LD]>(pf_wide_smem);
+        ks = qs + BM;
+        vs = ks + PF_BN;
+    }
     __shared__ u32 rows_lo[MOBA ? PF_MAX_NB : 1];  // bit i: row r0 + i selected the block
     __shared__ u32 rows_hi[MOBA ? PF_MAX_NB : 1];  // bit i: row r0 + 32 + i
     __shared__ u32 s_lim[2];                       // PF_BUCKETS: min and max of the rows' limits
@@ -1001,13 +1064,16 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         const long long e = off + (long long)r + 1;
         return e <= 0 ? 0u : (e < (long long)p.kv_len ? (u32)e : p.kv_len);
     };
-    const u32 ia = warp * 16u + gq;  // this thread's two rows of the tile: ia and ia + 8
-    const u32 ib = ia + 8u;
+    // This thread's rows of the tile: the warp's 16 MT rows from warp * 16 MT, fragment rows gq
+    // and gq + 8 of each m-tile.
+    u32 row[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) row[i] = warp * 16u * MT + (u32)(i >> 1) * 16u + gq + (u32)(i & 1) * 8u;
     u32 h, r0 = 0u, key_begin = 0u, key_end, tile_lim_min;
     // Per row: the query token, whether it exists, and where its output goes (row of out / lse).
-    u32 ta, tb;
-    bool va, vb;
-    unsigned long long oa, ob;
+    u32 tok[R];
+    bool live[R];
+    unsigned long long orow[R];
     if (MODE == PF_BUCKETS) {
         const u32 tile = blockIdx.x;
         if (tile >= bt.tile_start[bt.n]) return;  // the grid is sized for the most tiles possible
@@ -1015,26 +1081,25 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         const u32 hl = b / bt.nb;
         const u32 blk = b - hl * bt.nb;
         h = bt.h0 + hl;
-        const u32 first = bt.start[b] + (tile - bt.tile_start[b]) * PF_BM;
-        const u32 n_rows = min((u32)PF_BM, bt.start[b + 1u] - first);
-        va = ia < n_rows;
-        vb = ib < n_rows;
-        ta = va ? bt.entries[first + ia] : 0u;
-        tb = vb ? bt.entries[first + ib] : 0u;
-        oa = first + ia;
-        ob = first + ib;
+        const u32 first = bt.start[b] + (tile - bt.tile_start[b]) * BM;
+        const u32 n_rows = min(BM, bt.start[b + 1u] - first);
+#pragma unroll
+        for (int i = 0; i < R; ++i) live[i] = row[i] < n_rows;
+#pragma unroll
+        for (int i = 0; i < R; ++i) tok[i] = live[i] ? bt.entries[first + row[i]] : 0u;
+#pragma unroll
+        for (int i = 0; i < R; ++i) orow[i] = first + row[i];
         if (tid == 0u) {
             s_lim[0] = 0xffffffffu;
             s_lim[1] = 0u;
         }
         __syncthreads();
-        if (tg == 0u && va) {
-            atomicMin(&s_lim[0], lim(ta));
-            atomicMax(&s_lim[1], lim(ta));
-        }
-        if (tg == 0u && vb) {
-            atomicMin(&s_lim[0], lim(tb));
-            atomicMax(&s_lim[1], lim(tb));
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (tg == 0u && live[i]) {
+                atomicMin(&s_lim[0], lim(tok[i]));
+                atomicMax(&s_lim[1], lim(tok[i]));
+            }
         }
         __syncthreads();
         const u32 bs = max(p.block_size, 1u);
@@ -1044,38 +1109,46 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
     } else {
         h = blockIdx.y;
         // Heaviest (latest) causal tiles first, so the short ones fill the tail of the grid.
-        r0 = (gridDim.x - 1u - blockIdx.x) * PF_BM;
-        ta = r0 + ia;
-        tb = r0 + ib;
-        va = ta < p.q_len;
-        vb = tb < p.q_len;
-        oa = (unsigned long long)h * p.q_len + ta;
-        ob = (unsigned long long)h * p.q_len + tb;
-        const u32 last_row = min(r0 + PF_BM, p.q_len) - 1u;
+        r0 = (gridDim.x - 1u - blockIdx.x) * BM;
+#pragma unroll
+        for (int i = 0; i < R; ++i) tok[i] = r0 + row[i];
+#pragma unroll
+        for (int i = 0; i < R; ++i) live[i] = tok[i] < p.q_len;
+#pragma unroll
+        for (int i = 0; i < R; ++i) orow[i] = (unsigned long long)h * p.q_len + tok[i];
+        const u32 last_row = min(r0 + BM, p.q_len) - 1u;
         key_end = lim(last_row);  // no row of the tile sees a key at or past this
         tile_lim_min = lim(r0);   // every row sees the keys below this
     }
     const u32 kvh = h / (p.q_heads / p.kv_heads);
-    const u32 lim_a = va ? lim(ta) : 0u, lim_b = vb ? lim(tb) : 0u;
-
-    u32 qa[PF_D / 16][4];
-    pf_load_queries(qa, q + (unsigned long long)h * p.q_len * PF_D, ta, va, tb, vb, tg);
-    const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
-    float o[PF_D / 8][4];
+    u32 lims[R];
 #pragma unroll
-    for (int n = 0; n < PF_D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_a = KVS_NEG_INF, m_b = KVS_NEG_INF, l_a = 0.0f, l_b = 0.0f;
+    for (int i = 0; i < R; ++i) lims[i] = live[i] ? lim(tok[i]) : 0u;
+
+    const store_t* qh = q + (unsigned long long)h * p.q_len * PF_D;
+    u32 qa[PF_D / 16][4];  // MT = 1 only (unused, so removed, otherwise)
+    if constexpr (MT == 1) pf_load_queries(qa, qh, tok[0], live[0], tok[1], live[1], tg);
+    const float sl2 = p.scale * 1.4426950408889634f;  // logits in base 2
+    float o[MT][PF_D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int n = 0; n < PF_D / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+    float m[R], l[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        m[i] = KVS_NEG_INF;
+        l[i] = 0.0f;
+    }
 
     const store_t* kh = k + kvh * p.kv_len * PF_D;
     const store_t* vh = v + kvh * p.kv_len * PF_D;
     const u32 bs = max(p.block_size, 1u);
     const u32 n_key_blocks = (p.kv_len + bs - 1u) / bs;
-    const u32 bit_a = ia;  // rows ta, tb in the tile's row sets
-    const u32 bit_b = ib;
     if (MOBA) {
         for (u32 b = tid; b < n_key_blocks; b += blockDim.x) rows_lo[b] = rows_hi[b] = 0u;
         __syncthreads();
-        const u32 n_rows = min(r0 + PF_BM, p.q_len) - r0;
+        const u32 n_rows = min(r0 + BM, p.q_len) - r0;
         for (u32 e = tid; e < n_rows * p.n_idx; e += blockDim.x) {
             const u32 i = e / p.n_idx;
             const int b = sel[(h * p.q_len + r0 + i) * p.n_idx + (e - i * p.n_idx)];
@@ -1105,101 +1178,132 @@ __device__ __forceinline__ void prefill_mma_body(const AttentionParams& p, const
         ++sub;
         return true;
     };
-    // Rows j .. j+63 of one kv head into a shared tile by cp.async, zeros past kv_len. A thread
-    // copies the same 16-byte column of rows st_r, st_r + step, ... of every tile, so only the
-    // row offset is computed per tile (the staging loop was most of the kernel's integer work).
+    // Rows j .. j+n-1 of a head ([len, D]) into a shared tile by cp.async, zeros past len. A
+    // thread copies the same 16-byte column of rows st_r, st_r + step, ... of every tile, so only
+    // the row offset is computed per tile (the staging loop was most of the kernel's integer work).
     const u32 st_r = tid / (PF_D / 8u);
     const u32 st_col = (tid % (PF_D / 8u)) * 8u;
     const u32 st_step = blockDim.x / (PF_D / 8u);
-    auto stage = [&](store_t (*dst)[PF_LD], const store_t* src, u32 j) {
-        for (u32 r = st_r; r < PF_BN; r += st_step) {
-            const bool live = j + r < p.kv_len;
-            kvs_cp_async16(&dst[r][st_col], live ? src + (j + r) * PF_D + st_col : src, live ? 16u : 0u);
+    auto stage = [&](store_t (*dst)[PF_LD], const store_t* src, u32 j, u32 n, u32 len) {
+        for (u32 r = st_r; r < n; r += st_step) {
+            const bool in = j + r < len;
+            kvs_cp_async16(&dst[r][st_col], in ? src + (j + r) * PF_D + st_col : src, in ? 16u : 0u);
         }
     };
+    // MT = 2: the query tile by cp.async with the first K tile (zero rows past q_len).
+    if constexpr (MT == 2) stage(qs, qh, r0, BM, p.q_len);
+    const PfQueryShared q_shared{qs, warp * 16u * MT + (lane & 15u), (lane >> 4) * 8u};
+    const PfQueryRegs q_regs{qa};
     // Software pipeline with one K and one V tile (FlashAttention-2's schedule): V of tile j is
     // copied while S = Q K_j^T is computed, K of the next tile while P V runs. Before this the
     // copies were synchronous (H200, T 32K: 46.4 ms, 190 TFLOP/s, 32% of SDPA).
     u32 j0 = 0u;
     bool have = next_tile(j0);
-    if (have) stage(ks, kh, j0);
+    if (have) stage(ks, kh, j0, PF_BN, p.kv_len);
     while (have) {
         kvs_cp_async_wait_all();
         __syncthreads();  // K_j visible to every warp; every warp is done with the last V tile
-        stage(vs, vh, j0);
-        float s[PF_BN / 8][4];
-        pf_scores(s, qa, ks, lane);
+        stage(vs, vh, j0, PF_BN, p.kv_len);
+        float s[MT][PF_BN / 8][4];
+        if constexpr (MT == 1)
+            pf_scores(s, q_regs, ks, lane);
+        else
+            pf_scores(s, q_shared, ks, lane);
         // Uniform over the CTA: only tiles crossing a row's limit (or, for MoBA, a block some
         // row did not select) pay for the per-element mask.
-        bool take_a = true, take_b = true;
         bool masked = j0 + PF_BN > tile_lim_min;
+        u32 cap[R];
+#pragma unroll
+        for (int i = 0; i < R; ++i) cap[i] = lims[i];
         if (MOBA) {
             const u32 blk_of = j0 / bs;
             const u32 lo = rows_lo[blk_of], hi = rows_hi[blk_of];
-            take_a = ((bit_a < 32u ? lo >> bit_a : hi >> (bit_a - 32u)) & 1u) != 0u;
-            take_b = ((bit_b < 32u ? lo >> bit_b : hi >> (bit_b - 32u)) & 1u) != 0u;
+#pragma unroll
+            for (int i = 0; i < R; ++i) {
+                const bool take = ((row[i] < 32u ? lo >> row[i] : hi >> (row[i] - 32u)) & 1u) != 0u;
+                cap[i] = take ? lims[i] : 0u;
+            }
             masked = masked || lo != 0xffffffffu || hi != 0xffffffffu;
         }
-        const u32 cap_a = take_a ? lim_a : 0u, cap_b = take_b ? lim_b : 0u;
         // Max over the raw logits (the scale is positive, so it commutes with the max), then
         // p = 2^(s * scale * log2e - m) as one FMA and ex2.approx.ftz per element.
-        float mx_a = KVS_NEG_INF, mx_b = KVS_NEG_INF;
+        float mx[R];
 #pragma unroll
-        for (int n = 0; n < PF_BN / 8; ++n) {
+        for (int i = 0; i < R; ++i) mx[i] = KVS_NEG_INF;
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                if (masked) {
-                    const u32 key = j0 + (u32)n * 8u + tg * 2u + (u32)e;
-                    s[n][e] = key < cap_a ? s[n][e] : KVS_NEG_INF;
-                    s[n][2 + e] = key < cap_b ? s[n][2 + e] : KVS_NEG_INF;
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int n = 0; n < PF_BN / 8; ++n) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    if (masked) {
+                        const u32 key = j0 + (u32)n * 8u + tg * 2u + (u32)e;
+                        s[mt][n][e] = key < cap[2 * mt] ? s[mt][n][e] : KVS_NEG_INF;
+                        s[mt][n][2 + e] = key < cap[2 * mt + 1] ? s[mt][n][2 + e] : KVS_NEG_INF;
+                    }
+                    mx[2 * mt] = fmaxf(mx[2 * mt], s[mt][n][e]);
+                    mx[2 * mt + 1] = fmaxf(mx[2 * mt + 1], s[mt][n][2 + e]);
                 }
-                mx_a = fmaxf(mx_a, s[n][e]);
-                mx_b = fmaxf(mx_b, s[n][2 + e]);
             }
         }
-        mx_a = pf_quad_max(mx_a);
-        mx_b = pf_quad_max(mx_b);
-        const float mn_a = fmaxf(m_a, mx_a * sl2), mn_b = fmaxf(m_b, mx_b * sl2);
-        // A row with no visible key yet keeps m = -inf; subtract 0 then so that exp2(-inf) = 0.
-        const float mu_a = mn_a == KVS_NEG_INF ? 0.0f : mn_a;
-        const float mu_b = mn_b == KVS_NEG_INF ? 0.0f : mn_b;
-        const float ca = kvs_exp2(m_a - mu_a), cb = kvs_exp2(m_b - mu_b);
-        m_a = mn_a;
-        m_b = mn_b;
-        l_a *= ca;
-        l_b *= cb;
-        // Past the first tiles a row's max rarely moves: skip the accumulator rescale (PF_D / 2
-        // multiplies per thread) when no row of the warp needs it (ca = cb = 1 exactly then).
-        if (!__all_sync(KVS_FULL_MASK, ca == 1.0f && cb == 1.0f)) {
+        float mu[R];
+        bool unmoved = true;  // no row's max moved: every rescale factor is exactly 1
 #pragma unroll
-            for (int n = 0; n < PF_D / 8; ++n) {
-                o[n][0] *= ca;
-                o[n][1] *= ca;
-                o[n][2] *= cb;
-                o[n][3] *= cb;
+        for (int i = 0; i < R; ++i) {
+            mx[i] = pf_quad_max(mx[i]);
+            const float mn = fmaxf(m[i], mx[i] * sl2);
+            // A row with no visible key yet keeps m = -inf; subtract 0 then so that exp2(-inf) = 0.
+            mu[i] = mn == KVS_NEG_INF ? 0.0f : mn;
+            mx[i] = kvs_exp2(m[i] - mu[i]);  // the rescale factor from here on
+            m[i] = mn;
+            l[i] *= mx[i];
+            unmoved = unmoved && mx[i] == 1.0f;
+        }
+        // Past the first tiles a row's max rarely moves: skip the accumulator rescale (PF_D / 2
+        // multiplies per m-tile and thread) when no row of the warp needs it.
+        if (!__all_sync(KVS_FULL_MASK, unmoved)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int n = 0; n < PF_D / 8; ++n) {
+                    o[mt][n][0] *= mx[2 * mt];
+                    o[mt][n][1] *= mx[2 * mt];
+                    o[mt][n][2] *= mx[2 * mt + 1];
+                    o[mt][n][3] *= mx[2 * mt + 1];
+                }
             }
         }
-        pf_exponentiate(s, sl2, mu_a, mu_b, l_a, l_b);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) pf_exponentiate(s[mt], sl2, mu[2 * mt], mu[2 * mt + 1], l[2 * mt], l[2 * mt + 1]);
         u32 j_next = 0u;
         const bool more = next_tile(j_next);
         kvs_cp_async_wait_all();
         __syncthreads();  // V_j visible to every warp; every warp is done with K_j
-        if (more) stage(ks, kh, j_next);
+        if (more) stage(ks, kh, j_next, PF_BN, p.kv_len);
         pf_accumulate(o, s, vs, lane);
         j0 = j_next;
         have = more;
     }
     // Row sums: each of the 4 threads of a row holds a quarter of the columns.
-    l_a = pf_quad_sum(l_a);
-    l_b = pf_quad_sum(l_b);
-    if (va) pf_write_row(out + oa * PF_D + tg * 2u, lse + oa, o, 0, l_a, m_a, tg);
-    if (vb) pf_write_row(out + ob * PF_D + tg * 2u, lse + ob, o, 1, l_b, m_b, tg);
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        l[i] = pf_quad_sum(l[i]);
+        if (live[i]) pf_write_row(out + orow[i] * PF_D + tg * 2u, lse + orow[i], o[i >> 1], i & 1, l[i], m[i], tg);
+    }
 }
 
+// attention_prefill_mma (p, q, k, v, out, lse): dense prefill, one CTA (4 warps) per 64 query
+// rows and head; attention_prefill_mma_wide: the same per 128 rows (two m-tiles a warp, the query
+// tile in PF_WIDE_SMEM_BYTES of dynamic shared memory).
 extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_prefill_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                           const store_t* __restrict__ v, store_t* __restrict__ out, float* __restrict__ lse) {
-    prefill_mma_body<PF_DENSE>(p, q, k, v, (const int*)0, out, lse, BucketTiles{});
+    prefill_mma_body<PF_DENSE, 1>(p, q, k, v, (const int*)0, out, lse, BucketTiles{});
+}
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
+    attention_prefill_mma_wide(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
+                               const store_t* __restrict__ v, store_t* __restrict__ out, float* __restrict__ lse) {
+    prefill_mma_body<PF_DENSE, 2>(p, q, k, v, (const int*)0, out, lse, BucketTiles{});
 }
 
 // attention_blocks_mma (p, q, k, v, sel, out, lse): attention_blocks on tensor cores (see
@@ -1208,7 +1312,7 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
     attention_blocks_mma(const AttentionParams p, const store_t* __restrict__ q, const store_t* __restrict__ k,
                          const store_t* __restrict__ v, const int* __restrict__ sel, store_t* __restrict__ out,
                          float* __restrict__ lse) {
-    prefill_mma_body<PF_UNION>(p, q, k, v, sel, out, lse, BucketTiles{});
+    prefill_mma_body<PF_UNION, 1>(p, q, k, v, sel, out, lse, BucketTiles{});
 }
 
 // attention_buckets_mma (p, q, k, v, entries, start, tile_start, tile_of, part_o[pairs, D],
@@ -1223,7 +1327,7 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
                           const u32* __restrict__ start, const u32* __restrict__ tile_start,
                           const u32* __restrict__ tile_of, store_t* __restrict__ part_o,
                           float* __restrict__ part_lse, const u32 nb, const u32 h0, const u32 n) {
-    prefill_mma_body<PF_BUCKETS>(p, q, k, v, (const int*)0, part_o, part_lse,
+    prefill_mma_body<PF_BUCKETS, 1>(p, q, k, v, (const int*)0, part_o, part_lse,
                                  BucketTiles{entries, start, tile_start, tile_of, nb, h0, n});
 }
 
@@ -1286,8 +1390,8 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
         // ptxas spill the loop-carried fragments.
         u32 tna, tnb, qn[PF_D / 16][4];
         load_rows(row0 + PF_BM, tna, tnb, qn);
-        float s[PF_BN / 8][4];
-        pf_scores(s, qa, ks, lane);
+        float s[1][PF_BN / 8][4];
+        pf_scores(s, PfQueryRegs{qa}, ks, lane);
         // Causal limit key0 + c <= t: only the block's own tokens (t < key0 + 64) are cut; rows
         // past the bucket (t = 0xffffffff) see every key and are never written.
         float mx_a = KVS_NEG_INF, mx_b = KVS_NEG_INF;
@@ -1296,10 +1400,10 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const u32 key = key0 + (u32)j * 8u + tg * 2u + (u32)e;
-                s[j][e] = key <= ta && key < p.kv_len ? s[j][e] : KVS_NEG_INF;
-                s[j][2 + e] = key <= tb && key < p.kv_len ? s[j][2 + e] : KVS_NEG_INF;
-                mx_a = fmaxf(mx_a, s[j][e]);
-                mx_b = fmaxf(mx_b, s[j][2 + e]);
+                s[0][j][e] = key <= ta && key < p.kv_len ? s[0][j][e] : KVS_NEG_INF;
+                s[0][j][2 + e] = key <= tb && key < p.kv_len ? s[0][j][2 + e] : KVS_NEG_INF;
+                mx_a = fmaxf(mx_a, s[0][j][e]);
+                mx_b = fmaxf(mx_b, s[0][j][2 + e]);
             }
         }
         mx_a = pf_quad_max(mx_a);
@@ -1308,16 +1412,16 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS)
         const float mu_a = mx_a == KVS_NEG_INF ? 0.0f : mx_a * sl2;
         const float mu_b = mx_b == KVS_NEG_INF ? 0.0f : mx_b * sl2;
         float l_a = 0.0f, l_b = 0.0f;
-        pf_exponentiate(s, sl2, mu_a, mu_b, l_a, l_b);
+        pf_exponentiate(s[0], sl2, mu_a, mu_b, l_a, l_b);
         l_a = pf_quad_sum(l_a);
         l_b = pf_quad_sum(l_b);
-        float o[PF_D / 8][4];
+        float o[1][PF_D / 8][4];
 #pragma unroll
-        for (int j = 0; j < PF_D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+        for (int j = 0; j < PF_D / 8; ++j) o[0][j][0] = o[0][j][1] = o[0][j][2] = o[0][j][3] = 0.0f;
         pf_accumulate(o, s, vs, lane);
         const unsigned long long ra = row0 + ia, rb = row0 + ib;
-        if (ra < row_end) pf_write_row(part_o + ra * PF_D + tg * 2u, part_lse + ra, o, 0, l_a, mu_a, tg);
-        if (rb < row_end) pf_write_row(part_o + rb * PF_D + tg * 2u, part_lse + rb, o, 1, l_b, mu_b, tg);
+        if (ra < row_end) pf_write_row(part_o + ra * PF_D + tg * 2u, part_lse + ra, o[0], 0, l_a, mu_a, tg);
+        if (rb < row_end) pf_write_row(part_o + rb * PF_D + tg * 2u, part_lse + rb, o[0], 1, l_b, mu_b, tg);
         ta = tna;
         tb = tnb;
 #pragma unroll

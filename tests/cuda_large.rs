@@ -10,6 +10,10 @@
 //! tensor cores in one pass (`moba_route_mma`) where the f16 ones take the separate gate and
 //! selection kernels.
 //!
+//! `long_dense_prefill_matches_the_reference` does the same for dense prefill over several query
+//! tiles of either tensor-core kernel (64 rows a CTA, or 128 with
+//! `KVSPARSE_CUDA_PREFILL_WIDE=1`): causal with and without an offset, and not causal.
+//!
 //! Runs only where a CUDA device exists; `KVSPARSE_REQUIRE=cuda` turns a missing device into a
 //! failure.
 
@@ -18,7 +22,7 @@
 mod common;
 
 use common::{compare, run_on, Case, Rng};
-use kvsparse::ops::{default_scale, AnyOp, MobaPrefill, SelectConfig, Selector};
+use kvsparse::ops::{default_scale, AnyOp, AttentionDense, MobaPrefill, SelectConfig, Selector};
 use kvsparse::{Cpu, DType, HostData};
 
 fn moba_case(r: &mut Rng, t: usize, d: usize, select: SelectConfig, dtype: DType) -> Case {
@@ -65,6 +69,33 @@ fn long_moba_prefill_matches_the_reference() {
     ];
     for (t, d, select, dtype) in cases {
         let case = moba_case(&mut r, t, d, select, dtype);
+        let label = format!("{} {}", case.op.name(), case.op.label());
+        let expected = run_on(&Cpu::new(), &case).unwrap_or_else(|e| panic!("{label}: reference: {e}"));
+        let got = run_on(&b, &case).unwrap_or_else(|e| panic!("{label}: cuda: {e}"));
+        let errors = compare(&case.op, &got, &expected);
+        assert!(errors.is_empty(), "{label}:\n  {}", errors.join("\n  "));
+    }
+}
+
+#[test]
+fn long_dense_prefill_matches_the_reference() {
+    let Some(b) = common::cuda_or_skip() else { return };
+    let mut r = Rng::new(0xd0e5);
+    // (q heads, kv heads, q_len, kv_len, D, causal, dtype): tiles cut by q_len, a causal offset
+    // (q_len < kv_len), rows past the last tile's end.
+    let cases = [
+        (4, 2, 2000, 2000, 128, true, DType::BF16),
+        (4, 1, 1000, 1777, 64, true, DType::F16),
+        (4, 2, 777, 1300, 128, false, DType::F16),
+        (2, 2, 300, 301, 64, true, DType::BF16),
+        (8, 2, 1290, 1290, 128, true, DType::F16),
+    ];
+    for (hq, hkv, tq, tk, d, causal, dtype) in cases {
+        let f = |v: Vec<f32>| HostData::from_f32(dtype, &v);
+        let op = AttentionDense::new(hq, hkv, tq, tk, d, causal, default_scale(d), dtype).unwrap();
+        let inputs =
+            vec![f(r.normal(hq * tq * d, 1.0)), f(r.normal(hkv * tk * d, 1.0)), f(r.normal(hkv * tk * d, 1.0))];
+        let case = Case { op: AnyOp::AttentionDense(op), inputs };
         let label = format!("{} {}", case.op.name(), case.op.label());
         let expected = run_on(&Cpu::new(), &case).unwrap_or_else(|e| panic!("{label}: reference: {e}"));
         let got = run_on(&b, &case).unwrap_or_else(|e| panic!("{label}: cuda: {e}"));

@@ -160,6 +160,7 @@ impl Family {
                 "attention_decode_t8",
                 "attention_decode_mma",
                 "attention_prefill_mma",
+                "attention_prefill_mma_wide",
                 "attention_blocks_mma",
                 "attention_buckets_mma",
                 "attention_bucket_runs_mma",
@@ -208,6 +209,7 @@ impl Family {
         if matches!(
             entry,
             "attention_prefill_mma"
+                | "attention_prefill_mma_wide"
                 | "attention_blocks_mma"
                 | "attention_buckets_mma"
                 | "attention_bucket_runs_mma"

@@ -319,6 +319,13 @@ const PREFILL_ROWS: u32 = 64;
 const PREFILL_THREADS: u32 = 128;
 const PREFILL_MAX_NB: usize = 1024;
 
+/// `KVSPARSE_CUDA_PREFILL_WIDE=1`: dense prefill on `attention_prefill_mma_wide` (128 query rows
+/// a CTA) instead of `attention_prefill_mma` (64).
+fn prefill_wide() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_PREFILL_WIDE"))
+}
+
 /// Whether prefill goes to the tensor-core kernels (validated on an H100 on 2026-11-28: golden
 /// cases and the equivalence suite): f16/bf16, D = 64 or 128, unless `KVSPARSE_CUDA_NO_MMA=1`.
 fn prefill_mma_on(spec: Spec, dim: usize) -> bool {
@@ -1865,19 +1872,30 @@ impl Backend for Cuda {
             return self.decode(spec, p, DecodeKeys::Dense, 1, None, q, k, v, out, lse);
         }
         if op.q_len > 1 && prefill_mma_on(spec, op.dim) {
-            let f = self.function(Family::Attention, spec, "attention_prefill_mma")?;
+            // The wide kernel: 128 query rows a CTA (two m-tiles a warp, the query tile in
+            // dynamic shared memory: 2 x 64 rows of Q, K and V, rows padded by 8 elements).
+            let wide = prefill_wide();
+            let (entry, rows) = if wide {
+                ("attention_prefill_mma_wide", 2 * PREFILL_ROWS)
+            } else {
+                ("attention_prefill_mma", PREFILL_ROWS)
+            };
+            let smem = if wide { 4 * PREFILL_ROWS as usize * (op.dim + 8) * op.dtype.size() } else { 0 };
+            let f = self.function_with_smem(Family::Attention, spec, entry, smem)?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&mut out.slice).arg(&mut lse.slice);
             let cfg = LaunchConfig {
-                grid_dim: ((op.q_len as u32).div_ceil(PREFILL_ROWS), grid_y(AttentionDense::NAME, op.q_heads)?, 1),
+                grid_dim: ((op.q_len as u32).div_ceil(rows), grid_y(AttentionDense::NAME, op.q_heads)?, 1),
                 block_dim: (PREFILL_THREADS, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: smem as u32,
             };
-            // SAFETY: matches `attention_prefill_mma(p, q, k, v, out, lse)`; q/out [Hq, Tq, D],
-            // k/v [Hkv, Tk, D], lse [Hq, Tq] (checked) in f16/bf16 with D = 32 * dpl in {64, 128}
-            // (prefill_mma_on: 16-byte aligned rows); one CTA per 64 query rows and head, rows
-            // guarded against Tq and keys against Tk; static shared memory under 48 KiB.
-            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_prefill_mma", e))?;
+            // SAFETY: matches `attention_prefill_mma{,_wide}(p, q, k, v, out, lse)`; q/out [Hq, Tq,
+            // D], k/v [Hkv, Tk, D], lse [Hq, Tq] (checked) in f16/bf16 with D = 32 * dpl in {64,
+            // 128} (prefill_mma_on: 16-byte aligned rows); one CTA per `rows` query rows and head,
+            // rows guarded against Tq and keys against Tk; the wide kernel's dynamic shared memory
+            // is its PF_WIDE_SMEM_BYTES (allowed above by function_with_smem), the other's static
+            // memory is under 48 KiB.
+            unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
             return Ok(());
         }
         let rows = op.q_heads * op.q_len;
