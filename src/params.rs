@@ -332,6 +332,20 @@ pub fn rope_step(base: f32, dim: usize) -> [f32; 2] {
 /// pairs and size in bytes.
 pub type Layout = (&'static str, &'static str, &'static [(&'static str, usize)], usize);
 
+gpu_params! {
+    /// `copy` family (wgpu only: the buffer copy as a compute pass).
+    pub struct CopyParams {
+        /// 16-byte words to copy.
+        pub words: u32,
+        /// Padding to 16 bytes.
+        pub _pad0: u32,
+        /// Padding to 16 bytes.
+        pub _pad1: u32,
+        /// Padding to 16 bytes.
+        pub _pad2: u32,
+    }
+}
+
 /// Every params struct, for the layout tests.
 pub const ALL: &[Layout] = &[
     ("RandomParams", RandomParams::WGSL, RandomParams::FIELDS, size_of::<RandomParams>()),
@@ -343,4 +357,5 @@ pub const ALL: &[Layout] = &[
     ("SnapKvParams", SnapKvParams::WGSL, SnapKvParams::FIELDS, size_of::<SnapKvParams>()),
     ("HitRateParams", HitRateParams::WGSL, HitRateParams::FIELDS, size_of::<HitRateParams>()),
     ("CacheParams", CacheParams::WGSL, CacheParams::FIELDS, size_of::<CacheParams>()),
+    ("CopyParams", CopyParams::WGSL, CopyParams::FIELDS, size_of::<CopyParams>()),
 ];

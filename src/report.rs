@@ -374,7 +374,9 @@ pub fn run<B: Backend>(b: &B, preset: &Preset, progress: bool) -> Result<Report>
     let (hq, hkv, d, dt) = (p.q_heads, p.kv_heads, p.dim, p.dtype);
     let scale = default_scale(d);
 
-    // Copy bandwidth: one buffer copied into another; bytes = read + write.
+    // Copy bandwidth: one buffer copied into another, through the shader cores as the kernels'
+    // bytes go (wgpu's copy_buffer is a compute pass: a buffer-to-buffer copy can run on a copy
+    // engine at a fraction of the rate); bytes = read + write.
     let words = p.copy_bytes / 4;
     let src = b.upload(&data(words, 1, DType::F32))?;
     let mut dst = b.alloc(DType::F32, words)?;

@@ -220,6 +220,17 @@ const HIT_RATE: Family = Family {
     floats: &[],
 };
 
+const COPY: Family = Family {
+    name: "copy",
+    // Every index is checked against p.words, which the host sets from the smaller binding.
+    unchecked_ok: true,
+    body: include_str!("../../shaders/copy.wgsl"),
+    params: CopyParams::WGSL,
+    rowselect: false,
+    splitk: false,
+    floats: &[],
+};
+
 /// One WGSL entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
@@ -277,6 +288,7 @@ pub(crate) enum Kernel {
     CacheDecodeDense,
     CacheDecodeBlocks,
     CacheMerge,
+    CopyWords,
 }
 
 const SNAPKV_BINDINGS: &[Access] = &[R, R, W, W, W, W];
@@ -343,6 +355,7 @@ impl Kernel {
         Kernel::CacheDecodeDense,
         Kernel::CacheDecodeBlocks,
         Kernel::CacheMerge,
+        Kernel::CopyWords,
     ];
 
     /// `(family, entry point, storage bindings 1..=n, workgroup size)`.
@@ -402,6 +415,7 @@ impl Kernel {
             Kernel::CacheDecodeDense => (&CACHE, "cache_decode_dense", CACHE_DECODE_BINDINGS, 128),
             Kernel::CacheDecodeBlocks => (&CACHE, "cache_decode_blocks", CACHE_DECODE_BINDINGS, 128),
             Kernel::CacheMerge => (&CACHE, "cache_merge", CACHE_DECODE_BINDINGS, 128),
+            Kernel::CopyWords => (&COPY, "copy_words", &[R, W], 256),
         }
     }
     pub fn family(self) -> &'static Family {
