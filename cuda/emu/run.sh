@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA prefill kernels checked on the CPU under the host emulation (cuda/emu/emu.h), for when
-# no GPU is at hand: a logic check of indexing, masking and fragment layouts against a float64
+# The CUDA tensor-core prefill and decode kernels checked on the CPU under the host emulation
+# (cuda/emu/emu.h; prefill_check.cpp, decode_check.cpp), for when no GPU is at hand: a logic check of indexing, masking and fragment layouts against a float64
 # reference, not a substitute for the GPU runs (no timing, no memory model, cp.async synchronous).
 #   bash cuda/emu/run.sh [SEED]
 # Needs NVRTC (as CI installs it) only to assemble the modules: they are dumped by the
@@ -20,8 +20,15 @@ fi
 status=0
 for m in ${EMU_MODULES:-attention_bf16_dpl4 attention_f16_dpl2 attention_f16_dpl4 attention_bf16_dpl2}; do
   python3 cuda/emu/prep.py "$work/dump/${m}_sm_90.cu" "$work/$m.cpp"
-  g++ -std=c++17 -O2 -w -Icuda/emu -DEMU_MODULE="\"$work/$m.cpp\"" cuda/emu/prefill_check.cpp -o "$work/$m"
+  pids=()
+  for check in prefill decode; do
+    g++ -std=c++17 -O2 -w -Icuda/emu -DEMU_MODULE="\"$work/$m.cpp\"" "cuda/emu/${check}_check.cpp" -o "$work/$m-$check" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
   echo "== $m"
-  "$work/$m" "${1:-1}" || status=1
+  for check in prefill decode; do
+    "$work/$m-$check" "${1:-1}" || status=1
+  done
 done
 exit $status

@@ -1,0 +1,162 @@
+// cuda/emu/decode_check.cpp: the tensor-core grouped decode (attention_decode_mma, one query per
+// head, up to 8 query heads of a kv head a CTA) and the split-K merge (attention_merge_rows) of
+// one attention module run under the host emulation (emu.h) on fresh random inputs, against a
+// float64 reference: dense keys (mode 0), index rows of tokens or blocks per kv head or per
+// query head (mode 1), a kv head's union of blocks with per-head masks and a live count (mode
+// 2), one split or several, and a batch with per-sequence live lengths. Outputs and partials
+// are poisoned (NaN) before each launch. Built and run by cuda/emu/run.sh.
+#include EMU_MODULE
+
+#include <algorithm>
+#include <random>
+#include <string>
+
+namespace {
+
+float to_f(store_t x) { return emu_16_to_f(x, EMU_BF16); }
+store_t from_f(float x) { return EMU_BF16 ? emu_f2bf(x) : emu_f2h(x); }
+
+struct Case {
+    const char* what;
+    unsigned batch, hq, hkv, t, mode, idx_heads, n_idx, bs, splits;
+    bool lens;  // per-sequence live lengths (some shorter than t, one 0 when batch > 2)
+};
+
+int run_case(const Case& c, std::mt19937& rng) {
+    const unsigned d = PF_D, group = c.hq / c.hkv;
+    const unsigned bs = std::max(c.bs, 1u), nb = (c.t + bs - 1) / bs;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    auto fill = [&](size_t n) {
+        std::vector<store_t> x(n);
+        for (auto& e : x) e = from_f(normal(rng));
+        return x;
+    };
+    const auto q = fill((size_t)c.batch * c.hq * d);
+    const auto k = fill((size_t)c.batch * c.hkv * c.t * d), v = fill((size_t)c.batch * c.hkv * c.t * d);
+    std::vector<int> lens(c.batch, (int)c.t);
+    if (c.lens)
+        for (unsigned z = 0; z < c.batch; ++z) lens[z] = z == 2 ? 0 : (int)(c.t - (z * 97u) % c.t);
+    // Index rows: distinct entries (tokens or blocks) in random order, some padding (-1) and one
+    // out of range; mode 2 also a head mask per entry and a live count per kv head.
+    std::vector<int> idx((size_t)c.batch * std::max(c.idx_heads, 1u) * std::max(c.n_idx, 1u), -1);
+    std::vector<unsigned> hmask((size_t)c.batch * c.hkv * std::max(c.n_idx, 1u), 0u), counts((size_t)c.batch * c.hkv, 0u);
+    if (c.mode != 0) {
+        std::vector<int> all(nb);
+        for (unsigned i = 0; i < nb; ++i) all[i] = (int)i;
+        for (size_t r = 0; r < (size_t)c.batch * c.idx_heads; ++r) {
+            std::shuffle(all.begin(), all.end(), rng);
+            for (unsigned i = 0; i < c.n_idx; ++i) {
+                const unsigned u = rng() % 10u;
+                idx[r * c.n_idx + i] = u == 0 ? -1 : (u == 1 ? (int)nb + 3 : all[i % nb]);
+            }
+        }
+        for (size_t r = 0; r < (size_t)c.batch * c.hkv; ++r) {
+            counts[r] = c.n_idx - (unsigned)(r % 3);
+            for (unsigned i = 0; i < c.n_idx; ++i) hmask[r * c.n_idx + i] = rng() & ((1u << group) - 1u);
+        }
+    }
+    AttentionParams p{};
+    p.q_heads = c.hq;
+    p.kv_heads = c.hkv;
+    p.q_len = 1;
+    p.kv_len = c.t;
+    p.dim = d;
+    p.causal = 0;
+    p.scale = 1.0f / std::sqrt((float)d);
+    p.idx_heads = c.idx_heads;
+    p.n_idx = c.n_idx;
+    p.block_size = c.bs;
+    p.splits = c.splits;
+    // The host's head chunk: the group (at most 8) for shared keys, else one head a CTA.
+    const bool shared = c.mode != 1 || c.idx_heads != c.hq || group == 1;
+    const unsigned hpc = shared ? std::min(group, 8u) : 1u;
+    const size_t rows = (size_t)c.batch * c.hq;
+    std::vector<store_t> out(rows * d, (store_t)0xffffu);
+    std::vector<float> lse(rows, NAN), part_out(rows * c.splits * d, NAN), part_lse(rows * c.splits, NAN);
+    const dim3 grid{c.splits, c.hq / hpc, c.batch};
+    const int* lens_ptr = c.lens ? lens.data() : nullptr;
+    emu_launch(grid, 128, [&] {
+        attention_decode_mma(p, q.data(), k.data(), v.data(), idx.data(), hmask.data(), counts.data(), out.data(),
+                             lse.data(), part_out.data(), part_lse.data(), c.mode, hpc, lens_ptr);
+    });
+    if (c.splits > 1)
+        emu_launch(dim3{(unsigned)rows, 1, 1}, KVS_MERGE_THREADS,
+                   [&] { attention_merge_rows(p, part_out.data(), part_lse.data(), out.data(), lse.data()); });
+    // Reference: the keys of head h, as decode_token picks them.
+    const double tol_o = EMU_BF16 ? 1.6e-2 : 4e-3, tol_l = 2e-3;
+    int bad = 0;
+    for (unsigned z = 0; z < c.batch; ++z)
+        for (unsigned h = 0; h < c.hq; ++h) {
+            const unsigned kvh = h / group, live = (unsigned)std::clamp(lens[z], 0, (int)c.t);
+            std::vector<unsigned> keys;
+            if (c.mode == 0) {
+                for (unsigned j = 0; j < live; ++j) keys.push_back(j);
+            } else {
+                const unsigned row = c.mode == 2 || c.idx_heads != c.hq ? kvh : h;
+                const unsigned n_live = c.mode == 2 ? std::min(counts[z * c.hkv + kvh], c.n_idx) : c.n_idx;
+                for (unsigned e = 0; e < n_live; ++e) {
+                    const int b = idx[((size_t)z * c.idx_heads + row) * c.n_idx + e];
+                    if (b < 0 || (unsigned)b >= (live + bs - 1) / bs) continue;
+                    if (c.mode == 2 && !((hmask[((size_t)z * c.hkv + kvh) * c.n_idx + e] >> (h - kvh * group)) & 1u))
+                        continue;
+                    for (unsigned j = (unsigned)b * bs; j < (unsigned)b * bs + bs && j < live; ++j) keys.push_back(j);
+                }
+            }
+            const size_t qrow = (size_t)z * c.hq + h, kvrow = (size_t)z * c.hkv + kvh;
+            std::vector<double> s(keys.size());
+            double mx = -INFINITY;
+            for (size_t i = 0; i < keys.size(); ++i) {
+                double acc = 0.0;
+                for (unsigned e = 0; e < d; ++e)
+                    acc += (double)to_f(q[qrow * d + e]) * to_f(k[(kvrow * c.t + keys[i]) * d + e]);
+                s[i] = acc * p.scale;
+                mx = std::max(mx, s[i]);
+            }
+            double l = 0.0;
+            for (double x : s) l += std::exp(x - mx);
+            const double ref_lse = keys.empty() ? -INFINITY : mx + std::log(l);
+            const bool lse_ok = keys.empty() ? (std::isinf(lse[qrow]) && lse[qrow] < 0)
+                                             : std::fabs(lse[qrow] - ref_lse) <= tol_l * (1.0 + std::fabs(ref_lse));
+            if (!lse_ok) {
+                if (bad < 5) std::printf("    lse[z %u, h %u] = %g, reference %g\n", z, h, lse[qrow], ref_lse);
+                ++bad;
+            }
+            for (unsigned e = 0; e < d; ++e) {
+                double ref = 0.0;
+                for (size_t i = 0; i < keys.size(); ++i)
+                    ref += std::exp(s[i] - mx) / l * to_f(v[(kvrow * c.t + keys[i]) * d + e]);
+                const double got = to_f(out[qrow * d + e]);
+                if (!(std::fabs(got - ref) <= tol_o * (1.0 + std::fabs(ref)))) {
+                    if (bad < 5) std::printf("    out[z %u, h %u, e %u] = %g, reference %g\n", z, h, e, got, ref);
+                    ++bad;
+                }
+            }
+        }
+    return bad;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::mt19937 rng(argc > 1 ? (unsigned)std::stoul(argv[1]) : 1u);
+    const Case cases[] = {
+        {"dense, one split", 1, 8, 2, 300, 0, 8, 0, 0, 1, false},
+        {"dense, 5 splits", 1, 8, 2, 1000, 0, 8, 0, 0, 5, false},
+        {"dense, group 8, 3 splits", 1, 8, 1, 777, 0, 8, 0, 0, 3, false},
+        {"dense, batch 3 with lens (one 0)", 3, 4, 2, 500, 0, 4, 0, 0, 4, true},
+        {"tokens per kv head, 3 splits", 1, 8, 2, 900, 1, 2, 300, 1, 3, false},
+        {"tokens per query head", 1, 4, 2, 600, 1, 4, 200, 1, 2, false},
+        {"blocks per kv head", 1, 8, 2, 1000, 1, 2, 7, 64, 4, false},
+        {"union with head masks", 1, 8, 2, 1100, 2, 2, 9, 64, 3, false},
+        {"union, batch 2 with lens", 2, 16, 2, 700, 2, 2, 6, 64, 2, true},
+    };
+    int failed = 0, ran = 0;
+    for (const Case& c : cases) {
+        const int bad = run_case(c, rng);
+        std::printf("attention_decode_mma %s D%d %s: %s\n", EMU_BF16 ? "bf16" : "f16", PF_D, c.what, bad ? "FAIL" : "ok");
+        failed += bad != 0;
+        ++ran;
+    }
+    std::printf("%d of %d cases passed\n", ran - failed, ran);
+    return failed ? 1 : 0;
+}
