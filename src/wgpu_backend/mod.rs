@@ -80,6 +80,9 @@ pub struct Wgpu {
     /// `KVSPARSE_WGPU_SPAN_TIMER`: time with the span between two timestamps (host gaps
     /// included) even where pass timestamps work.
     span_timer: bool,
+    /// `KVSPARSE_WGPU_BUFFER_COPY=1`: `copy_buffer` as a buffer-to-buffer copy always (to time
+    /// it beside the compute pass that is the default).
+    buffer_copy: bool,
 }
 
 impl std::fmt::Debug for Wgpu {
@@ -259,6 +262,7 @@ impl Wgpu {
                 .map(|b| b.max(256) / 256 * 256),
             unchecked: !std::env::var("KVSPARSE_WGPU_CHECKED").is_ok_and(|v| !v.is_empty() && v != "0"),
             span_timer: std::env::var_os("KVSPARSE_WGPU_SPAN_TIMER").is_some(),
+            buffer_copy: std::env::var("KVSPARSE_WGPU_BUFFER_COPY").is_ok_and(|v| v.trim() == "1"),
         })
     }
 
@@ -728,11 +732,13 @@ impl Wgpu {
 
     /// `dst <- src`: as a compute pass (`copy_words`) where the bytes are whole 16-byte words
     /// within one binding, so that they stream through the shader cores as the kernels' do;
-    /// else (and for empty buffers) a buffer-to-buffer copy, which may run on a copy engine.
+    /// else (and for empty buffers, or with `KVSPARSE_WGPU_BUFFER_COPY=1`) a buffer-to-buffer
+    /// copy, which may run on a copy engine.
     fn copy_bytes(&self, src: &WgpuBuffer, dst: &WgpuBuffer) -> Result<()> {
         let size = src.buffer.size().min(dst.buffer.size());
         let words = size / 16;
-        if size.is_multiple_of(16) && words > 0 && size <= self.binding_limit() && words <= u32::MAX as u64 {
+        let whole_words = size.is_multiple_of(16) && words > 0 && words <= u32::MAX as u64;
+        if !self.buffer_copy && whole_words && size <= self.binding_limit() {
             let params = crate::params::CopyParams { words: words as u32, ..Default::default() };
             let groups = words.div_ceil(Kernel::CopyWords.workgroup() as u64) as usize;
             let d =
