@@ -3,13 +3,15 @@
 // reference on a machine with no GPU. One CTA runs at a time, each of its threads a fiber (its own
 // stack, switched cooperatively on one OS thread: x86-64 only); warp collectives (shuffles,
 // votes, ldmatrix, mma.sync) meet at a per-warp barrier, __syncthreads at a per-CTA one, and a
-// barrier that can never complete (threads gone while others wait) aborts. cp.async copies at once (so a missing wait is not caught), ex2.approx is
-// exp2f, and nothing about timing, occupancy or memory ordering is modelled: this is a logic
-// check, not a simulator. Only full-warp collectives are supported (a partial mask aborts).
+// barrier that can never complete (threads gone while others wait) aborts. cp.async copies at
+// once (so a missing wait is not caught), ex2.approx is exp2f, and nothing about timing,
+// occupancy or memory ordering is modelled: this is a logic check, not a simulator. Only
+// full-warp collectives are supported (a partial mask aborts).
 // Used by cuda/emu/prep.py, which rewrites a module's inline-PTX helpers to call the emu_*
 // functions below.
 #pragma once
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -91,7 +93,6 @@ struct EmuFiber {
     unsigned phase = 0;  // collectives entered, for the warp's alternating slot sets
     bool done = false;
 };
-inline std::vector<EmuFiber>* emu_fibers = nullptr;
 inline EmuFiber* emu_current = nullptr;
 inline void* emu_scheduler_sp = nullptr;
 inline const std::function<void()>* emu_kernel = nullptr;
@@ -410,7 +411,6 @@ inline void emu_launch(dim3 grid, unsigned threads, const std::function<void()>&
     emu_cta = &cta;
     emu_kernel = &kernel;
     std::vector<EmuFiber> fibers(threads);
-    emu_fibers = &fibers;
     constexpr size_t stack_bytes = 512 << 10;
     for (auto& f : fibers) f.stack.resize(stack_bytes);
     for (unsigned z = 0; z < grid.z; ++z)
@@ -454,5 +454,4 @@ inline void emu_launch(dim3 grid, unsigned threads, const std::function<void()>&
             }
     emu_warps = nullptr;
     emu_cta = nullptr;
-    emu_fibers = nullptr;
 }
