@@ -2,11 +2,11 @@
 # Decode-side changes validated and timed in one call on the GPU machine:
 #   here:   bash benches/device-prepare.sh
 #   there:  source .devbin/on-device.sh; bash benches/device-decode.sh [VARIANT ...]
-# 1. golden cases (cuda), the CUDA equivalence suite (and 300 top-k cases a setting), the cache
-#    and decoder tests where carried, hostile inputs;
+# 1. golden cases (cuda), the CUDA equivalence suite (and 300 top-k cases a setting; both again
+#    with KVSPARSE_CUDA_PDL=1), the cache and decoder tests where carried, hostile inputs;
 # 2. report --preset paper at 32K and 128K (decode rows, top-k, scan) once per variant given as
 #    an argument (a space-separated list of VAR=value settings, "" for the defaults), the list
-#    twice in turn so that drift shows, then the graph timer once with the defaults;
+#    twice in turn so that drift shows, then the graph timer once per variant;
 # 3. the peers (SDPA decode and prefill, torch.topk, fla) in the same call;
 # 4. ncu durations of the decode-side and top-k kernels over one 128K and one 32K report.
 # DEVICE_FINAL=1 adds compute-sanitizer (memcheck and racecheck over the top-k cases, racecheck
@@ -25,6 +25,11 @@ grep -hE "test result|panicked|FAILED" "$out/eq.txt" | tail -n 8 | tee -a "$out/
 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >"$out/eq-topk.txt" 2>&1
 KVSPARSE_CUDA_TOPK_TUNE=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >>"$out/eq-topk.txt" 2>&1
 grep -hE "test result|panicked|FAILED" "$out/eq-topk.txt" | tee -a "$out/log.txt"
+# Programmatic dependent launch (opt-in, sm_90+): the top-k passes after the first and the
+# decode's merge start while their predecessor drains.
+KVSPARSE_CUDA_PDL=1 KVSPARSE_CASES=300 timeout 150 .devbin/test-equivalence cuda::topk >"$out/eq-topk-pdl.txt" 2>&1
+KVSPARSE_CUDA_PDL=1 timeout 200 .devbin/test-equivalence cuda:: >"$out/eq-pdl.txt" 2>&1
+grep -hE "test result|panicked|FAILED" "$out/eq-topk-pdl.txt" "$out/eq-pdl.txt" | sed "s/^/PDL: /" | tee -a "$out/log.txt"
 # The ops whose selections go through block_select_row: 100 cases each.
 for op in quest_decode snapkv_compress random_select moba_prefill; do
   KVSPARSE_CASES=100 timeout 120 .devbin/test-equivalence cuda::$op >"$out/eq-$op.txt" 2>&1
@@ -58,10 +63,14 @@ for pass in 1 2; do
     grep -E "$rows" "$out/report-$n.txt" | tee -a "$out/log.txt"
   done
 done
-log "report paper 32K,128K, graph timer"
-timeout 120 $B report --preset paper --contexts 32768,131072 --repeats 30 --backend cuda --timer graph \
-  --out "$out/graph" >"$out/report-graph.txt" 2>/dev/null
-grep -E "$rows" "$out/report-graph.txt" | tee -a "$out/log.txt"
+n=0
+for variant in "$@"; do
+  n=$((n + 1))
+  log "report paper 32K,128K, graph timer, variant ${variant:-defaults}"
+  env $variant timeout 120 $B report --preset paper --contexts 32768,131072 --repeats 30 --backend cuda --timer graph \
+    --out "$out/graph$n" >"$out/report-graph-$n.txt" 2>/dev/null
+  grep -E "$rows" "$out/report-graph-$n.txt" | tee -a "$out/log.txt"
+done
 
 [ "${DEVICE_FINAL:-0}" = 1 ] && {
 log "sanitizers over the top-k and Quest cases, the long MoBA cases"

@@ -545,6 +545,7 @@ __device__ __forceinline__ void decode_body(const AttentionParams& p, const stor
     __shared__ float s_m[DEC_WARPS][GM];
     __shared__ float s_l[DEC_WARPS][GM];
     __shared__ float s_acc[DEC_WARPS][GM][DEC_D];
+    kvs_grid_dependency();  // the merge after it may launch now
     const u32 lane = threadIdx.x & 31u;
     const u32 warp = threadIdx.x >> 5;
     const u32 rg = lane / DEC_LR;  // row group within the warp
@@ -767,6 +768,7 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
     attention_merge_rows(const AttentionParams p, const float* __restrict__ part_out,
                          const float* __restrict__ part_lse, store_t* __restrict__ out, float* __restrict__ lse) {
     __shared__ float s_red[KVS_MERGE_THREADS];
+    kvs_grid_dependency();  // launched right after the decode (launch_after_kernel)
     const u32 row = blockIdx.x;
     const u32 lane = threadIdx.x & 31u;
     const u32 splits = min(max(p.splits, 1u), (u32)KVS_MERGE_MAX_SPLITS);
@@ -1890,6 +1892,7 @@ extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
     __shared__ float s_m[DEC_WARPS][MD_GM];
     __shared__ float s_l[DEC_WARPS][MD_GM];
     static_assert(sizeof(vs) >= sizeof(float) * DEC_WARPS * MD_GM * PF_D, "s_acc aliases vs");
+    kvs_grid_dependency();  // the merge after it may launch now
     const DecodeCta cta = decode_cta(p, hpc, lens);
     const u32 splits = cta.splits, split = cta.split, h0 = cta.h0, kvh = cta.kvh, bs = cta.bs;
     const DecodeSeq sq = cta.sq;

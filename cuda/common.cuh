@@ -589,6 +589,18 @@ __device__ __forceinline__ u32 kvs_smem_addr(const void* p) {
     return addr;
 }
 
+// Programmatic dependent launch (sm_90+; ops.rs launch_after_kernel, KVSPARSE_CUDA_PDL=1): lets
+// the kernel after this one on the stream launch now (it then waits here itself), and waits
+// until the kernel before this one has finished and its writes are visible. A kernel launched
+// with the attribute must call it before touching global memory; for one launched plainly it
+// costs nothing. Elsewhere it is empty.
+__device__ __forceinline__ void kvs_grid_dependency() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 #define KVS_MAX_CLUSTER 16  // the largest cluster the kernels are launched with (non-portable)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ u32 kvs_cluster_rank() {

@@ -468,6 +468,8 @@ extern "C" __global__ void __launch_bounds__(TOPK_SEL_THREADS)
     u32 keys[KVS_COMPACT_ITEMS];
     // The first round's loads go out before the state's: they do not depend on it.
     topk_load_keys(row, c * slice + threadIdx.x * KVS_COMPACT_ITEMS, i1, vec, keys);
+    // The scores come from before the chain: only the workspace waits for the pass before.
+    kvs_grid_dependency();
     hist[threadIdx.x] = 0u;
     u32 d1 = 0u;
     if (pass != 0u) {  // uniform
@@ -518,6 +520,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_SEL_THREADS)
     const u32 r = blockIdx.y;
     const u32 c = blockIdx.x;
     if (r >= p.rows || c >= ctas) return;  // uniform per block
+    kvs_grid_dependency();
     const u32 m = p.out_k;
     const TopkSelWs w(ws, p.rows, ctas, p.n, m);
     const float* row = scores + r * p.n;
@@ -859,6 +862,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_FINISH_THREADS)
     extern __shared__ u64 topk_dyn[];
     const u32 r = blockIdx.y;
     if (r >= p.rows) return;  // uniform per block
+    kvs_grid_dependency();
     const u32 m = p.out_k;
     const TopkSelWs w(ws, p.rows, ctas, p.n, m);
     const bool in_tile = m <= TOPK_TILE;

@@ -27,6 +27,8 @@ EMULATED = {
     "kvs_ldsm_x4": "{ emu_ldmatrix(r, 4, false, smem_row); }",
     "kvs_cp_async16": "{ std::memset(smem, 0, 16); if (src_bytes) std::memcpy(smem, gmem, src_bytes); }",
     "kvs_cp_async_wait_all": "{}",
+    # Kernels run one after another here: there is no earlier grid to wait for.
+    "kvs_grid_dependency": "{}",
 }
 
 

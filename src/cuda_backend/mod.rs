@@ -88,12 +88,24 @@ fn cluster_attribute(cluster: u32) -> cudarc::driver::sys::CUlaunchAttribute {
     attr
 }
 
-/// The driver's launch configuration of `cfg` on `stream` with the one attribute `attr` (which
+/// The programmatic-dependent-launch attribute (sm_90+): the kernel may start while the kernel
+/// before it on the stream drains, and waits in `kvs_grid_dependency` (cuda/common.cuh) until
+/// that kernel has finished and its writes are visible.
+fn pdl_attribute() -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: the attribute is plain data; every field the driver reads for this id is set.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    attr
+}
+
+/// The driver's launch configuration of `cfg` on `stream` with the attributes `attrs` (which
 /// must outlive its use).
-fn cluster_launch_config(
+fn launch_config_with(
     cfg: cudarc::driver::LaunchConfig,
     stream: cudarc::driver::sys::CUstream,
-    attr: &mut cudarc::driver::sys::CUlaunchAttribute,
+    attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
 ) -> cudarc::driver::sys::CUlaunchConfig {
     cudarc::driver::sys::CUlaunchConfig {
         gridDimX: cfg.grid_dim.0,
@@ -104,9 +116,24 @@ fn cluster_launch_config(
         blockDimZ: cfg.block_dim.2,
         sharedMemBytes: cfg.shared_mem_bytes,
         hStream: stream,
-        attrs: attr,
-        numAttrs: 1,
+        attrs: if attrs.is_empty() { std::ptr::null_mut() } else { attrs.as_mut_ptr() },
+        numAttrs: attrs.len() as u32,
     }
+}
+
+/// `KVSPARSE_CUDA_PDL=1`: the kernels that follow another kernel of the same op on the stream
+/// (the top-k passes after the first, the split-K merge after the decode) are launched with
+/// programmatic dependent launch on sm_90+, so that each starts while its predecessor drains
+/// instead of after it. Off by default until measured.
+pub(crate) fn pdl_on() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PDL").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// A kernel argument for [`Cuda::launch_after_kernel`] / [`Cuda::launch_cluster`]: the address of
+/// a value the driver copies (a params struct, a scalar, a device pointer as `u64`).
+pub(crate) fn kernel_arg<T>(x: &T) -> *mut std::ffi::c_void {
+    x as *const T as *mut std::ffi::c_void
 }
 
 /// Rows the arrival counters cover (a grid dimension's limit).
@@ -420,7 +447,7 @@ impl Cuda {
                 shared_mem_bytes: smem,
             };
             // No stream: the query enqueues nothing (and may come during a graph capture).
-            let cfg = cluster_launch_config(one, std::ptr::null_mut(), &mut attr);
+            let cfg = launch_config_with(one, std::ptr::null_mut(), std::slice::from_mut(&mut attr));
             let mut clusters: std::ffi::c_int = 0;
             // SAFETY: cfg and its one attribute live across the call; f is a loaded function.
             let ok = opt_in
@@ -451,11 +478,61 @@ impl Cuda {
         cluster: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> std::result::Result<(), DriverError> {
+        let mut attrs = [cluster_attribute(cluster)];
+        // SAFETY: the caller vouches for args (see launch_with).
+        unsafe { self.launch_with(f, cfg, &mut attrs, args) }
+    }
+
+    /// Launches `f` on the stream right after another kernel of the same op (never after a copy,
+    /// a memset or an allocation): with programmatic dependent launch where [`pdl_on`] and the
+    /// device is sm_90+, else plainly. `f` must call `kvs_grid_dependency()` before it touches
+    /// global memory.
+    ///
+    /// # Safety
+    /// `args` point at the kernel's arguments in order, each alive across the call, and `cfg`
+    /// is a valid launch of `f` for them.
+    pub(crate) unsafe fn launch_after_kernel(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> std::result::Result<(), DriverError> {
+        let mut attrs = [pdl_attribute()];
+        let n = if pdl_on() && self.cc.0 >= 9 { 1 } else { 0 };
+        // SAFETY: the caller vouches for args.
+        unsafe { self.launch_with(f, cfg, &mut attrs[..n], args) }
+    }
+
+    /// Launches `f` on the stream with no attribute (a kernel whose arguments are built for
+    /// [`Cuda::launch_after_kernel`] but that follows something else).
+    ///
+    /// # Safety
+    /// As [`Cuda::launch_after_kernel`].
+    pub(crate) unsafe fn launch_plain(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> std::result::Result<(), DriverError> {
+        // SAFETY: the caller vouches for args.
+        unsafe { self.launch_with(f, cfg, &mut [], args) }
+    }
+
+    /// `cuLaunchKernelEx` of `f` on the stream with `attrs`.
+    ///
+    /// # Safety
+    /// As [`Cuda::launch_after_kernel`].
+    unsafe fn launch_with(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
+        args: &mut [*mut std::ffi::c_void],
+    ) -> std::result::Result<(), DriverError> {
         use cudarc::driver::sys;
-        let mut attr = cluster_attribute(cluster);
-        let launch = cluster_launch_config(cfg, self.stream.cu_stream(), &mut attr);
+        let launch = launch_config_with(cfg, self.stream.cu_stream(), attrs);
         self.ctx.bind_to_thread()?;
-        // SAFETY: launch and its attribute live across the call; the caller vouches for args.
+        // SAFETY: launch and its attributes live across the call; the caller vouches for args.
         unsafe { sys::cuLaunchKernelEx(&launch, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }.result()
     }
 

@@ -7,7 +7,7 @@
 //! elements the params describe (checked, or sized here for scratch); and the kernel guards every
 //! index it derives from the launch shape against the params.
 
-use super::{device_err, Cuda, CudaBuffer, Family, Spec};
+use super::{device_err, kernel_arg, Cuda, CudaBuffer, Family, Spec};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams, SelectParams};
 use crate::{Backend, DType, Error, HostData, Result};
@@ -706,15 +706,17 @@ impl Cuda {
         unsafe { b.launch(cfg) }.map_err(|e| device_err(entry, e))?;
         if p.splits > 1 {
             let f = self.function(Family::Attention, spec, "attention_merge_rows")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p).arg(&part_out).arg(&part_lse).arg(&mut out.slice).arg(&mut lse.slice);
+            let ptr = |s: &CudaSlice<u8>| s.device_ptr(&self.stream).0;
+            let (ppo, ppl, pout, plse) = (ptr(&part_out), ptr(&part_lse), ptr(&out.slice), ptr(&lse.slice));
+            let mut args = [kernel_arg(&p), kernel_arg(&ppo), kernel_arg(&ppl), kernel_arg(&pout), kernel_arg(&plse)];
             let cfg =
                 LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches `attention_merge_rows(p, part_out, part_lse, out, lse)`; the
-            // partials hold batch*Hq*splits rows (splits <= 256) written by the decode launch
-            // above on this stream; out/lse hold batch*Hq*D and batch*Hq elements; one CTA per
-            // row (q_len = 1).
-            unsafe { b.launch(cfg) }.map_err(|e| device_err("attention_merge_rows", e))?;
+            // SAFETY: args are `attention_merge_rows(p, part_out, part_lse, out, lse)` in order;
+            // the partials hold batch*Hq*splits rows (splits <= 256) written by the decode launch
+            // just above on this stream (read after kvs_grid_dependency); out/lse hold
+            // batch*Hq*D and batch*Hq elements; one CTA per row (q_len = 1).
+            unsafe { self.launch_after_kernel(&f, cfg, &mut args) }
+                .map_err(|e| device_err("attention_merge_rows", e))?;
         }
         Ok(())
     }
@@ -951,28 +953,48 @@ impl Cuda {
         let mut ws = self.scratch_zeroed_head(4 * lay.total, 4 * lay.zero, "topk workspace")?;
         let (ctas32, slice32) = (ctas as u32, slice as u32);
         let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // The first pass follows the workspace's memset, so it is launched plainly; the kernels
+        // after it follow a kernel of this op (launch_after_kernel).
+        let (pscores, pws, pidx) = (
+            scores.slice.device_ptr(&self.stream).0,
+            ws.device_ptr(&self.stream).0,
+            indices.slice.device_ptr(&self.stream).0,
+        );
         let f = self.function(Family::Topk, Spec::NONE, "topk_sel_hist")?;
         for pass in 0..2u32 {
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&ctas32).arg(&slice32).arg(&pass);
-            // SAFETY: matches `topk_sel_hist(p, scores, ws, ctas, slice, pass)`; scores [R*n] f32
-            // (checked); ws laid out as `topk_sel_ws` (= TopkSelWs in the kernel), ghist zeroed
-            // above, pass 1 writes every CTA's record whole; TOPK_THREADS = TOPK_SEL_THREADS (one
-            // bin per thread); CTA c reads items [c*slice, min(n, (c+1)*slice)).
-            unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_hist", e))?;
+            let mut args = [
+                kernel_arg(&p),
+                kernel_arg(&pscores),
+                kernel_arg(&pws),
+                kernel_arg(&ctas32),
+                kernel_arg(&slice32),
+                kernel_arg(&pass),
+            ];
+            // SAFETY: args are `topk_sel_hist(p, scores, ws, ctas, slice, pass)` in order, alive
+            // across the call; scores [R*n] f32 (checked); ws laid out as `topk_sel_ws` (=
+            // TopkSelWs in the kernel), ghist zeroed above, pass 1 writes every CTA's record
+            // whole; TOPK_THREADS = TOPK_SEL_THREADS (one bin per thread); CTA c reads items
+            // [c*slice, min(n, (c+1)*slice)); the kernel waits for the pass before it
+            // (kvs_grid_dependency) before it touches ws.
+            let launched = if pass == 0 {
+                unsafe { self.launch_plain(&f, cfg, &mut args) }
+            } else {
+                unsafe { self.launch_after_kernel(&f, cfg, &mut args) }
+            };
+            launched.map_err(|e| device_err("topk_sel_hist", e))?;
         }
         let f = self.function(Family::Topk, Spec::NONE, "topk_sel_compact")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&ctas32).arg(&slice32);
-        // SAFETY: matches `topk_sel_compact(p, scores, ws, ctas, slice)`; same grid, slices and
-        // workspace as the passes above, whose histograms and records it reads; its writes are
-        // checked against out_k (sure) and min(n, TOPK_CAND_CAP) (candidates) per row.
-        unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_compact", e))?;
+        let mut args =
+            [kernel_arg(&p), kernel_arg(&pscores), kernel_arg(&pws), kernel_arg(&ctas32), kernel_arg(&slice32)];
+        // SAFETY: args are `topk_sel_compact(p, scores, ws, ctas, slice)` in order; same grid,
+        // slices and workspace as the passes above, whose histograms and records it reads after
+        // kvs_grid_dependency; its writes are checked against out_k (sure) and min(n,
+        // TOPK_CAND_CAP) (candidates) per row.
+        unsafe { self.launch_after_kernel(&f, cfg, &mut args) }.map_err(|e| device_err("topk_sel_compact", e))?;
         let tile = if m <= TOPK_TILE { m } else { 0 };
         let smem = 8 * tile + 4 * TOPK_AUX;
         let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_sel_finish", smem)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p).arg(&scores.slice).arg(&mut ws).arg(&mut indices.slice).arg(&ctas32);
+        let mut args = [kernel_arg(&p), kernel_arg(&pscores), kernel_arg(&pws), kernel_arg(&pidx), kernel_arg(&ctas32)];
         // Rows whose pairs are ranked in shared memory spread over CTAs that fill the device once
         // (one CTA an SM: 1024 threads of 64 registers); the pairs sorted by topk_sort_runs take
         // one CTA a row.
@@ -983,13 +1005,14 @@ impl Cuda {
             block_dim: (TOPK_FINISH_THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // SAFETY: matches `topk_sel_finish(p, scores, ws, indices, ctas)`, grid (C, R) with C >= 1
-        // CTAs a row sharing its ranks (C = 1 when out_k > TOPK_TILE); ws as above, its sure
-        // items and candidates written by topk_sel_compact; the dynamic shared memory is the
-        // kernel's tile (out_k pairs when out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as
-        // it lays them out; TOPK_FINISH_THREADS threads (its launch bounds); indices [R*out_k]
-        // i32 (checked), written when out_k <= TOPK_TILE, else `pairs` (R*out_k u64) whole.
-        unsafe { b.launch(cfg) }.map_err(|e| device_err("topk_sel_finish", e))?;
+        // SAFETY: args are `topk_sel_finish(p, scores, ws, indices, ctas)` in order, grid (C, R)
+        // with C >= 1 CTAs a row sharing its ranks (C = 1 when out_k > TOPK_TILE); ws as above,
+        // its sure items and candidates written by topk_sel_compact (read after
+        // kvs_grid_dependency); the dynamic shared memory is the kernel's tile (out_k pairs when
+        // out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as it lays them out;
+        // TOPK_FINISH_THREADS threads (its launch bounds); indices [R*out_k] i32 (checked),
+        // written when out_k <= TOPK_TILE, else `pairs` (R*out_k u64) whole.
+        unsafe { self.launch_after_kernel(&f, cfg, &mut args) }.map_err(|e| device_err("topk_sel_finish", e))?;
         if m <= TOPK_TILE {
             return Ok(());
         }
