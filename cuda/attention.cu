@@ -768,7 +768,7 @@ extern "C" __global__ void __launch_bounds__(KVS_MERGE_THREADS)
     attention_merge_rows(const AttentionParams p, const float* __restrict__ part_out,
                          const float* __restrict__ part_lse, store_t* __restrict__ out, float* __restrict__ lse) {
     __shared__ float s_red[KVS_MERGE_THREADS];
-    kvs_grid_dependency();  // launched right after the decode (launch_after_kernel)
+    kvs_grid_dependency();  // launched right after the decode (Cuda::launch_args)
     const u32 row = blockIdx.x;
     const u32 lane = threadIdx.x & 31u;
     const u32 splits = min(max(p.splits, 1u), (u32)KVS_MERGE_MAX_SPLITS);

@@ -130,7 +130,15 @@ pub(crate) fn pdl_on() -> bool {
     *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PDL").is_ok_and(|v| v.trim() == "1"))
 }
 
-/// A kernel argument for [`Cuda::launch_after_kernel`] / [`Cuda::launch_cluster`]: the address of
+/// How [`Cuda::launch_args`] launches a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Launch {
+    Plain,
+    AfterKernel,
+    Cluster(u32),
+}
+
+/// A kernel argument for [`Cuda::launch_args`]: the address of
 /// a value the driver copies (a params struct, a scalar, a device pointer as `u64`).
 pub(crate) fn kernel_arg<T>(x: &T) -> *mut std::ffi::c_void {
     x as *const T as *mut std::ffi::c_void
@@ -465,72 +473,32 @@ impl Cuda {
         n
     }
 
-    /// Launches `f` on the stream with its CTAs in clusters of `cluster` along x (grid x a
-    /// multiple of it).
-    ///
-    /// # Safety
-    /// `args` points at the kernel's parameters in order, each alive until the call returns,
-    /// and the launch touches only memory the kernel's contract allows (as `LaunchArgs::launch`).
-    pub(crate) unsafe fn launch_cluster(
-        &self,
-        f: &CudaFunction,
-        cfg: cudarc::driver::LaunchConfig,
-        cluster: u32,
-        args: &mut [*mut std::ffi::c_void],
-    ) -> std::result::Result<(), DriverError> {
-        let mut attrs = [cluster_attribute(cluster)];
-        // SAFETY: the caller vouches for args (see launch_with).
-        unsafe { self.launch_with(f, cfg, &mut attrs, args) }
-    }
-
-    /// Launches `f` on the stream right after another kernel of the same op (never after a copy,
-    /// a memset or an allocation): with programmatic dependent launch where [`pdl_on`] and the
-    /// device is sm_90+, else plainly. `f` must call `kvs_grid_dependency()` before it touches
-    /// global memory.
+    /// Launches `f` on the stream with its arguments `args`, as `how` says:
+    /// - [`Launch::Plain`];
+    /// - [`Launch::AfterKernel`]: the operation before it on the stream is another kernel of the
+    ///   same op (never a copy, a memset or an allocation), so where [`pdl_on`] and the device
+    ///   is sm_90+ it is launched with programmatic dependent launch, and `f` must call
+    ///   `kvs_grid_dependency()` before it touches global memory;
+    /// - [`Launch::Cluster`]: thread block clusters of that many CTAs along x (sm_90+).
     ///
     /// # Safety
     /// `args` point at the kernel's arguments in order, each alive across the call, and `cfg`
-    /// is a valid launch of `f` for them.
-    pub(crate) unsafe fn launch_after_kernel(
+    /// is a valid launch of `f` for them that touches only memory the kernel's contract allows
+    /// (as `LaunchArgs::launch`).
+    pub(crate) unsafe fn launch_args(
         &self,
         f: &CudaFunction,
         cfg: cudarc::driver::LaunchConfig,
-        args: &mut [*mut std::ffi::c_void],
-    ) -> std::result::Result<(), DriverError> {
-        let mut attrs = [pdl_attribute()];
-        let n = if pdl_on() && self.cc.0 >= 9 { 1 } else { 0 };
-        // SAFETY: the caller vouches for args.
-        unsafe { self.launch_with(f, cfg, &mut attrs[..n], args) }
-    }
-
-    /// Launches `f` on the stream with no attribute (a kernel whose arguments are built for
-    /// [`Cuda::launch_after_kernel`] but that follows something else).
-    ///
-    /// # Safety
-    /// As [`Cuda::launch_after_kernel`].
-    pub(crate) unsafe fn launch_plain(
-        &self,
-        f: &CudaFunction,
-        cfg: cudarc::driver::LaunchConfig,
-        args: &mut [*mut std::ffi::c_void],
-    ) -> std::result::Result<(), DriverError> {
-        // SAFETY: the caller vouches for args.
-        unsafe { self.launch_with(f, cfg, &mut [], args) }
-    }
-
-    /// `cuLaunchKernelEx` of `f` on the stream with `attrs`.
-    ///
-    /// # Safety
-    /// As [`Cuda::launch_after_kernel`].
-    unsafe fn launch_with(
-        &self,
-        f: &CudaFunction,
-        cfg: cudarc::driver::LaunchConfig,
-        attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
+        how: Launch,
         args: &mut [*mut std::ffi::c_void],
     ) -> std::result::Result<(), DriverError> {
         use cudarc::driver::sys;
-        let launch = launch_config_with(cfg, self.stream.cu_stream(), attrs);
+        let mut attrs = match how {
+            Launch::Cluster(c) => vec![cluster_attribute(c)],
+            Launch::AfterKernel if pdl_on() && self.cc.0 >= 9 => vec![pdl_attribute()],
+            _ => Vec::new(),
+        };
+        let launch = launch_config_with(cfg, self.stream.cu_stream(), &mut attrs);
         self.ctx.bind_to_thread()?;
         // SAFETY: launch and its attributes live across the call; the caller vouches for args.
         unsafe { sys::cuLaunchKernelEx(&launch, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }.result()

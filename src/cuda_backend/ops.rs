@@ -7,7 +7,7 @@
 //! elements the params describe (checked, or sized here for scratch); and the kernel guards every
 //! index it derives from the launch shape against the params.
 
-use super::{device_err, kernel_arg, Cuda, CudaBuffer, Family, Spec};
+use super::{device_err, kernel_arg, Cuda, CudaBuffer, Family, Launch, Spec};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams, SelectParams};
 use crate::{Backend, DType, Error, HostData, Result};
@@ -715,7 +715,7 @@ impl Cuda {
             // the partials hold batch*Hq*splits rows (splits <= 256) written by the decode launch
             // just above on this stream (read after kvs_grid_dependency); out/lse hold
             // batch*Hq*D and batch*Hq elements; one CTA per row (q_len = 1).
-            unsafe { self.launch_after_kernel(&f, cfg, &mut args) }
+            unsafe { self.launch_args(&f, cfg, Launch::AfterKernel, &mut args) }
                 .map_err(|e| device_err("attention_merge_rows", e))?;
         }
         Ok(())
@@ -954,7 +954,7 @@ impl Cuda {
         let (ctas32, slice32) = (ctas as u32, slice as u32);
         let cfg = LaunchConfig { grid_dim: (ctas32, rows_y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
         // The first pass follows the workspace's memset, so it is launched plainly; the kernels
-        // after it follow a kernel of this op (launch_after_kernel).
+        // after it follow a kernel of this op (Launch::AfterKernel).
         let (pscores, pws, pidx) = (
             scores.slice.device_ptr(&self.stream).0,
             ws.device_ptr(&self.stream).0,
@@ -976,12 +976,8 @@ impl Cuda {
             // whole; TOPK_THREADS = TOPK_SEL_THREADS (one bin per thread); CTA c reads items
             // [c*slice, min(n, (c+1)*slice)); the kernel waits for the pass before it
             // (kvs_grid_dependency) before it touches ws.
-            let launched = if pass == 0 {
-                unsafe { self.launch_plain(&f, cfg, &mut args) }
-            } else {
-                unsafe { self.launch_after_kernel(&f, cfg, &mut args) }
-            };
-            launched.map_err(|e| device_err("topk_sel_hist", e))?;
+            unsafe { self.launch_args(&f, cfg, if pass > 0 { Launch::AfterKernel } else { Launch::Plain }, &mut args) }
+                .map_err(|e| device_err("topk_sel_hist", e))?;
         }
         let f = self.function(Family::Topk, Spec::NONE, "topk_sel_compact")?;
         let mut args =
@@ -990,7 +986,8 @@ impl Cuda {
         // slices and workspace as the passes above, whose histograms and records it reads after
         // kvs_grid_dependency; its writes are checked against out_k (sure) and min(n,
         // TOPK_CAND_CAP) (candidates) per row.
-        unsafe { self.launch_after_kernel(&f, cfg, &mut args) }.map_err(|e| device_err("topk_sel_compact", e))?;
+        unsafe { self.launch_args(&f, cfg, Launch::AfterKernel, &mut args) }
+            .map_err(|e| device_err("topk_sel_compact", e))?;
         let tile = if m <= TOPK_TILE { m } else { 0 };
         let smem = 8 * tile + 4 * TOPK_AUX;
         let f = self.function_with_smem(Family::Topk, Spec::NONE, "topk_sel_finish", smem)?;
@@ -1012,7 +1009,8 @@ impl Cuda {
         // out_k <= TOPK_TILE, else none) plus TOPK_AUX words, as it lays them out;
         // TOPK_FINISH_THREADS threads (its launch bounds); indices [R*out_k] i32 (checked),
         // written when out_k <= TOPK_TILE, else `pairs` (R*out_k u64) whole.
-        unsafe { self.launch_after_kernel(&f, cfg, &mut args) }.map_err(|e| device_err("topk_sel_finish", e))?;
+        unsafe { self.launch_args(&f, cfg, Launch::AfterKernel, &mut args) }
+            .map_err(|e| device_err("topk_sel_finish", e))?;
         if m <= TOPK_TILE {
             return Ok(());
         }
@@ -1541,7 +1539,8 @@ impl Backend for Cuda {
                     // group (2, 4 or 8) is the entry's GM, D = lanes * 16 bytes = 32 * dpl, NB <=
                     // cluster * the CTA's QUEST_CLUSTER_ITEMS items a thread (quest_cluster), and
                     // the dynamic shared memory (the warps' V tiles) was allowed for the function.
-                    unsafe { self.launch_cluster(&f, cfg, cluster, &mut args) }.map_err(|e| device_err(entry, e))?;
+                    unsafe { self.launch_args(&f, cfg, Launch::Cluster(cluster), &mut args) }
+                        .map_err(|e| device_err(entry, e))?;
                     return Ok(());
                 }
                 // Scores, group means and the selection in one launch (quest_select_kv_g*);
