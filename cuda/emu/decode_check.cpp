@@ -27,19 +27,19 @@ int run_case(const Case& c, std::mt19937& rng) {
     const unsigned bs = std::max(c.bs, 1u), nb = (c.t + bs - 1) / bs;
     std::normal_distribution<float> normal(0.0f, 1.0f);
     auto fill = [&](size_t n) {
-        std::vector<store_t> x(n);
+        emu_vec<store_t> x(n);
         for (auto& e : x) e = from_f(normal(rng));
         return x;
     };
     const auto q = fill((size_t)c.batch * c.hq * d);
     const auto k = fill((size_t)c.batch * c.hkv * c.t * d), v = fill((size_t)c.batch * c.hkv * c.t * d);
-    std::vector<int> lens(c.batch, (int)c.t);
+    emu_vec<int> lens(c.batch, (int)c.t);
     if (c.lens)
         for (unsigned z = 0; z < c.batch; ++z) lens[z] = z == 2 ? 0 : (int)(c.t - (z * 97u) % c.t);
     // Index rows: distinct entries (tokens or blocks) in random order, some padding (-1) and one
     // out of range; mode 2 also a head mask per entry and a live count per kv head.
-    std::vector<int> idx((size_t)c.batch * std::max(c.idx_heads, 1u) * std::max(c.n_idx, 1u), -1);
-    std::vector<unsigned> hmask((size_t)c.batch * c.hkv * std::max(c.n_idx, 1u), 0u), counts((size_t)c.batch * c.hkv, 0u);
+    emu_vec<int> idx((size_t)c.batch * std::max(c.idx_heads, 1u) * std::max(c.n_idx, 1u), -1);
+    emu_vec<unsigned> hmask((size_t)c.batch * c.hkv * std::max(c.n_idx, 1u), 0u), counts((size_t)c.batch * c.hkv, 0u);
     if (c.mode != 0) {
         std::vector<int> all(nb);
         for (unsigned i = 0; i < nb; ++i) all[i] = (int)i;
@@ -71,8 +71,8 @@ int run_case(const Case& c, std::mt19937& rng) {
     const bool shared = c.mode != 1 || c.idx_heads != c.hq || group == 1;
     const unsigned hpc = shared ? std::min(group, 8u) : 1u;
     const size_t rows = (size_t)c.batch * c.hq;
-    std::vector<store_t> out(rows * d, (store_t)0xffffu);
-    std::vector<float> lse(rows, NAN), part_out(rows * c.splits * d, NAN), part_lse(rows * c.splits, NAN);
+    emu_vec<store_t> out(rows * d, (store_t)0xffffu);
+    emu_vec<float> lse(rows, NAN), part_out(rows * c.splits * d, NAN), part_lse(rows * c.splits, NAN);
     const dim3 grid{c.splits, c.hq / hpc, c.batch};
     const int* lens_ptr = c.lens ? lens.data() : nullptr;
     emu_launch(grid, 128, [&] {

@@ -20,6 +20,9 @@
 #include <functional>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #define __device__
 #define __global__
 #define __host__
@@ -397,6 +400,43 @@ inline void emu_mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1, 
     }
     for (int j = 0; j < 4; ++j) c[j] = out[j];
 }
+
+// The memory a driver hands a kernel: a std::vector whose storage ends at an inaccessible page,
+// so that a read or write past a buffer's end faults instead of landing in a neighbour (the
+// last 15 bytes of a length that is not a multiple of 16 are not covered). Storage is 16-byte
+// aligned, as cudaMalloc's is for the kernels' vector loads.
+template <class T>
+struct EmuGuarded {
+    using value_type = T;
+    EmuGuarded() = default;
+    template <class U>
+    EmuGuarded(const EmuGuarded<U>&) {}
+    static size_t page() { return (size_t)sysconf(_SC_PAGESIZE); }
+    static size_t data_bytes(size_t n) { return (n * sizeof(T) + 15) / 16 * 16; }
+    static size_t total_bytes(size_t n) { return (data_bytes(n) + page() - 1) / page() * page() + page(); }
+    T* allocate(size_t n) {
+        const size_t total = total_bytes(n);
+        void* base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) emu_fail("mmap");
+        unsigned char* guard = static_cast<unsigned char*>(base) + total - page();
+        if (mprotect(guard, page(), PROT_NONE) != 0) emu_fail("mprotect");
+        return reinterpret_cast<T*>(guard - data_bytes(n));
+    }
+    void deallocate(T* p, size_t n) {
+        unsigned char* guard = reinterpret_cast<unsigned char*>(p) + data_bytes(n);
+        munmap(guard + page() - total_bytes(n), total_bytes(n));
+    }
+    template <class U>
+    bool operator==(const EmuGuarded<U>&) const {
+        return true;
+    }
+    template <class U>
+    bool operator!=(const EmuGuarded<U>&) const {
+        return false;
+    }
+};
+template <class T>
+using emu_vec = std::vector<T, EmuGuarded<T>>;
 
 // Runs `kernel()` over a grid, one CTA at a time, blockDim.x fibers each (1-D CTAs only), resumed
 // round-robin; `before_cta` runs before each CTA (poisoning its dynamic shared memory, say).

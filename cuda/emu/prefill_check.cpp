@@ -24,8 +24,8 @@ store_t from_f(float x) { return EMU_BF16 ? emu_f2bf(x) : emu_f2h(x); }
 
 // Reference: out[h, t] = softmax over the keys row t sees (causal bottom-right, and for MoBA only
 // the blocks the row selected) of scale * q . k, times v; lse natural; no key: 0 and -inf.
-void reference(const Case& c, const std::vector<store_t>& q, const std::vector<store_t>& k,
-               const std::vector<store_t>& v, const std::vector<int>& sel, float scale, std::vector<double>& out,
+void reference(const Case& c, const emu_vec<store_t>& q, const emu_vec<store_t>& k,
+               const emu_vec<store_t>& v, const emu_vec<int>& sel, float scale, std::vector<double>& out,
                std::vector<double>& lse) {
     const unsigned d = PF_D, group = c.hq / c.hkv;
     out.assign((size_t)c.hq * c.tq * d, 0.0);
@@ -76,12 +76,12 @@ int run_case(const Case& c, const char* kernel, std::mt19937& rng) {
     const unsigned d = PF_D;
     std::normal_distribution<float> normal(0.0f, 1.0f);
     auto fill = [&](size_t n) {
-        std::vector<store_t> x(n);
+        emu_vec<store_t> x(n);
         for (auto& e : x) e = from_f(normal(rng));
         return x;
     };
     const auto q = fill((size_t)c.hq * c.tq * d), k = fill((size_t)c.hkv * c.tk * d), v = fill((size_t)c.hkv * c.tk * d);
-    std::vector<int> sel;
+    emu_vec<int> sel;
     const unsigned nb = (c.tk + c.block - 1) / c.block;
     if (c.n_idx > 0) {
         // As MoBA routes: the row's own block first; then the block before it for one 32-row
@@ -104,8 +104,8 @@ int run_case(const Case& c, const char* kernel, std::mt19937& rng) {
         }
     }
     const float scale = 1.0f / std::sqrt((float)d);
-    std::vector<store_t> out((size_t)c.hq * c.tq * d, (store_t)0xffffu);  // NaN in f16 and bf16
-    std::vector<float> lse((size_t)c.hq * c.tq, NAN);
+    emu_vec<store_t> out((size_t)c.hq * c.tq * d, (store_t)0xffffu);  // NaN in f16 and bf16
+    emu_vec<float> lse((size_t)c.hq * c.tq, NAN);
     AttentionParams p{};
     p.q_heads = c.hq;
     p.kv_heads = c.hkv;
@@ -165,7 +165,7 @@ int run_buckets(unsigned hq, unsigned hkv, unsigned t_len, unsigned bs, std::mt1
     const unsigned d = PF_D, nb = (t_len + bs - 1) / bs;
     std::normal_distribution<float> normal(0.0f, 1.0f);
     auto fill = [&](size_t n) {
-        std::vector<store_t> x(n);
+        emu_vec<store_t> x(n);
         for (auto& e : x) e = from_f(normal(rng));
         return x;
     };
@@ -177,7 +177,7 @@ int run_buckets(unsigned hq, unsigned hkv, unsigned t_len, unsigned bs, std::mt1
             for (unsigned b = 0; b <= t / bs; ++b)
                 if (b == t / bs || coin(rng) == 0u) bucket[h * nb + b].push_back(t);
     const unsigned n = hq * nb;
-    std::vector<unsigned> entries, start(n + 1), tile_start(n + 1), tile_of;
+    emu_vec<unsigned> entries, start(n + 1), tile_start(n + 1), tile_of;
     std::vector<unsigned> pair_h, pair_b;
     for (unsigned b = 0; b < n; ++b) {
         start[b] = (unsigned)entries.size();
@@ -192,8 +192,8 @@ int run_buckets(unsigned hq, unsigned hkv, unsigned t_len, unsigned bs, std::mt1
     start[n] = (unsigned)entries.size();
     tile_start[n] = (unsigned)tile_of.size();
     const size_t pairs = entries.size();
-    std::vector<store_t> part_o(pairs * d, (store_t)0xffffu);
-    std::vector<float> part_lse(pairs, NAN);
+    emu_vec<store_t> part_o(pairs * d, (store_t)0xffffu);
+    emu_vec<float> part_lse(pairs, NAN);
     AttentionParams p{};
     p.q_heads = hq;
     p.kv_heads = hkv;
