@@ -3,10 +3,11 @@
 // reference on a machine with no GPU. One CTA runs at a time, each of its threads a fiber (its own
 // stack, switched cooperatively on one OS thread: x86-64 only); warp collectives (shuffles,
 // votes, ldmatrix, mma.sync) meet at a per-warp barrier, __syncthreads at a per-CTA one, and a
-// barrier that can never complete (threads gone while others wait) aborts. cp.async copies at
-// once (so a missing wait is not caught), ex2.approx is exp2f, and nothing about timing,
-// occupancy or memory ordering is modelled: this is a logic check, not a simulator. Only
-// full-warp collectives are supported (a partial mask aborts).
+// barrier that can never complete (threads gone while others wait) aborts. A cp.async lands
+// when the issuing thread waits for it (so a read before the wait sees the old bytes),
+// ex2.approx is exp2f, and nothing about timing, occupancy or memory ordering is modelled: this
+// is a logic check, not a simulator. Only full-warp collectives are supported (a partial mask
+// aborts).
 // Used by cuda/emu/prep.py, which rewrites a module's inline-PTX helpers to call the emu_*
 // functions below.
 #pragma once
@@ -89,12 +90,20 @@ emu_swap:
     ret
 )");
 
+// A cp.async this thread issued and has not waited for yet.
+struct EmuCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes;  // of 16; the rest is zero-filled
+};
+
 struct EmuFiber {
     void* sp = nullptr;
     std::vector<unsigned char> stack;
     uint3 tid{};
     unsigned phase = 0;  // collectives entered, for the warp's alternating slot sets
     bool done = false;
+    std::vector<EmuCopy> pending;
 };
 inline EmuFiber* emu_current = nullptr;
 inline void* emu_scheduler_sp = nullptr;
@@ -319,6 +328,19 @@ inline T atomicMax(T* p, T v) {
     return old;
 }
 
+// cp.async of 16 bytes: done when the issuing thread waits (cp.async.wait_all), not before, so
+// a kernel that reads the tile before its wait (and barrier) reads what was there.
+inline void emu_cp_async(void* dst, const void* src, unsigned bytes) {
+    emu_current->pending.push_back(EmuCopy{dst, src, bytes});
+}
+inline void emu_cp_async_wait() {
+    for (const EmuCopy& c : emu_current->pending) {
+        std::memset(c.dst, 0, 16);
+        if (c.bytes) std::memcpy(c.dst, c.src, c.bytes);
+    }
+    emu_current->pending.clear();
+}
+
 // 16-bit float conversions (round to nearest even; f16 through the compiler's _Float16).
 inline float emu_h2f(unsigned short h) {
     _Float16 x;
@@ -465,6 +487,7 @@ inline void emu_launch(dim3 grid, unsigned threads, const std::function<void()>&
                     f.tid = uint3{t, 0, 0};
                     f.phase = 0;
                     f.done = false;
+                    f.pending.clear();
                     // Top of stack: a zero return address (16-aligned + 8 on entry, as after a
                     // call), emu_fiber_main for emu_swap's ret, six zeroed callee-saved registers.
                     auto* top = reinterpret_cast<uintptr_t*>(

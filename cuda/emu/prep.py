@@ -25,8 +25,8 @@ EMULATED = {
     "kvs_ldsm_x2_trans": "{ u32 r[2]; emu_ldmatrix(r, 2, true, smem_row); r0 = r[0]; r1 = r[1]; }",
     "kvs_ldsm_x4_trans": "{ emu_ldmatrix(r, 4, true, smem_row); }",
     "kvs_ldsm_x4": "{ emu_ldmatrix(r, 4, false, smem_row); }",
-    "kvs_cp_async16": "{ std::memset(smem, 0, 16); if (src_bytes) std::memcpy(smem, gmem, src_bytes); }",
-    "kvs_cp_async_wait_all": "{}",
+    "kvs_cp_async16": "{ emu_cp_async(smem, gmem, src_bytes); }",
+    "kvs_cp_async_wait_all": "{ emu_cp_async_wait(); }",
     # Kernels run one after another here: there is no earlier grid to wait for.
     "kvs_grid_dependency": "{}",
 }
