@@ -1,7 +1,7 @@
-// cuda/emu/decode_check.cpp: the tensor-core grouped decode (attention_decode_mma, one query per
-// head, up to 8 query heads of a kv head a CTA) and the split-K merge (attention_merge_rows) of
-// one attention module run under the host emulation (emu.h) on fresh random inputs, against a
-// float64 reference: dense keys (mode 0), index rows of tokens or blocks per kv head or per
+// cuda/emu/decode_check.cpp: the grouped decode of one attention module (one query per head, up
+// to 8 query heads of a kv head a CTA: attention_decode_g* on CUDA cores, and where the module
+// has it the tensor-core attention_decode_mma) with the split-K merge (attention_merge_rows), run
+// under the host emulation (emu.h) on fresh random inputs, against a float64 reference: dense keys (mode 0), index rows of tokens or blocks per kv head or per
 // query head (mode 1), a kv head's union of blocks with per-head masks and a live count (mode
 // 2), one split or several, and a batch with per-sequence live lengths. Outputs and partials
 // are poisoned (NaN) before each launch. Built and run by cuda/emu/run.sh.
@@ -13,8 +13,26 @@
 
 namespace {
 
-float to_f(store_t x) { return emu_16_to_f(x, EMU_BF16); }
-store_t from_f(float x) { return EMU_BF16 ? emu_f2bf(x) : emu_f2h(x); }
+// The module's storage type: f32, or f16 / bf16 bits.
+constexpr bool F32 = std::is_same_v<store_t, float>;
+float to_f(store_t x) {
+    if constexpr (F32) return x;
+    else return emu_16_to_f(x, EMU_BF16);
+}
+store_t from_f(float x) {
+    if constexpr (F32) return x;
+    else return EMU_BF16 ? emu_f2bf(x) : emu_f2h(x);
+}
+store_t poison() {
+    if constexpr (F32) return NAN;
+    else return (store_t)0xffffu;  // NaN in f16 and bf16
+}
+#if (KVS_DPL == 2 || KVS_DPL == 4) && !defined(KVS_STORE_F32)
+constexpr bool HAVE_MMA = true;  // attention_decode_mma is in this module
+#else
+constexpr bool HAVE_MMA = false;
+#endif
+const char* dtype_name() { return F32 ? "f32" : (EMU_BF16 ? "bf16" : "f16"); }
 
 struct Case {
     const char* what;
@@ -22,8 +40,9 @@ struct Case {
     bool lens;  // per-sequence live lengths (some shorter than t, one 0 when batch > 2)
 };
 
-int run_case(const Case& c, std::mt19937& rng) {
-    const unsigned d = PF_D, group = c.hq / c.hkv;
+// `mma`: attention_decode_mma, else the attention_decode_g* entry for the head chunk.
+int run_case(const Case& c, bool mma, std::mt19937& rng) {
+    const unsigned d = 32 * KVS_DPL, group = c.hq / c.hkv;
     const unsigned bs = std::max(c.bs, 1u), nb = (c.t + bs - 1) / bs;
     std::normal_distribution<float> normal(0.0f, 1.0f);
     auto fill = [&](size_t n) {
@@ -67,23 +86,45 @@ int run_case(const Case& c, std::mt19937& rng) {
     p.n_idx = c.n_idx;
     p.block_size = c.bs;
     p.splits = c.splits;
-    // The host's head chunk: the group (at most 8) for shared keys, else one head a CTA.
+    // The host's head chunk (ops.rs decode_chunk): for shared keys the largest divisor of the
+    // group up to 8, else one head a CTA.
     const bool shared = c.mode != 1 || c.idx_heads != c.hq || group == 1;
-    const unsigned hpc = shared ? std::min(group, 8u) : 1u;
+    unsigned hpc = 1;
+    for (unsigned h = std::min(group, 8u); shared && h > 1; --h)
+        if (group % h == 0) {
+            hpc = h;
+            break;
+        }
     const size_t rows = (size_t)c.batch * c.hq;
-    emu_vec<store_t> out(rows * d, (store_t)0xffffu);
+    emu_vec<store_t> out(rows * d, poison());
     emu_vec<float> lse(rows, NAN), part_out(rows * c.splits * d, NAN), part_lse(rows * c.splits, NAN);
     const dim3 grid{c.splits, c.hq / hpc, c.batch};
     const int* lens_ptr = c.lens ? lens.data() : nullptr;
-    emu_launch(grid, 128, [&] {
-        attention_decode_mma(p, q.data(), k.data(), v.data(), idx.data(), hmask.data(), counts.data(), out.data(),
-                             lse.data(), part_out.data(), part_lse.data(), c.mode, hpc, lens_ptr);
-    });
+    auto decode = [&](auto entry) {
+        emu_launch(grid, 32 * DEC_WARPS, [&] {
+            entry(p, q.data(), k.data(), v.data(), idx.data(), hmask.data(), counts.data(), out.data(), lse.data(),
+                  part_out.data(), part_lse.data(), c.mode, hpc, lens_ptr);
+        });
+    };
+    if (mma) {
+#if (KVS_DPL == 2 || KVS_DPL == 4) && !defined(KVS_STORE_F32)
+        decode(attention_decode_mma);
+#endif
+    } else if (hpc == 1) {
+        decode(attention_decode_g1);
+    } else if (hpc == 2) {
+        decode(attention_decode_g2);
+    } else if (hpc <= 4) {
+        decode(attention_decode_g4);
+    } else {
+        decode(attention_decode_g8);
+    }
     if (c.splits > 1)
         emu_launch(dim3{(unsigned)rows, 1, 1}, KVS_MERGE_THREADS,
                    [&] { attention_merge_rows(p, part_out.data(), part_lse.data(), out.data(), lse.data()); });
     // Reference: the keys of head h, as decode_token picks them.
-    const double tol_o = EMU_BF16 ? 1.6e-2 : 4e-3, tol_l = 2e-3;
+    // The tensor-core kernel rounds P to the storage type before P V; both round the output.
+    const double tol_o = F32 ? 1e-4 : (EMU_BF16 ? 1.6e-2 : 4e-3), tol_l = F32 ? 1e-4 : 2e-3;
     int bad = 0;
     for (unsigned z = 0; z < c.batch; ++z)
         for (unsigned h = 0; h < c.hq; ++h) {
@@ -151,11 +192,15 @@ int main(int argc, char** argv) {
         {"union, batch 2 with lens", 2, 16, 2, 700, 2, 2, 6, 64, 2, true},
     };
     int failed = 0, ran = 0;
-    for (const Case& c : cases) {
-        const int bad = run_case(c, rng);
-        std::printf("attention_decode_mma %s D%d %s: %s\n", EMU_BF16 ? "bf16" : "f16", PF_D, c.what, bad ? "FAIL" : "ok");
-        failed += bad != 0;
-        ++ran;
+    for (bool mma : {false, true}) {
+        if (mma && !HAVE_MMA) continue;
+        for (const Case& c : cases) {
+            const int bad = run_case(c, mma, rng);
+            std::printf("%s %s D%d %s: %s\n", mma ? "attention_decode_mma" : "attention_decode_g*", dtype_name(),
+                        32 * KVS_DPL, c.what, bad ? "FAIL" : "ok");
+            failed += bad != 0;
+            ++ran;
+        }
     }
     std::printf("%d of %d cases passed\n", ran - failed, ran);
     return failed ? 1 : 0;

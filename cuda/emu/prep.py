@@ -96,7 +96,7 @@ def main():
     with open(sys.argv[2], "w") as f:
         f.write('#include "emu.h"\n')
         f.write("alignas(16) inline unsigned char emu_dynamic_smem[232448];\n")
-        f.write(f"#define EMU_BF16 {'true' if bf16 else 'false'}\n")
+        f.write(f"#define EMU_BF16 {'true' if bf16 else 'false'}\n")  # else f16 (or f32 storage)
         f.write(src)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CUDA tensor-core prefill and decode kernels checked on the CPU under the host emulation
-# (cuda/emu/emu.h; prefill_check.cpp, decode_check.cpp), for when no GPU is at hand: a logic check of indexing, masking and fragment layouts against a float64
+# The CUDA prefill and decode kernels (tensor-core prefill; grouped decode on CUDA cores and on
+# tensor cores, with its merge) checked on the CPU under the host emulation (cuda/emu/emu.h;
+# prefill_check.cpp, decode_check.cpp), for when no GPU is at hand: a logic check of indexing, masking and fragment layouts against a float64
 # reference, not a substitute for the GPU runs (no timing, no memory model, cp.async synchronous).
 #   bash cuda/emu/run.sh [SEED]
 # Needs NVRTC (as CI installs it) only to assemble the modules: they are dumped by the
@@ -18,16 +19,19 @@ if [ "${EMU_REUSE_DUMP:-0}" != 1 ] || [ ! -f "$work/dump/attention_bf16_dpl4_sm_
     --test cuda_compile every_kernel_compiles_for_sm90 >"$work/dump.log" 2>&1 || { tail -20 "$work/dump.log"; exit 1; }
 fi
 status=0
-for m in ${EMU_MODULES:-attention_bf16_dpl4 attention_f16_dpl2 attention_f16_dpl4 attention_bf16_dpl2}; do
+for m in ${EMU_MODULES:-attention_bf16_dpl4 attention_f16_dpl2 attention_f16_dpl4 attention_bf16_dpl2 attention_f32_dpl4}; do
   python3 cuda/emu/prep.py "$work/dump/${m}_sm_90.cu" "$work/$m.cpp"
+  # f32 modules have no tensor-core kernels: their decode runs on attention_decode_g* only.
+  checks="prefill decode"
+  case $m in *f32*) checks=decode ;; esac
   pids=()
-  for check in prefill decode; do
+  for check in $checks; do
     g++ -std=c++17 -O2 -w -Icuda/emu -DEMU_MODULE="\"$work/$m.cpp\"" "cuda/emu/${check}_check.cpp" -o "$work/$m-$check" &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
   echo "== $m"
-  for check in prefill decode; do
+  for check in $checks; do
     "$work/$m-$check" "${1:-1}" || status=1
   done
 done
