@@ -1,38 +1,24 @@
 // cuda/emu/decode_check.cpp: the grouped decode of one attention module (one query per head, up
 // to 8 query heads of a kv head a CTA: attention_decode_g* on CUDA cores, and where the module
 // has it the tensor-core attention_decode_mma) with the split-K merge (attention_merge_rows), run
-// under the host emulation (emu.h) on fresh random inputs, against a float64 reference: dense keys (mode 0), index rows of tokens or blocks per kv head or per
-// query head (mode 1), a kv head's union of blocks with per-head masks and a live count (mode
-// 2), one split or several, and a batch with per-sequence live lengths. Outputs and partials
-// are poisoned (NaN) before each launch. Built and run by cuda/emu/run.sh.
+// under the host emulation (emu.h) on fresh random inputs, against a float64 reference: dense
+// keys (mode 0), index rows of tokens or blocks per kv head or per query head (mode 1), a kv
+// head's union of blocks with per-head masks and a live count (mode 2), one split or several,
+// and a batch with per-sequence live lengths. Outputs and partials are poisoned (NaN) before
+// each launch. Built and run by cuda/emu/run.sh.
 #include EMU_MODULE
 
-#include <algorithm>
-#include <random>
-#include <string>
+#include "check.h"
+
+using namespace emu_check;
 
 namespace {
 
-// The module's storage type: f32, or f16 / bf16 bits.
-constexpr bool F32 = std::is_same_v<store_t, float>;
-float to_f(store_t x) {
-    if constexpr (F32) return x;
-    else return emu_16_to_f(x, EMU_BF16);
-}
-store_t from_f(float x) {
-    if constexpr (F32) return x;
-    else return EMU_BF16 ? emu_f2bf(x) : emu_f2h(x);
-}
-store_t poison() {
-    if constexpr (F32) return NAN;
-    else return (store_t)0xffffu;  // NaN in f16 and bf16
-}
 #if (KVS_DPL == 2 || KVS_DPL == 4) && !defined(KVS_STORE_F32)
 constexpr bool HAVE_MMA = true;  // attention_decode_mma is in this module
 #else
 constexpr bool HAVE_MMA = false;
 #endif
-const char* dtype_name() { return F32 ? "f32" : (EMU_BF16 ? "bf16" : "f16"); }
 
 struct Case {
     const char* what;
@@ -44,14 +30,9 @@ struct Case {
 int run_case(const Case& c, bool mma, std::mt19937& rng) {
     const unsigned d = 32 * KVS_DPL, group = c.hq / c.hkv;
     const unsigned bs = std::max(c.bs, 1u), nb = (c.t + bs - 1) / bs;
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto fill = [&](size_t n) {
-        emu_vec<store_t> x(n);
-        for (auto& e : x) e = from_f(normal(rng));
-        return x;
-    };
-    const auto q = fill((size_t)c.batch * c.hq * d);
-    const auto k = fill((size_t)c.batch * c.hkv * c.t * d), v = fill((size_t)c.batch * c.hkv * c.t * d);
+    const auto q = normal_values((size_t)c.batch * c.hq * d, rng);
+    const auto k = normal_values((size_t)c.batch * c.hkv * c.t * d, rng);
+    const auto v = normal_values((size_t)c.batch * c.hkv * c.t * d, rng);
     emu_vec<int> lens(c.batch, (int)c.t);
     if (c.lens)
         for (unsigned z = 0; z < c.batch; ++z) lens[z] = z == 2 ? 0 : (int)(c.t - (z * 97u) % c.t);
@@ -123,9 +104,9 @@ int run_case(const Case& c, bool mma, std::mt19937& rng) {
         emu_launch(dim3{(unsigned)rows, 1, 1}, KVS_MERGE_THREADS,
                    [&] { attention_merge_rows(p, part_out.data(), part_lse.data(), out.data(), lse.data()); });
     // Reference: the keys of head h, as decode_token picks them.
-    // The tensor-core kernel rounds P to the storage type before P V; both round the output.
-    const double tol_o = F32 ? 1e-4 : (EMU_BF16 ? 1.6e-2 : 4e-3), tol_l = F32 ? 1e-4 : 2e-3;
-    int bad = 0;
+    int bad = 0, printed = 0;
+    std::vector<double> ref;
+    double ref_lse;
     for (unsigned z = 0; z < c.batch; ++z)
         for (unsigned h = 0; h < c.hq; ++h) {
             const unsigned kvh = h / group, live = (unsigned)std::clamp(lens[z], 0, (int)c.t);
@@ -143,35 +124,10 @@ int run_case(const Case& c, bool mma, std::mt19937& rng) {
                     for (unsigned j = (unsigned)b * bs; j < (unsigned)b * bs + bs && j < live; ++j) keys.push_back(j);
                 }
             }
-            const size_t qrow = (size_t)z * c.hq + h, kvrow = (size_t)z * c.hkv + kvh;
-            std::vector<double> s(keys.size());
-            double mx = -INFINITY;
-            for (size_t i = 0; i < keys.size(); ++i) {
-                double acc = 0.0;
-                for (unsigned e = 0; e < d; ++e)
-                    acc += (double)to_f(q[qrow * d + e]) * to_f(k[(kvrow * c.t + keys[i]) * d + e]);
-                s[i] = acc * p.scale;
-                mx = std::max(mx, s[i]);
-            }
-            double l = 0.0;
-            for (double x : s) l += std::exp(x - mx);
-            const double ref_lse = keys.empty() ? -INFINITY : mx + std::log(l);
-            const bool lse_ok = keys.empty() ? (std::isinf(lse[qrow]) && lse[qrow] < 0)
-                                             : std::fabs(lse[qrow] - ref_lse) <= tol_l * (1.0 + std::fabs(ref_lse));
-            if (!lse_ok) {
-                if (bad < 5) std::printf("    lse[z %u, h %u] = %g, reference %g\n", z, h, lse[qrow], ref_lse);
-                ++bad;
-            }
-            for (unsigned e = 0; e < d; ++e) {
-                double ref = 0.0;
-                for (size_t i = 0; i < keys.size(); ++i)
-                    ref += std::exp(s[i] - mx) / l * to_f(v[(kvrow * c.t + keys[i]) * d + e]);
-                const double got = to_f(out[qrow * d + e]);
-                if (!(std::fabs(got - ref) <= tol_o * (1.0 + std::fabs(ref)))) {
-                    if (bad < 5) std::printf("    out[z %u, h %u, e %u] = %g, reference %g\n", z, h, e, got, ref);
-                    ++bad;
-                }
-            }
+            const size_t qrow = (size_t)z * c.hq + h, kv = ((size_t)z * c.hkv + kvh) * c.t * d;
+            attend_ref(&q[qrow * d], &k[kv], &v[kv], d, keys, p.scale, ref, ref_lse);
+            bad += check_row(&out[qrow * d], lse[qrow], ref, ref_lse, d,
+                             "z " + std::to_string(z) + ", h " + std::to_string(h), printed);
         }
     return bad;
 }

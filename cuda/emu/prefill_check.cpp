@@ -3,12 +3,13 @@
 // float64 reference of the same op: dense causal prefill on attention_prefill_mma (64 rows a CTA)
 // and attention_prefill_mma_wide (128), causal with and without an offset and not causal; MoBA's
 // query-major attention_blocks_mma over random per-row block selections, and its key-block-major
-// attention_buckets_mma over random buckets. Outputs are poisoned
-// (NaN) before each launch, so an unwritten element fails. Built and run by cuda/emu/run.sh.
+// attention_buckets_mma over random buckets. Outputs are poisoned (NaN) before each launch, so
+// an unwritten element fails. Built and run by cuda/emu/run.sh.
 #include EMU_MODULE
 
-#include <random>
-#include <string>
+#include "check.h"
+
+using namespace emu_check;
 
 namespace {
 
@@ -19,68 +20,27 @@ struct Case {
     unsigned block = 64;
 };
 
-float to_f(store_t x) { return emu_16_to_f(x, EMU_BF16); }
-store_t from_f(float x) { return EMU_BF16 ? emu_f2bf(x) : emu_f2h(x); }
-
-// Reference: out[h, t] = softmax over the keys row t sees (causal bottom-right, and for MoBA only
-// the blocks the row selected) of scale * q . k, times v; lse natural; no key: 0 and -inf.
-void reference(const Case& c, const emu_vec<store_t>& q, const emu_vec<store_t>& k,
-               const emu_vec<store_t>& v, const emu_vec<int>& sel, float scale, std::vector<double>& out,
-               std::vector<double>& lse) {
-    const unsigned d = PF_D, group = c.hq / c.hkv;
-    out.assign((size_t)c.hq * c.tq * d, 0.0);
-    lse.assign((size_t)c.hq * c.tq, -INFINITY);
-    const long long off = (long long)c.tk - (long long)c.tq;
-    std::vector<double> s(c.tk);
-    for (unsigned h = 0; h < c.hq; ++h) {
-        const unsigned kh = h / group;
-        for (unsigned t = 0; t < c.tq; ++t) {
-            long long lim = c.causal ? off + t + 1 : c.tk;
-            lim = lim < 0 ? 0 : (lim > c.tk ? c.tk : lim);
-            std::vector<char> take(c.tk, 0);
-            for (long long j = 0; j < lim; ++j) take[j] = 1;
-            if (c.n_idx > 0) {
-                std::vector<char> chosen((c.tk + c.block - 1) / c.block, 0);
-                for (unsigned i = 0; i < c.n_idx; ++i) {
-                    const int b = sel[((size_t)h * c.tq + t) * c.n_idx + i];
-                    if (b >= 0 && (size_t)b < chosen.size()) chosen[b] = 1;
-                }
-                for (unsigned j = 0; j < c.tk; ++j) take[j] = take[j] && chosen[j / c.block];
-            }
-            double mx = -INFINITY;
-            for (unsigned j = 0; j < c.tk; ++j) {
-                if (!take[j]) continue;
-                double acc = 0.0;
-                for (unsigned e = 0; e < d; ++e)
-                    acc += (double)to_f(q[((size_t)h * c.tq + t) * d + e]) * to_f(k[((size_t)kh * c.tk + j) * d + e]);
-                s[j] = acc * scale;
-                mx = std::max(mx, s[j]);
-            }
-            if (mx == -INFINITY) continue;
-            double l = 0.0;
-            for (unsigned j = 0; j < c.tk; ++j)
-                if (take[j]) l += std::exp(s[j] - mx);
-            for (unsigned j = 0; j < c.tk; ++j) {
-                if (!take[j]) continue;
-                const double p = std::exp(s[j] - mx) / l;
-                for (unsigned e = 0; e < d; ++e)
-                    out[((size_t)h * c.tq + t) * d + e] += p * to_f(v[((size_t)kh * c.tk + j) * d + e]);
-            }
-            lse[(size_t)h * c.tq + t] = mx + std::log(l);
-        }
+// The keys row t of head h sees: causal bottom-right, and for MoBA only the blocks it selected
+// (entries outside 0..NB-1 ignored).
+std::vector<unsigned> keys_of(const Case& c, const emu_vec<int>& sel, unsigned h, unsigned t) {
+    long long lim = c.causal ? (long long)c.tk - (long long)c.tq + t + 1 : c.tk;
+    lim = std::clamp(lim, 0LL, (long long)c.tk);
+    std::vector<char> chosen((c.tk + c.block - 1) / c.block, c.n_idx == 0);
+    for (unsigned i = 0; i < c.n_idx; ++i) {
+        const int b = sel[((size_t)h * c.tq + t) * c.n_idx + i];
+        if (b >= 0 && (size_t)b < chosen.size()) chosen[b] = 1;
     }
+    std::vector<unsigned> keys;
+    for (unsigned j = 0; j < (unsigned)lim; ++j)
+        if (chosen[j / c.block]) keys.push_back(j);
+    return keys;
 }
 
 // One case on one kernel; returns the number of elements outside tolerance.
 int run_case(const Case& c, const char* kernel, std::mt19937& rng) {
     const unsigned d = PF_D;
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto fill = [&](size_t n) {
-        emu_vec<store_t> x(n);
-        for (auto& e : x) e = from_f(normal(rng));
-        return x;
-    };
-    const auto q = fill((size_t)c.hq * c.tq * d), k = fill((size_t)c.hkv * c.tk * d), v = fill((size_t)c.hkv * c.tk * d);
+    const auto q = normal_values((size_t)c.hq * c.tq * d, rng);
+    const auto k = normal_values((size_t)c.hkv * c.tk * d, rng), v = normal_values((size_t)c.hkv * c.tk * d, rng);
     emu_vec<int> sel;
     const unsigned nb = (c.tk + c.block - 1) / c.block;
     if (c.n_idx > 0) {
@@ -104,7 +64,7 @@ int run_case(const Case& c, const char* kernel, std::mt19937& rng) {
         }
     }
     const float scale = 1.0f / std::sqrt((float)d);
-    emu_vec<store_t> out((size_t)c.hq * c.tq * d, (store_t)0xffffu);  // NaN in f16 and bf16
+    emu_vec<store_t> out((size_t)c.hq * c.tq * d, poison());
     emu_vec<float> lse((size_t)c.hq * c.tq, NAN);
     AttentionParams p{};
     p.q_heads = c.hq;
@@ -132,28 +92,16 @@ int run_case(const Case& c, const char* kernel, std::mt19937& rng) {
         emu_launch(grid, PF_THREADS,
                    [&] { attention_blocks_mma(p, q.data(), k.data(), v.data(), sel.data(), out.data(), lse.data()); },
                    poison);
-    std::vector<double> ro, rl;
-    reference(c, q, k, v, sel, scale, ro, rl);
-    // Tolerances: P is rounded to the storage type before P V and the output is stored in it
-    // (relative 2^-9 for bf16, 2^-12 for f16, a few of them summed); lse is f32 throughout.
-    const double tol_o = EMU_BF16 ? 1.6e-2 : 4e-3, tol_l = 2e-3;
-    int bad = 0;
-    for (size_t i = 0; i < out.size(); ++i) {
-        const double got = to_f(out[i]);
-        if (!(std::fabs(got - ro[i]) <= tol_o * (1.0 + std::fabs(ro[i])))) {
-            if (bad < 5)
-                std::printf("    out[h %zu, t %zu, e %zu] = %g, reference %g\n", i / d / c.tq, i / d % c.tq, i % d, got,
-                            ro[i]);
-            ++bad;
+    int bad = 0, printed = 0;
+    std::vector<double> ref;
+    double ref_lse;
+    for (unsigned h = 0; h < c.hq; ++h)
+        for (unsigned t = 0; t < c.tq; ++t) {
+            const size_t row = (size_t)h * c.tq + t, kv = (size_t)(h / (c.hq / c.hkv)) * c.tk * d;
+            attend_ref(&q[row * d], &k[kv], &v[kv], d, keys_of(c, sel, h, t), scale, ref, ref_lse);
+            bad += check_row(&out[row * d], lse[row], ref, ref_lse, d,
+                             "h " + std::to_string(h) + ", t " + std::to_string(t), printed);
         }
-    }
-    for (size_t i = 0; i < lse.size(); ++i) {
-        const bool both_inf = std::isinf(lse[i]) && std::isinf(rl[i]) && lse[i] < 0 && rl[i] < 0;
-        if (!both_inf && !(std::fabs(lse[i] - rl[i]) <= tol_l * (1.0 + std::fabs(rl[i])))) {
-            if (bad < 5) std::printf("    lse[h %zu, t %zu] = %g, reference %g\n", i / c.tq, i % c.tq, lse[i], rl[i]);
-            ++bad;
-        }
-    }
     return bad;
 }
 
@@ -163,13 +111,8 @@ int run_case(const Case& c, const char* kernel, std::mt19937& rng) {
 // CTAs past the last tile (they must return).
 int run_buckets(unsigned hq, unsigned hkv, unsigned t_len, unsigned bs, std::mt19937& rng) {
     const unsigned d = PF_D, nb = (t_len + bs - 1) / bs;
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto fill = [&](size_t n) {
-        emu_vec<store_t> x(n);
-        for (auto& e : x) e = from_f(normal(rng));
-        return x;
-    };
-    const auto q = fill((size_t)hq * t_len * d), k = fill((size_t)hkv * t_len * d), v = fill((size_t)hkv * t_len * d);
+    const auto q = normal_values((size_t)hq * t_len * d, rng);
+    const auto k = normal_values((size_t)hkv * t_len * d, rng), v = normal_values((size_t)hkv * t_len * d, rng);
     std::vector<std::vector<unsigned>> bucket(hq * nb);
     std::uniform_int_distribution<unsigned> coin(0, 2);
     for (unsigned h = 0; h < hq; ++h)
@@ -192,7 +135,7 @@ int run_buckets(unsigned hq, unsigned hkv, unsigned t_len, unsigned bs, std::mt1
     start[n] = (unsigned)entries.size();
     tile_start[n] = (unsigned)tile_of.size();
     const size_t pairs = entries.size();
-    emu_vec<store_t> part_o(pairs * d, (store_t)0xffffu);
+    emu_vec<store_t> part_o(pairs * d, poison());
     emu_vec<float> part_lse(pairs, NAN);
     AttentionParams p{};
     p.q_heads = hq;
@@ -212,36 +155,20 @@ int run_buckets(unsigned hq, unsigned hkv, unsigned t_len, unsigned bs, std::mt1
                                          tile_of.data(), part_o.data(), part_lse.data(), nb, 0u, n);
                },
                poison);
-    const double tol_o = EMU_BF16 ? 1.6e-2 : 4e-3, tol_l = 2e-3;
-    int bad = 0;
-    std::vector<double> s(bs);
+    int bad = 0, printed = 0;
+    std::vector<double> ref;
+    double ref_lse;
     for (size_t i = 0; i < pairs; ++i) {
-        const unsigned h = pair_h[i], t = entries[i], kh = h / (hq / hkv), j0 = pair_b[i] * bs;
+        // The pair's keys: its block's, up to the token itself.
+        const unsigned h = pair_h[i], t = entries[i], j0 = pair_b[i] * bs;
         const unsigned j1 = std::min(std::min(j0 + bs, t_len), t + 1);
-        double mx = -INFINITY;
-        for (unsigned j = j0; j < j1; ++j) {
-            double acc = 0.0;
-            for (unsigned e = 0; e < d; ++e)
-                acc += (double)to_f(q[((size_t)h * t_len + t) * d + e]) * to_f(k[((size_t)kh * t_len + j) * d + e]);
-            s[j - j0] = acc * p.scale;
-            mx = std::max(mx, s[j - j0]);
-        }
-        double l = 0.0;
-        for (unsigned j = j0; j < j1; ++j) l += std::exp(s[j - j0] - mx);
-        const double ref_lse = mx + std::log(l);
-        if (!(std::fabs(part_lse[i] - ref_lse) <= tol_l * (1.0 + std::fabs(ref_lse)))) {
-            if (bad < 5) std::printf("    pair %zu (h %u, t %u, block %u): lse %g, reference %g\n", i, h, t, pair_b[i], part_lse[i], ref_lse);
-            ++bad;
-        }
-        for (unsigned e = 0; e < d; ++e) {
-            double ref = 0.0;
-            for (unsigned j = j0; j < j1; ++j) ref += std::exp(s[j - j0] - mx) / l * to_f(v[((size_t)kh * t_len + j) * d + e]);
-            const double got = to_f(part_o[i * d + e]);
-            if (!(std::fabs(got - ref) <= tol_o * (1.0 + std::fabs(ref)))) {
-                if (bad < 5) std::printf("    pair %zu (h %u, t %u, block %u) e %u: %g, reference %g\n", i, h, t, pair_b[i], e, got, ref);
-                ++bad;
-            }
-        }
+        std::vector<unsigned> keys;
+        for (unsigned j = j0; j < j1; ++j) keys.push_back(j);
+        const size_t kv = (size_t)(h / (hq / hkv)) * t_len * d;
+        attend_ref(&q[((size_t)h * t_len + t) * d], &k[kv], &v[kv], d, keys, p.scale, ref, ref_lse);
+        bad += check_row(&part_o[i * d], part_lse[i], ref, ref_lse, d,
+                         "pair " + std::to_string(i) + " (h " + std::to_string(h) + ", t " + std::to_string(t) + ")",
+                         printed);
     }
     return bad;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA prefill and decode kernels (tensor-core prefill; grouped decode on CUDA cores and on
-# tensor cores, with its merge) checked on the CPU under the host emulation (cuda/emu/emu.h;
-# prefill_check.cpp, decode_check.cpp), for when no GPU is at hand: a logic check of indexing, masking and fragment layouts against a float64
+# The CUDA attention kernels (tensor-core prefill; grouped decode on CUDA cores and on tensor
+# cores, with its merge; the CUDA-core attention_dense) checked on the CPU under the host
+# emulation (cuda/emu/emu.h; prefill_check.cpp, decode_check.cpp, dense_check.cpp), for when no
+# GPU is at hand: a logic check of indexing, masking and fragment layouts against a float64
 # reference, not a substitute for the GPU runs (no timing, no memory model, cp.async synchronous).
 #   bash cuda/emu/run.sh [SEED]
 # Needs NVRTC (as CI installs it) only to assemble the modules: they are dumped by the
@@ -21,9 +22,10 @@ fi
 status=0
 for m in ${EMU_MODULES:-attention_bf16_dpl4 attention_f16_dpl2 attention_f16_dpl4 attention_bf16_dpl2 attention_f32_dpl4}; do
   python3 cuda/emu/prep.py "$work/dump/${m}_sm_90.cu" "$work/$m.cpp"
-  # f32 modules have no tensor-core kernels: their decode runs on attention_decode_g* only.
-  checks="prefill decode"
-  case $m in *f32*) checks=decode ;; esac
+  # f32 modules have no tensor-core kernels: no prefill_check, and decode_check runs
+  # attention_decode_g* only.
+  checks="prefill decode dense"
+  case $m in *f32*) checks="decode dense" ;; esac
   pids=()
   for check in $checks; do
     g++ -std=c++17 -O2 -w -Icuda/emu -DEMU_MODULE="\"$work/$m.cpp\"" "cuda/emu/${check}_check.cpp" -o "$work/$m-$check" &
