@@ -314,6 +314,22 @@ __device__ void block_radix_threshold(const Src& src, u32 n, u32 want, u32* thr,
     });
 }
 
+// The kept items of a thread's R consecutive items (bit masks): the `above` ones, and the `equal`
+// ones while fewer than take_eq equal items come before them (eq_rank: the equal items before
+// this thread's first), so that ties go to the lowest index.
+template <u32 R>
+__device__ __forceinline__ u32 select_regs_kept(u32 above, u32 equal, u32 eq_rank, u32 take_eq) {
+    u32 take = above;
+#pragma unroll
+    for (u32 u = 0; u < R; ++u) {
+        if ((equal >> u) & 1u) {
+            if (eq_rank < take_eq) take |= 1u << u;
+            ++eq_rank;
+        }
+    }
+    return take;
+}
+
 // Hands every kept item (forced, or eligible and above the threshold, or among the first
 // `take_eq` eligible items equal to it) to sink.put(pos, i): item i is the pos-th kept item in
 // ascending index order. Returns how many were kept (every thread).
@@ -342,15 +358,8 @@ __device__ u32 block_compact_kept_to(const Src& src, u32 n, bool have_chosen, u3
         }
         u32 eq_total;
         // Items equal to the threshold are kept lowest index first: rank = equal items before.
-        u32 eq_rank = block_exclusive_scan((u32)__popc(equal), &eq_total) + eq_seen;
-        u32 take = above;
-#pragma unroll
-        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
-            if ((equal >> u) & 1u) {
-                if (eq_rank < take_eq) take |= 1u << u;
-                ++eq_rank;
-            }
-        }
+        const u32 eq_rank = block_exclusive_scan((u32)__popc(equal), &eq_total) + eq_seen;
+        const u32 take = select_regs_kept<KVS_COMPACT_ITEMS>(above, equal, eq_rank, take_eq);
         u32 take_total;
         u32 pos = block_exclusive_scan((u32)__popc(take), &take_total) + written;
 #pragma unroll
@@ -400,20 +409,6 @@ __device__ __forceinline__ void select_regs_split(const u32 (&key)[R], u32 force
     *equal = e;
 }
 
-// The kept items of select_regs_split's split: the `above` ones, and the `equal` ones while fewer
-// than take_eq equal items come before them (eq_rank: the equal items before this thread's).
-template <u32 R>
-__device__ __forceinline__ u32 select_regs_kept(u32 above, u32 equal, u32 eq_rank, u32 take_eq) {
-    u32 take = above;
-#pragma unroll
-    for (u32 u = 0; u < R; ++u) {
-        if ((equal >> u) & 1u) {
-            if (eq_rank < take_eq) take |= 1u << u;
-            ++eq_rank;
-        }
-    }
-    return take;
-}
 
 // block_select_row for rows of at most blockDim * KVS_SELECT_REG_ITEMS items: thread t holds
 // items t*R .. t*R+R-1 (their class and key read from src once, in registers), the radix passes

@@ -274,15 +274,8 @@ extern "C" __global__ void topk_gather(const TopkParams p, const float* __restri
             if (i < i1 && keys[u] == thr) equal |= 1u << u;
         }
         u32 eq_total;
-        u32 eq_rank = block_exclusive_scan((u32)__popc(equal), &eq_total) + eq_seen;
-        u32 take = above;
-#pragma unroll
-        for (u32 u = 0; u < KVS_COMPACT_ITEMS; ++u) {
-            if ((equal >> u) & 1u) {
-                if (eq_rank < take_eq) take |= 1u << u;
-                ++eq_rank;
-            }
-        }
+        const u32 eq_rank = block_exclusive_scan((u32)__popc(equal), &eq_total) + eq_seen;
+        const u32 take = select_regs_kept<KVS_COMPACT_ITEMS>(above, equal, eq_rank, take_eq);
         u32 take_total;
         u32 pos = block_exclusive_scan((u32)__popc(take), &take_total);
         if (take_total != 0u) {  // uniform
