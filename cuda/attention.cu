@@ -1021,7 +1021,8 @@ struct BucketTiles {
     u32 n;
 };
 // Shared memory of the dense prefill with MT = 2 (dynamic: past the 48 KiB of static memory):
-// the CTA's 128 query rows, then one K and one V tile, rows padded to PF_LD.
+// the CTA's 128 query rows, then one K and one V tile, rows padded to PF_LD (the host's
+// prefill_wide_smem in ops.rs sizes the launch by the same layout).
 #define PF_WIDE_SMEM_BYTES ((2 * PF_BM + 2 * PF_BN) * PF_LD * (int)sizeof(store_t))
 // MT: m-tiles of 16 query rows per warp (1, or 2 for the dense prefill: FlashAttention-2's 128 x
 // 64 tile, whose K / V fragments each serve two m-tiles and whose K / V tiles serve 128 rows, half

@@ -319,6 +319,12 @@ const PREFILL_ROWS: u32 = 64;
 const PREFILL_THREADS: u32 = 128;
 const PREFILL_MAX_NB: usize = 1024;
 
+/// Dynamic shared memory of `attention_prefill_mma_wide`, its `PF_WIDE_SMEM_BYTES`: 2 x 64 query
+/// rows, then a K and a V tile of 64 keys (PF_BN = PREFILL_ROWS), rows of D + 8 elements (PF_LD).
+fn prefill_wide_smem(dim: usize, dtype: DType) -> usize {
+    (2 * PREFILL_ROWS as usize + 2 * PREFILL_ROWS as usize) * (dim + 8) * dtype.size()
+}
+
 /// `KVSPARSE_CUDA_PREFILL_WIDE=1`: dense prefill on `attention_prefill_mma_wide` (128 query rows
 /// a CTA) instead of `attention_prefill_mma` (64).
 fn prefill_wide() -> bool {
@@ -1902,7 +1908,7 @@ impl Backend for Cuda {
             } else {
                 ("attention_prefill_mma", PREFILL_ROWS)
             };
-            let smem = if wide { 4 * PREFILL_ROWS as usize * (op.dim + 8) * op.dtype.size() } else { 0 };
+            let smem = if wide { prefill_wide_smem(op.dim, op.dtype) } else { 0 };
             let f = self.function_with_smem(Family::Attention, spec, entry, smem)?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p).arg(&q.slice).arg(&k.slice).arg(&v.slice).arg(&mut out.slice).arg(&mut lse.slice);
