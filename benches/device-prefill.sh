@@ -7,7 +7,7 @@
 # next.
 # 1. golden cases, the dense-attention equivalence cases (200) and the long prefill cases of
 #    test-cuda_large for each variant (a space-separated list of VAR=value settings; default: the
-#    64-row kernel and KVSPARSE_CUDA_PREFILL_WIDE=1); memcheck and racecheck over the last variant;
+#    64-row kernel, KVSPARSE_CUDA_PREFILL_WIDE=0, and the 128-row default); memcheck and racecheck over the last variant;
 # 2. report --preset long at 32K once per variant, the list twice in turn so that drift shows;
 # 3. SDPA's prefill (peers.py) in the same call;
 # 4. ncu sections of one 32K prefill launch per variant, and the wide kernel's local-memory

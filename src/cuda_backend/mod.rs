@@ -121,13 +121,14 @@ fn launch_config_with(
     }
 }
 
-/// `KVSPARSE_CUDA_PDL=1`: the kernels that follow another kernel of the same op on the stream
-/// (the top-k passes after the first, the split-K merge after the decode) are launched with
-/// programmatic dependent launch on sm_90+, so that each starts while its predecessor drains
-/// instead of after it. Off by default until measured.
+/// Programmatic dependent launch (sm_90+, on unless `KVSPARSE_CUDA_PDL=0`): the kernels that
+/// follow another kernel of the same op on the stream (the top-k passes after the first, the
+/// split-K merge after the decode) start while their predecessor drains instead of after it.
+/// On the H200 (run 61) it took top-k 1 x 131072 k 2048 from 22.0 to 20.3 µs as a graph and
+/// 8 x 131072 k 8192 from 39.0-43.6 to 35.9-38.5 µs eager, with the same results.
 pub(crate) fn pdl_on() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PDL").is_ok_and(|v| v.trim() == "1"))
+    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PDL").map_or(true, |v| v.trim() != "0"))
 }
 
 /// How [`Cuda::launch_args`] launches a kernel.
