@@ -4,7 +4,8 @@
 //
 // decode_dense / decode_sparse / decode_blocks: one workgroup per (unit of GROUP query heads,
 //   split); dense = slots 0..kv_len, sparse = the unit's index row, blocks = the head's n_idx
-//   selected blocks. decode_merge: one workgroup per query head, when p.splits > 1.
+//   selected blocks. decode_merge: one workgroup per 32 dims of a query head (splitk.wgsl's
+//   merge), when p.splits > 1.
 // Bindings: as splitk.wgsl, with rows = Hq, kv rows = Hkv, stride = live = kv_len.
 
 override WG_SIZE: u32 = 128u;

@@ -208,7 +208,13 @@ impl Wgpu {
         if plan.splits > 1 {
             let dr = self.dummy_read.buf();
             let bufs = vec![dr, dr, dr, dr, out.buf(), lse.buf(), part, dr];
-            dispatches.push(Dispatch::rows(Kernel::CacheMerge, plan.spec, &p, bufs, rows));
+            dispatches.push(Dispatch::rows(
+                Kernel::CacheMerge,
+                plan.spec,
+                &p,
+                bufs,
+                super::ops::merge_workgroups(rows, s.dim),
+            ));
         }
         self.run(name, &dispatches)
     }

@@ -58,6 +58,43 @@ fn decode_group(g: usize) -> u32 {
     (1..=8usize.min(g)).rev().find(|d| g.is_multiple_of(*d)).unwrap_or(1) as u32
 }
 
+/// The most splits a decode makes (`MERGE_MAX_SPLITS` of splitk.wgsl: the merge keeps their
+/// weights in workgroup memory).
+const MERGE_MAX_SPLITS: usize = 2048;
+
+/// Workgroups of the split-K merge of `rows` query rows of `dim` (splitk.wgsl's `merge`: one
+/// per `MERGE_DIMS` = 32 dims of a row).
+pub(super) fn merge_workgroups(rows: usize, dim: usize) -> usize {
+    rows * dim.div_ceil(32)
+}
+
+/// Keys a decode team loads before scoring them (`KB` of splitk.wgsl): 2, or
+/// `KVSPARSE_WGPU_DECODE_KB` (1-8, to time more loads in flight a lane against the registers
+/// they take).
+fn decode_keys_per_step() -> u32 {
+    static KB: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *KB.get_or_init(|| {
+        std::env::var("KVSPARSE_WGPU_DECODE_KB")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|k| (1..=8).contains(k))
+            .unwrap_or(2)
+    })
+}
+
+/// Workgroups a decode aims at (splits of the key slots times units): 2048, or
+/// `KVSPARSE_WGPU_DECODE_WORKGROUPS` (64-65536, to time fewer and longer workgroups).
+fn decode_workgroups() -> usize {
+    static WG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WG.get_or_init(|| {
+        std::env::var("KVSPARSE_WGPU_DECODE_WORKGROUPS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|w| (64..=65536).contains(w))
+            .unwrap_or(2048)
+    })
+}
+
 impl Wgpu {
     /// The split-K plan for `slots` key slots of `q_heads` queries (`shared`: a group's heads
     /// attend the same keys, so they share each K/V load), or `None` where decode.wgsl does not
@@ -90,9 +127,10 @@ impl Wgpu {
         let sg = self.info.subgroup_min_size;
         let subgroups = self.features.contains(wgpu::Features::SUBGROUP) && sg >= 2 && sg.is_power_of_two();
         let team = if subgroups { lanes.min(sg).min(16) } else { lanes.min(8) };
-        let spec = Spec { group, team, subgroups, ..base };
+        let keys_per_step = decode_keys_per_step();
+        let spec = Spec { group, team, subgroups, keys_per_step, ..base };
         let wg = Kernel::DecodeDense.workgroup() as u64;
-        let red = if subgroups { 1 } else { wg * 2 * group as u64 };
+        let red = if subgroups { 1 } else { wg * keys_per_step as u64 * group as u64 };
         let bytes = 4 * (red + wg / team as u64 * 2 * group as u64 + group as u64 * spec.head_dim as u64);
         if bytes > self.limits.max_compute_workgroup_storage_size as u64 {
             return Ok(None);
@@ -100,7 +138,7 @@ impl Wgpu {
         // Enough workgroups to fill a large GPU (~2K), at least 128 slots per split so that
         // the merge stays small next to the K/V bytes.
         let units = q_heads / group as usize;
-        let splits = slots.div_ceil(128).min(2048usize.div_ceil(units)).clamp(1, 1 << 16) as u32;
+        let splits = slots.div_ceil(128).min(decode_workgroups().div_ceil(units)).clamp(1, MERGE_MAX_SPLITS) as u32;
         let part =
             if splits > 1 { Some(self.scratch(f32_bytes(q_heads * splits as usize * (dim + 2)), op)?) } else { None };
         Ok(Some(DecodePlan { spec, splits, part }))
@@ -147,7 +185,13 @@ impl Wgpu {
         if plan.splits > 1 {
             let dr = self.dummy_read.buf();
             let bufs = vec![dr, dr, dr, dr, out.buf(), lse.buf(), part];
-            d.push(Dispatch::rows(Kernel::DecodeMerge, plan.spec, &p, bufs, p.q_heads as usize));
+            d.push(Dispatch::rows(
+                Kernel::DecodeMerge,
+                plan.spec,
+                &p,
+                bufs,
+                merge_workgroups(p.q_heads as usize, p.dim as usize),
+            ));
         }
         d
     }

@@ -502,6 +502,9 @@ pub(crate) struct Spec {
     /// of two, `<= HEAD_DIM / 4`).
     pub group: u32,
     pub team: u32,
+    /// splitk.wgsl: keys a team loads before it scores them (`KB`, at least 1): each lane keeps
+    /// `2 * KB * HEAD_DIM / (4 * TEAM)` loads in flight.
+    pub keys_per_step: u32,
     /// decode.wgsl: sum a team's lanes with subgroup shuffles (the adapter's subgroups hold at
     /// least `team` lanes, contiguous in the local index); else through workgroup memory.
     pub subgroups: bool,
@@ -525,6 +528,7 @@ impl Spec {
             chunk_bytes: 0,
             group: 1,
             team: 1,
+            keys_per_step: 2,
             subgroups: false,
             unaligned: false,
         }
@@ -710,13 +714,14 @@ pub(crate) fn wgsl_source(kernel: Kernel, spec: &Spec) -> String {
     if fam.splitk || fam.name == PREFILL.name {
         // Workgroup-memory reduction space when subgroups are off (decode: KB x GROUP values
         // per lane; prefill: one per lane).
-        let per_lane = if fam.splitk { 2 * spec.group } else { 1 };
+        let per_lane = if fam.splitk { spec.keys_per_step.max(1) * spec.group } else { 1 };
         let red = if spec.subgroups { 1 } else { kernel.workgroup() * per_lane };
         src += &format!(
-            "const GROUP: u32 = {}u;\nconst TEAM: u32 = {}u;\nconst SUBGROUPS: bool = {};\nconst RED_SIZE: u32 = {red}u;\n\
-             const ALIGNED: bool = {};\n",
+            "const GROUP: u32 = {}u;\nconst TEAM: u32 = {}u;\nconst KB: u32 = {}u;\nconst SUBGROUPS: bool = {};\n\
+             const RED_SIZE: u32 = {red}u;\nconst ALIGNED: bool = {};\n",
             spec.group,
             spec.team,
+            spec.keys_per_step.max(1),
             spec.subgroups,
             !spec.unaligned
         );
