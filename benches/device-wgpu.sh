@@ -7,9 +7,9 @@
 #    attention and Quest cases again with 4 keys a decode step, test-wgpu_large and test-decoder
 #    where carried;
 # 2. report --preset paper at 32K and 128K on wgpu (f16): this build, the earlier build when
-#    carried, this build again (drift); then the decode's knobs (KVSPARSE_WGPU_DECODE_KB=4,
-#    KVSPARSE_WGPU_DECODE_WORKGROUPS=512 and 8192);
-# 3. the same report on CUDA (f16) for the wgpu/CUDA ratios;
+#    carried, this build again (drift); then the decode's knobs (KVSPARSE_WGPU_DECODE_TEAM=8
+#    and 32, KVSPARSE_WGPU_DECODE_WORKGROUPS=512 and 1024), then f32 and bf16 storage;
+# 3. the same reports on CUDA (f16, f32, bf16) for the wgpu/CUDA ratios;
 # all the while nvidia-smi logs the SM and memory clocks every 100 ms (clocks.csv).
 # Results in device-out/, packed into $OUT/wgpu.tar.gz.
 source "$(dirname "$0")/device-lib.sh" wgpu.tar.gz
@@ -33,26 +33,32 @@ done
 grep -hE "test result|panicked|FAILED" "$out/eq-wgpu.txt" | tee -a "$out/log.txt"
 
 rows='^(copy|kernel|decode   dense +attention|decode   quest_kv +attention|decode   snapkv +attention|decode   random +attention)'
-# report NAME CLI [VAR=value ...]: the paper rows at 32K and 128K on wgpu.
+# report NAME CLI DTYPE [VAR=value ...]: the paper rows at 32K and 128K on wgpu.
 report() {
-  local name=$1 cli=$2
-  shift 2
-  log "wgpu report paper 32K,128K: $name $*"
-  env "$@" KVSPARSE_REQUIRE=wgpu timeout 150 $cli report --preset paper --contexts 32768,131072 --dtype f16 \
+  local name=$1 cli=$2 dtype=$3
+  shift 3
+  log "wgpu report paper 32K,128K, $dtype: $name $*"
+  env "$@" KVSPARSE_REQUIRE=wgpu timeout 150 $cli report --preset paper --contexts 32768,131072 --dtype $dtype \
     --backend wgpu --repeats 10 --out "$out/w-$name" >"$out/report-wgpu-$name.txt" 2>/dev/null
   grep -E "$rows" "$out/report-wgpu-$name.txt" | tee -a "$out/log.txt"
 }
-report this $B KVSPARSE_WGPU_DECODE_KB=2
-[ -x .devbin/kvsparse-before ] && report before .devbin/kvsparse-before KVSPARSE_WGPU_DECODE_KB=2
-report this-again $B KVSPARSE_WGPU_DECODE_KB=2
-report kb4 $B KVSPARSE_WGPU_DECODE_KB=4
-report wg512 $B KVSPARSE_WGPU_DECODE_WORKGROUPS=512
-report wg8192 $B KVSPARSE_WGPU_DECODE_WORKGROUPS=8192
+report this $B f16 KVSPARSE_WGPU_DECODE_KB=2
+[ -x .devbin/kvsparse-before ] && report before .devbin/kvsparse-before f16 KVSPARSE_WGPU_DECODE_KB=2
+report this-again $B f16 KVSPARSE_WGPU_DECODE_KB=2
+for knob in KVSPARSE_WGPU_DECODE_TEAM=8 KVSPARSE_WGPU_DECODE_TEAM=32 KVSPARSE_WGPU_DECODE_WORKGROUPS=512 \
+  KVSPARSE_WGPU_DECODE_WORKGROUPS=1024; do
+  name=${knob##*_}
+  report "${name/=/-}" $B f16 "$knob"
+done
+report f32 $B f32 KVSPARSE_WGPU_DECODE_KB=2
+report bf16 $B bf16 KVSPARSE_WGPU_DECODE_KB=2
 
-log "cuda report paper 32K,128K, f16"
-KVSPARSE_REQUIRE=cuda timeout 120 $B report --preset paper --contexts 32768,131072 --dtype f16 --backend cuda --repeats 10 \
-  --out "$out/c" >"$out/report-cuda.txt" 2>/dev/null
-grep -E "$rows" "$out/report-cuda.txt" | tee -a "$out/log.txt"
+for dtype in f16 f32 bf16; do
+  log "cuda report paper 32K,128K, $dtype"
+  KVSPARSE_REQUIRE=cuda timeout 120 $B report --preset paper --contexts 32768,131072 --dtype $dtype --backend cuda \
+    --repeats 10 --out "$out/c-$dtype" >"$out/report-cuda-$dtype.txt" 2>/dev/null
+  grep -E "$rows" "$out/report-cuda-$dtype.txt" | tee -a "$out/log.txt"
+done
 kill $smi
 log "SM clocks while it ran (MHz: samples)"
 cut -d, -f2 "$out/clocks.csv" | sort | uniq -c | sort -rn | head -n 6 | tee -a "$out/log.txt"

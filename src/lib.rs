@@ -52,3 +52,10 @@ pub use dtype::{DType, HostData};
 pub use error::{Error, Result};
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{Wgpu, WgpuBuffer};
+
+/// The tuning switch `name` read from the environment as a number, when it parses and `ok`
+/// accepts it (the backends' `KVSPARSE_*` knobs; each caches its value in a `OnceLock`).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) fn env_number<T: std::str::FromStr>(name: &str, ok: impl Fn(&T) -> bool) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).filter(|v| ok(v))
+}

@@ -2066,13 +2066,7 @@ fn moba_takes_buckets(op: &MobaPrefill) -> bool {
 /// `KVSPARSE_CUDA_MOBA_RUN=R` (1 to 64) picks another run length.
 fn moba_run_tiles() -> usize {
     static RUN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *RUN.get_or_init(|| {
-        std::env::var("KVSPARSE_CUDA_MOBA_RUN")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|r| (1..=64).contains(r))
-            .unwrap_or(8)
-    })
+    *RUN.get_or_init(|| crate::env_number("KVSPARSE_CUDA_MOBA_RUN", |r| (1..=64).contains(r)).unwrap_or(8))
 }
 
 /// Query rows of one bucket tile (the prefill's `PF_BM`).

@@ -32,7 +32,9 @@ fn too_large(what: impl Into<String>) -> Error {
 /// the decode, prefill, decay, top-k and cache kernels run without naga's runtime checks unless
 /// `KVSPARSE_WGPU_CHECKED=1` turns them back on (see `Wgpu::pipeline` for why that is safe);
 /// `KVSPARSE_WGPU_SPAN_TIMER` makes [`crate::Backend::time`] measure the whole span instead of
-/// the passes (see there). The device gets the adapter's real
+/// the passes (see there); `KVSPARSE_WGPU_DECODE_KB`, `_TEAM` and `_WORKGROUPS` set the split-K
+/// decode's keys a step, lanes a key row and target workgroup count (for timing; BENCHMARKS
+/// runs 64-65). The device gets the adapter's real
 /// limits and, where the adapter has them, `SHADER_F16` (needed for f16 buffers), timestamp
 /// queries and subgroups. f32 and bf16 (packed two per `u32`) work everywhere.
 ///

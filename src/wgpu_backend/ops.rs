@@ -73,13 +73,14 @@ pub(super) fn merge_workgroups(rows: usize, dim: usize) -> usize {
 /// they take).
 fn decode_keys_per_step() -> u32 {
     static KB: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *KB.get_or_init(|| {
-        std::env::var("KVSPARSE_WGPU_DECODE_KB")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|k| (1..=8).contains(k))
-            .unwrap_or(2)
-    })
+    *KB.get_or_init(|| crate::env_number("KVSPARSE_WGPU_DECODE_KB", |k| (1..=8).contains(k)).unwrap_or(2))
+}
+
+/// `KVSPARSE_WGPU_DECODE_TEAM`: lanes a decode team gives one key row (a power of two, 1-64),
+/// instead of the default (16 with subgroups, else 8).
+fn decode_team() -> Option<u32> {
+    static TEAM: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *TEAM.get_or_init(|| crate::env_number("KVSPARSE_WGPU_DECODE_TEAM", |t: &u32| t.is_power_of_two() && *t <= 64))
 }
 
 /// Workgroups a decode aims at (splits of the key slots times units): 2048, or
@@ -87,11 +88,7 @@ fn decode_keys_per_step() -> u32 {
 fn decode_workgroups() -> usize {
     static WG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *WG.get_or_init(|| {
-        std::env::var("KVSPARSE_WGPU_DECODE_WORKGROUPS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|w| (64..=65536).contains(w))
-            .unwrap_or(2048)
+        crate::env_number("KVSPARSE_WGPU_DECODE_WORKGROUPS", |w| (64..=65536).contains(w)).unwrap_or(2048)
     })
 }
 
@@ -127,6 +124,9 @@ impl Wgpu {
         let sg = self.info.subgroup_min_size;
         let subgroups = self.features.contains(wgpu::Features::SUBGROUP) && sg >= 2 && sg.is_power_of_two();
         let team = if subgroups { lanes.min(sg).min(16) } else { lanes.min(8) };
+        // `KVSPARSE_WGPU_DECODE_TEAM` (a power of two) to time other team sizes; never above
+        // the lanes a row has or, with subgroups, the subgroup.
+        let team = decode_team().map_or(team, |t| t.min(lanes).min(if subgroups { sg } else { u32::MAX }));
         let keys_per_step = decode_keys_per_step();
         let spec = Spec { group, team, subgroups, keys_per_step, ..base };
         let wg = Kernel::DecodeDense.workgroup() as u64;
