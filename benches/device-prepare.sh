@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 ../shared/device/prepare.sh --features cuda "$@" >/tmp/kvsparse-prepare.log 2>&1 || { tail -30 /tmp/kvsparse-prepare.log; exit 1; }
 cp "${CARGO_TARGET_DIR:-target}/release/kvsparse" .devbin/kvsparse
-find .devbin -type f ! -name on-device.sh ! -name kvsparse ! -name test-equivalence ! -name test-hostile ! -name test-wgpu_large ! -name test-cuda_large ! -name test-cache_ops ! -name test-decoder ! -name decoder ! -name bench-methods -delete
+find .devbin -type f ! -name on-device.sh ! -name kvsparse ! -name test-equivalence ! -name test-hostile ! -name test-wgpu_large ! -name test-cuda_large ! -name test-cache_ops ! -name test-decoder ! -name decoder ! -name bench-methods ! -name decode_sweep -delete
 strip --strip-debug .devbin/kvsparse .devbin/test-* .devbin/bench-*
 du -sh .devbin .gl

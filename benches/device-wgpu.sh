@@ -9,7 +9,8 @@
 # 2. report --preset paper at 32K and 128K on wgpu (f16): this build, the earlier build when
 #    carried, this build again (drift); then the decode's knobs (KVSPARSE_WGPU_DECODE_TEAM=8
 #    and 32, KVSPARSE_WGPU_DECODE_WORKGROUPS=512 and 1024), then f32 and bf16 storage;
-# 3. the same reports on CUDA (f16, f32, bf16) for the wgpu/CUDA ratios;
+# 3. the same reports on CUDA (f16, f32, bf16) for the wgpu/CUDA ratios; the dense decode over
+#    a grid of shapes on both (examples/decode_sweep.rs, where carried);
 # all the while nvidia-smi logs the SM and memory clocks every 100 ms (clocks.csv).
 # Results in device-out/, packed into $OUT/wgpu.tar.gz.
 source "$(dirname "$0")/device-lib.sh" wgpu.tar.gz
@@ -58,6 +59,10 @@ for dtype in f16 f32 bf16; do
   KVSPARSE_REQUIRE=cuda timeout 120 $B report --preset paper --contexts 32768,131072 --dtype $dtype --backend cuda \
     --repeats 10 --out "$out/c-$dtype" >"$out/report-cuda-$dtype.txt" 2>/dev/null
   grep -E "$rows" "$out/report-cuda-$dtype.txt" | tee -a "$out/log.txt"
+done
+[ -x .devbin/decode_sweep ] && for backend in wgpu cuda; do
+  log "decode_sweep $backend f16"
+  timeout 150 .devbin/decode_sweep $backend f16 2>&1 | tee "$out/sweep-$backend.txt" | tee -a "$out/log.txt" >/dev/null
 done
 kill $smi
 log "SM clocks while it ran (MHz: samples)"
