@@ -58,6 +58,11 @@ fn decode_group(g: usize) -> u32 {
     (1..=8usize.min(g)).rev().find(|d| g.is_multiple_of(*d)).unwrap_or(1) as u32
 }
 
+/// Invocations of `quest_scores` for `q_heads` x `nb` scores (`QS_TEAM` = 32 lanes a score).
+fn quest_score_items(q_heads: usize, nb: usize) -> usize {
+    q_heads * nb * 32
+}
+
 /// The most splits a decode makes (`MERGE_MAX_SPLITS` of splitk.wgsl: the merge keeps their
 /// weights in workgroup memory).
 const MERGE_MAX_SPLITS: usize = 2048;
@@ -550,7 +555,13 @@ impl Backend for Wgpu {
         ops::check(op, &[q, kmin, kmax, scores])?;
         self.require(op.dtype)?;
         let bufs = vec![q.buf(), kmin.buf(), kmax.buf(), scores.buf()];
-        let d = Dispatch::items(Kernel::QuestScores, Spec::new(op.dtype), &op.params(), bufs, op.q_heads * op.nb);
+        let d = Dispatch::items(
+            Kernel::QuestScores,
+            Spec::new(op.dtype),
+            &op.params(),
+            bufs,
+            quest_score_items(op.q_heads, op.nb),
+        );
         self.run(QuestScores::NAME, &[d])
     }
 
@@ -621,7 +632,7 @@ impl Backend for Wgpu {
             let p = BlockParams { q_heads: op.q_heads as u32, seq: 1, ..p };
             let dst = head_scores.as_ref().map_or(ranking.buf(), |s| s.buf());
             let bufs = vec![q.buf(), kmin, kmax, dst];
-            dispatches.push(Dispatch::items(Kernel::QuestScores, spec, &p, bufs, op.q_heads * nb));
+            dispatches.push(Dispatch::items(Kernel::QuestScores, spec, &p, bufs, quest_score_items(op.q_heads, nb)));
         }
         if let Some(scores) = &head_scores {
             let p = BlockParams { q_heads: op.q_heads as u32, seq: 1, ..p };
