@@ -9,22 +9,12 @@
 //! smallest contexts.
 
 use kvsparse::ops::{default_scale, AttentionDense, Op};
-use kvsparse::{Backend, DType, HostData, Result};
+use kvsparse::report::data;
+use kvsparse::{Backend, DType, Result};
 
 /// Query heads, KV heads and head dims of the grid.
 const HEADS: [(usize, usize); 3] = [(8, 8), (32, 8), (32, 32)];
 const DIMS: [usize; 2] = [64, 128];
-
-fn values(n: usize, seed: u32, dtype: DType) -> HostData {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect();
-    HostData::from_f32(dtype, &v)
-}
 
 /// Median of `runs` timings of `f` after `warm` untimed runs.
 fn median<B: Backend>(b: &B, warm: usize, runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
@@ -44,7 +34,7 @@ fn sweep<B: Backend>(b: &B, dtype: DType, contexts: &[usize]) -> Result<()> {
         f64::NAN
     } else {
         let n = (1usize << 30) / 4;
-        let src = b.upload(&values(n, 1, DType::F32))?;
+        let src = b.upload(&data(n, 1, DType::F32))?;
         let mut dst = b.alloc(DType::F32, n)?;
         2.0 * (n * 4) as f64 / median(b, 2, 10, &mut || b.copy_buffer(&src, &mut dst))?
     };
@@ -54,9 +44,9 @@ fn sweep<B: Backend>(b: &B, dtype: DType, contexts: &[usize]) -> Result<()> {
         for &d in &DIMS {
             for &t in contexts {
                 let op = AttentionDense::new(hq, hkv, 1, t, d, false, default_scale(d), dtype)?;
-                let q = b.upload(&values(hq * d, 2, dtype))?;
-                let k = b.upload(&values(hkv * t * d, 3, dtype))?;
-                let v = b.upload(&values(hkv * t * d, 4, dtype))?;
+                let q = b.upload(&data(hq * d, 2, dtype))?;
+                let k = b.upload(&data(hkv * t * d, 3, dtype))?;
+                let v = b.upload(&data(hkv * t * d, 4, dtype))?;
                 let mut out = b.alloc(dtype, hq * d)?;
                 let mut lse = b.alloc(DType::F32, hq)?;
                 let secs = median(b, 3, 20, &mut || b.attention_dense(&op, &q, &k, &v, &mut out, &mut lse))?;

@@ -221,8 +221,17 @@ pub struct Report {
 /// `(median, min)` on the attention and the RAT+ backbone.
 type Timed = (&'static str, String, Cost, [(Duration, Duration); 2]);
 
-/// Deterministic test data (never zeros): a 32-bit LCG mapped to [-1, 1).
-fn data(n: usize, seed: u32, dtype: DType) -> HostData {
+/// The report's deterministic inputs (never zeros): `n` values of a 32-bit LCG seeded with
+/// `seed`, mapped to [-1, 1), stored as `dtype`. Benchmarks outside the report use it too, so
+/// that their inputs are the report's.
+///
+/// ```
+/// use kvsparse::{report::data, DType, HostData};
+/// let HostData::F32(v) = data(4, 7, DType::F32) else { unreachable!() };
+/// assert!(v.iter().all(|x| (-1.0..1.0).contains(x) && *x != 0.0));
+/// assert_eq!(data(4, 7, DType::F32), data(4, 7, DType::F32));
+/// ```
+pub fn data(n: usize, seed: u32, dtype: DType) -> HostData {
     let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
     let v: Vec<f32> = (0..n)
         .map(|_| {
