@@ -584,7 +584,7 @@ __device__ __forceinline__ u32 kvs_smem_addr(const void* p) {
     return addr;
 }
 
-// Programmatic dependent launch (sm_90+; Cuda::launch_args, KVSPARSE_CUDA_PDL=1): lets
+// Programmatic dependent launch (sm_90+; Cuda::launch_args, on unless KVSPARSE_CUDA_PDL=0): lets
 // the kernel after this one on the stream launch now (it then waits here itself), and waits
 // until the kernel before this one has finished and its writes are visible. A kernel launched
 // with the attribute must call it before touching global memory; for one launched plainly it

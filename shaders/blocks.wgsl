@@ -93,8 +93,7 @@ fn block_mean(
 // ... (consecutive lanes read consecutive dims), then a tree over the team in workgroup memory.
 // One invocation per (h, b) walking all D dims (the first design) left 16K invocations at 32K
 // tokens each D dependent rounds of scattered loads: 211 µs on the H200 (BENCHMARKS run 62),
-// against CUDA's 8-10 µs.
-const QS_TEAM: u32 = 32u;
+// against CUDA's 8-10 µs. QS_TEAM comes with the spec prelude.
 var<workgroup> qs_red: array<f32, WG_SIZE>;
 
 @compute @workgroup_size(WG_SIZE)

@@ -218,7 +218,7 @@ fn chunk_lane(e: u32, width: u32) -> ChunkLane {
 // chunk passes load a batch before the recurrence consumes it (the loads do not depend on h),
 // written as vector lanes, not an array, so that the batch stays in registers whether or not
 // the driver unrolls the loop that consumes it. On the H200's Vulkan driver this took the scan
-// at 32K x 4096 from 1.91 to 1.80 ms (BENCHMARKS, session 10): the one-load-a-step loop was not
+// at 32K x 4096 from 1.91 to 1.80 ms (BENCHMARKS runs 64-65): the one-load-a-step loop was not
 // what held it at 21% of the copy rate.
 struct ScanSteps {
     g: vec4<f32>,

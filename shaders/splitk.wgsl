@@ -329,12 +329,12 @@ fn decode(j: DecodeJob, mode: u32, w: u32, lid: u32) {
 // Merge of a query row's splits: out = sum_s acc_s e^(m_s - M) / L, lse = M + log L with
 // M = max_s m_s, L = sum_s l_s e^(m_s - M); empty (L = 0) gives 0 and -inf.
 // Workgroup `w` merges MERGE_DIMS dims of row w / ceil(dim / MERGE_DIMS) (the host's
-// `merge_workgroups` dispatches that many). Every loop over the splits is spread over the workgroup: a row
-// walked split by split by one lane a dim (the first design) left each lane 3 x splits
-// dependent L2 round trips, about 0.3 ms at 256 splits on the H200.
-const MERGE_DIMS: u32 = 32u;
-// The most splits decode_plan makes (their weights sit in workgroup memory).
-const MERGE_MAX_SPLITS: u32 = 2048u;
+// `merge_workgroups` dispatches that many). Every loop over the splits is spread over the
+// workgroup. The first design walked a row's splits one by one, one lane a dim (3 x splits
+// dependent reads a lane); replacing it took dense decode at 32K (256 splits) from 667 to
+// 493 µs on the H200 (BENCHMARKS run 65).
+// MERGE_DIMS and MERGE_MAX_SPLITS (the most splits decode_plan makes, their weights in
+// workgroup memory) come with the spec prelude.
 var<workgroup> mg_w: array<f32, MERGE_MAX_SPLITS>;
 var<workgroup> mg_red: array<f32, WG_SIZE>;
 

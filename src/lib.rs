@@ -53,6 +53,17 @@ pub use error::{Error, Result};
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{Wgpu, WgpuBuffer};
 
+/// The on/off switch `name` read from the environment: `1` turns it on, `0` off, anything else
+/// (or nothing) leaves `default` (the backends' `KVSPARSE_*` switches; each caches its value).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref().map(str::trim) {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => default,
+    }
+}
+
 /// The tuning switch `name` read from the environment as a number, when it parses and `ok`
 /// accepts it (the backends' `KVSPARSE_*` knobs; each caches its value in a `OnceLock`).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

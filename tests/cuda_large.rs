@@ -11,8 +11,8 @@
 //! selection kernels.
 //!
 //! `long_dense_prefill_matches_the_reference` does the same for dense prefill over several query
-//! tiles of either tensor-core kernel (64 rows a CTA, or 128 with
-//! `KVSPARSE_CUDA_PREFILL_WIDE=1`): causal with and without an offset, and not causal.
+//! tiles of either tensor-core kernel (128 rows a CTA by default, 64 with
+//! `KVSPARSE_CUDA_PREFILL_WIDE=0`): causal with and without an offset, and not causal.
 //!
 //! Runs only where a CUDA device exists; `KVSPARSE_REQUIRE=cuda` turns a missing device into a
 //! failure.

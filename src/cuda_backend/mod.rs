@@ -128,7 +128,7 @@ fn launch_config_with(
 /// 8 x 131072 k 8192 from 39.0-43.6 to 35.9-38.5 µs eager, with the same results.
 pub(crate) fn pdl_on() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PDL").map_or(true, |v| v.trim() != "0"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_PDL", true))
 }
 
 /// How [`Cuda::launch_args`] launches a kernel.
@@ -537,10 +537,10 @@ impl Cuda {
 /// the CUBIN NVRTC built alongside.
 fn load_ptx_only() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PTX").is_ok_and(|v| v.trim() == "1"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_PTX", false))
 }
 
 /// `KVSPARSE_CUDA_MOBA_WORKSPACE` bytes, else 2 GiB (tests set it small to run several chunks).
 fn default_moba_workspace() -> usize {
-    std::env::var("KVSPARSE_CUDA_MOBA_WORKSPACE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2 << 30)
+    crate::env_number("KVSPARSE_CUDA_MOBA_WORKSPACE", |_| true).unwrap_or(2 << 30)
 }

@@ -174,7 +174,7 @@ fn nvrtc_version() -> Option<(i32, i32)> {
 /// `KVSPARSE_CUDA_LOG=1`: one line per loaded module on stderr (see [`Trace::log`]).
 fn log_modules() -> bool {
     static FLAG: OnceLock<bool> = OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_LOG").is_ok_and(|v| v.trim() == "1"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_LOG", false))
 }
 
 /// Where the time of loading one module went and what got loaded, for `KVSPARSE_CUDA_LOG=1`.

@@ -56,7 +56,7 @@ const QUEST_CLUSTER_SIZES: [u32; 2] = [16, 8];
 /// the merge), which measured as fast on the H200 (BENCHMARKS.md runs 53-55).
 fn quest_cluster_switch() -> Option<u32> {
     static V: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("KVSPARSE_CUDA_QUEST_CLUSTER").ok().and_then(|v| v.trim().parse().ok()))
+    *V.get_or_init(|| crate::env_number("KVSPARSE_CUDA_QUEST_CLUSTER", |_| true))
 }
 
 /// The sparse attention of Quest with one block set per kv head: every query head of kv head h
@@ -168,25 +168,22 @@ const SCAN_WARPS: u32 = 8;
 const SCAN_STEPS_DECAY: usize = SCAN_WARPS as usize * 16;
 const SCAN_STEPS_RATPLUS: usize = SCAN_WARPS as usize * 8;
 
-/// Run-time switches read once: `KVSPARSE_CUDA_LEGACY=1` routes decode and the scans back to the
-/// first, one-warp-per-row kernels, and `KVSPARSE_CUDA_NO_MMA=1` routes prefill and SnapKV
-/// scoring back from the tensor-core kernels to the CUDA-core ones (to time both in one GPU run,
-/// and as a fallback should a device misbehave).
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| v.trim() == "1")
-}
+// Run-time switches read once (`crate::env_switch`): `KVSPARSE_CUDA_LEGACY=1` routes decode and
+// the scans back to the first, one-warp-per-row kernels, and `KVSPARSE_CUDA_NO_MMA=1` routes
+// prefill and SnapKV scoring back from the tensor-core kernels to the CUDA-core ones (to time
+// both in one GPU run, and as a fallback should a device misbehave).
 
 /// `KVSPARSE_CUDA_QUEST_UNFUSED=1`: Quest's per-kv-head selection as three launches
 /// (`quest_scores_grouped_g*`, `quest_group_mean`, `select_blocks`) instead of
 /// `quest_select_kv_g*` (for timing beside the default; same results).
 fn quest_unfused() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_QUEST_UNFUSED"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_QUEST_UNFUSED", false))
 }
 
 fn legacy() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_LEGACY"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_LEGACY", false))
 }
 
 /// `KVSPARSE_CUDA_DECODE_TUNE=1`: the grouped decode goes to `attention_decode_t*` (at least 4
@@ -194,7 +191,7 @@ fn legacy() -> bool {
 /// for timing beside the default; same results).
 fn decode_tune() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_DECODE_TUNE"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_DECODE_TUNE", false))
 }
 
 /// Whether the grouped decode goes to the tensor-core `attention_decode_mma` where it fits
@@ -205,7 +202,7 @@ fn decode_tune() -> bool {
 /// kernel by the rounding of P to the storage type, as the tensor-core prefill's do.
 fn decode_mma() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| tensor_cores() && std::env::var("KVSPARSE_CUDA_DECODE_MMA").map_or(true, |v| v.trim() != "0"))
+    *FLAG.get_or_init(|| tensor_cores() && crate::env_switch("KVSPARSE_CUDA_DECODE_MMA", true))
 }
 
 /// Keys a warp of the tensor-core decode takes per tile (`MD_KT`: `attention_decode_mma`,
@@ -233,7 +230,7 @@ fn decode_mma_fits(spec: Spec, dim: usize, hpc: usize) -> bool {
 /// one-CTA-per-row `topk` (opt-in, for timing and testing beside the default; same results).
 fn topk_tune() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| env_flag("KVSPARSE_CUDA_TOPK_TUNE"))
+    *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_TOPK_TUNE", false))
 }
 
 /// How the multi-CTA top-k finds and sorts the top k (`KVSPARSE_CUDA_TOPK`; same results).
@@ -310,7 +307,7 @@ enum ScanPath {
 
 fn tensor_cores() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| !env_flag("KVSPARSE_CUDA_NO_MMA"))
+    *FLAG.get_or_init(|| !crate::env_switch("KVSPARSE_CUDA_NO_MMA", false))
 }
 
 /// Query rows per CTA of the tensor-core prefill (`PF_BM`, also its key tile `PF_BN`), its
@@ -330,8 +327,7 @@ fn prefill_wide_smem(dim: usize, dtype: DType) -> usize {
 /// H200 (run 60, 32K, bf16, D 128) 29.0 ms against 36.3 ms, 1.25x.
 fn prefill_wide(q_len: usize) -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    q_len > PREFILL_ROWS as usize
-        && *FLAG.get_or_init(|| std::env::var("KVSPARSE_CUDA_PREFILL_WIDE").map_or(true, |v| v.trim() != "0"))
+    q_len > PREFILL_ROWS as usize && *FLAG.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_PREFILL_WIDE", true))
 }
 
 /// Whether prefill goes to the tensor-core kernels (validated on an H100 on 2026-11-28: golden
@@ -2113,7 +2109,7 @@ fn route_key_stride(nb: usize) -> usize {
 /// one GPU run).
 fn moba_route_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KVSPARSE_CUDA_MOBA_ROUTE").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| crate::env_switch("KVSPARSE_CUDA_MOBA_ROUTE", true))
 }
 
 /// Most key blocks `moba_route_mma` ranks (`ROUTE_MAX_NB`; its lanes hold NB / 32 keys each in

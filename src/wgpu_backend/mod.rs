@@ -264,7 +264,7 @@ impl Wgpu {
                 .map(|b| b.max(256) / 256 * 256),
             unchecked: !std::env::var("KVSPARSE_WGPU_CHECKED").is_ok_and(|v| !v.is_empty() && v != "0"),
             span_timer: std::env::var_os("KVSPARSE_WGPU_SPAN_TIMER").is_some(),
-            buffer_copy: std::env::var("KVSPARSE_WGPU_BUFFER_COPY").is_ok_and(|v| v.trim() == "1"),
+            buffer_copy: crate::env_switch("KVSPARSE_WGPU_BUFFER_COPY", false),
         })
     }
 

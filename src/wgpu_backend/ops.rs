@@ -1,7 +1,7 @@
 //! `Backend for Wgpu`: each op checks its problem and buffers, picks its kernels and records
 //! them into one submission (see `Wgpu::run`).
 
-use super::pipeline::{head_dim_bucket, Kernel, Spec};
+use super::pipeline::{head_dim_bucket, Kernel, Spec, MERGE_DIMS, MERGE_MAX_SPLITS, QUEST_SCORE_LANES};
 use super::{Dispatch, Wgpu, WgpuBuffer, NAME};
 use crate::ops::{self, *};
 use crate::params::{AttentionParams, BlockParams};
@@ -58,19 +58,15 @@ fn decode_group(g: usize) -> u32 {
     (1..=8usize.min(g)).rev().find(|d| g.is_multiple_of(*d)).unwrap_or(1) as u32
 }
 
-/// Invocations of `quest_scores` for `q_heads` x `nb` scores (`QS_TEAM` = 32 lanes a score).
+/// Invocations of `quest_scores` for `q_heads` x `nb` scores.
 fn quest_score_items(q_heads: usize, nb: usize) -> usize {
-    q_heads * nb * 32
+    q_heads * nb * QUEST_SCORE_LANES
 }
 
-/// The most splits a decode makes (`MERGE_MAX_SPLITS` of splitk.wgsl: the merge keeps their
-/// weights in workgroup memory).
-const MERGE_MAX_SPLITS: usize = 2048;
-
 /// Workgroups of the split-K merge of `rows` query rows of `dim` (splitk.wgsl's `merge`: one
-/// per `MERGE_DIMS` = 32 dims of a row).
+/// per `MERGE_DIMS` dims of a row).
 pub(super) fn merge_workgroups(rows: usize, dim: usize) -> usize {
-    rows * dim.div_ceil(32)
+    rows * dim.div_ceil(MERGE_DIMS)
 }
 
 /// Keys a decode team loads before scoring them (`KB` of splitk.wgsl): 2, or
@@ -135,7 +131,7 @@ impl Wgpu {
         let keys_per_step = decode_keys_per_step();
         let spec = Spec { group, team, subgroups, keys_per_step, ..base };
         let wg = Kernel::DecodeDense.workgroup() as u64;
-        let red = if subgroups { 1 } else { wg * keys_per_step as u64 * group as u64 };
+        let red = spec.reduction_words(Kernel::DecodeDense);
         let bytes = 4 * (red + wg / team as u64 * 2 * group as u64 + group as u64 * spec.head_dim as u64);
         if bytes > self.limits.max_compute_workgroup_storage_size as u64 {
             return Ok(None);
@@ -160,9 +156,9 @@ impl Wgpu {
         let sg = self.info.subgroup_min_size;
         let subgroups = self.features.contains(wgpu::Features::SUBGROUP) && sg >= 4 && sg.is_power_of_two();
         let spec = Spec { subgroups, ..Spec::new(dtype).with_dim(dim) };
-        let wg = Kernel::PrefillDense.workgroup() as u64;
-        // K and V tiles (BK x HEAD_DIM = 2048 f32 each), the union bitmap (2 x MAX_NB / 32 words).
-        let bytes = 2 * 2048 * 4 + 4 * if subgroups { 1 } else { wg } + 2 * 4096 / 8;
+        // K and V tiles (BK x HEAD_DIM = 2048 f32 each), the reduction space, the union bitmap
+        // (2 x MAX_NB / 32 words).
+        let bytes = 2 * 2048 * 4 + 4 * spec.reduction_words(Kernel::PrefillDense) + 2 * 4096 / 8;
         self.require_workgroup_memory(op, Kernel::PrefillDense, &spec, bytes)?;
         Ok(Some(spec))
     }

@@ -541,6 +541,17 @@ impl Spec {
     pub fn with_dim(self, dim: usize) -> Self {
         Spec { head_dim: head_dim_bucket(dim), ..self }
     }
+    /// `RED_SIZE` of the decode and prefill families: the workgroup-memory words their
+    /// reductions take when subgroups are off (decode: KB x GROUP values a lane; prefill: one a
+    /// lane), 1 with subgroups. The hosts' workgroup-memory checks count the same.
+    pub fn reduction_words(&self, kernel: Kernel) -> u64 {
+        let per_lane = if kernel.family().splitk { self.keys_per_step.max(1) * self.group } else { 1 };
+        if self.subgroups {
+            1
+        } else {
+            kernel.workgroup() as u64 * per_lane as u64
+        }
+    }
     /// Bindings of the buffer in `slot`: `chunks` where it is split, else 1.
     pub fn chunks_of(&self, slot: u32) -> u32 {
         if self.chunks > 1 && slot < 32 && self.split_slots & (1 << slot) != 0 {
@@ -701,6 +712,14 @@ fn vec4_helpers(name: &str, slot: u32, dtype: DType, spec: &Spec) -> String {
     s
 }
 
+/// Dims of a query row one workgroup of the split-K merge combines (`MERGE_DIMS` in WGSL).
+pub(crate) const MERGE_DIMS: usize = 32;
+/// The most splits a decode makes (`MERGE_MAX_SPLITS`: the merge keeps their weights in
+/// workgroup memory).
+pub(crate) const MERGE_MAX_SPLITS: usize = 2048;
+/// Invocations that sum one Quest score (`QS_TEAM` of blocks.wgsl's `quest_scores`).
+pub(crate) const QUEST_SCORE_LANES: usize = 32;
+
 /// The assembled WGSL module of `kernel`'s family for `spec`.
 pub(crate) fn wgsl_source(kernel: Kernel, spec: &Spec) -> String {
     let fam = kernel.family();
@@ -711,11 +730,13 @@ pub(crate) fn wgsl_source(kernel: Kernel, spec: &Spec) -> String {
     }
     src += fam.params;
     src += &format!("\n// spec prelude: {spec:?}\nconst HEAD_DIM: u32 = {}u;\n", spec.head_dim.max(1));
+    // Layout constants the host sizes dispatches and scratch by: one definition, here.
+    src += &format!(
+        "const MERGE_DIMS: u32 = {MERGE_DIMS}u;\nconst MERGE_MAX_SPLITS: u32 = {MERGE_MAX_SPLITS}u;\n\
+         const QS_TEAM: u32 = {QUEST_SCORE_LANES}u;\n"
+    );
     if fam.splitk || fam.name == PREFILL.name {
-        // Workgroup-memory reduction space when subgroups are off (decode: KB x GROUP values
-        // per lane; prefill: one per lane).
-        let per_lane = if fam.splitk { spec.keys_per_step.max(1) * spec.group } else { 1 };
-        let red = if spec.subgroups { 1 } else { kernel.workgroup() * per_lane };
+        let red = spec.reduction_words(kernel);
         src += &format!(
             "const GROUP: u32 = {}u;\nconst TEAM: u32 = {}u;\nconst KB: u32 = {}u;\nconst SUBGROUPS: bool = {};\n\
              const RED_SIZE: u32 = {red}u;\nconst ALIGNED: bool = {};\n",
